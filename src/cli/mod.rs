@@ -1,0 +1,63 @@
+//! Command line: `dsocr` with no arguments opens the dashboard; subcommands are scriptable.
+//! Each subcommand lives in its own file and calls the same library functions as the dashboard.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod bench;
+pub mod hub;
+pub mod ocr;
+
+#[derive(Debug, Parser)]
+#[command(name = "dsocr", version, about = "DeepSeek-OCR on libtorch, with a Hugging Face login doctor and a dashboard", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check token, endpoint, repo access, local cache and libtorch; say what to fix
+    Doctor(hub::DoctorArgs),
+    /// Show who the active token belongs to
+    Whoami(hub::WhoamiArgs),
+    /// Validate a token with the hub and save it where the Python client reads it
+    Login(hub::LoginArgs),
+    /// Remove the saved token (one stored token, or all)
+    Logout(hub::LogoutArgs),
+    /// List or switch stored tokens
+    Auth(hub::AuthArgs),
+    /// Download a model into the Hugging Face cache (resumable, sha256-verified)
+    Download(hub::DownloadArgs),
+    /// List, verify or remove cached models
+    Cache(hub::CacheArgs),
+    /// Run DeepSeek-OCR on images or folders of images
+    Ocr(ocr::OcrArgs),
+    /// Time loading, vision, prefill and decode; report memory
+    Bench(bench::BenchArgs),
+}
+
+/// Entry point of the `dsocr` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => crate::tui::run().map(|()| ExitCode::SUCCESS),
+        Some(Command::Doctor(a)) => hub::doctor(a),
+        Some(Command::Whoami(a)) => hub::whoami(a),
+        Some(Command::Login(a)) => hub::login(a),
+        Some(Command::Logout(a)) => hub::logout(a),
+        Some(Command::Auth(a)) => hub::auth(a),
+        Some(Command::Download(a)) => hub::download(a),
+        Some(Command::Cache(a)) => hub::cache(a),
+        Some(Command::Ocr(a)) => ocr::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! dsocr: DeepSeek-OCR on libtorch, a Hugging Face hub client that explains its failures, and a
+//! terminal dashboard that puts both together.
+//!
+//! Layers (see `ARCHITECTURE.md` in the design notes): [`hub`] and [`ocr`] do not know about each
+//! other; [`cli`] and [`tui`] are the only places that combine them.
+
+pub mod cli;
+pub mod hub;
+pub mod ocr;
+pub mod tui;

@@ -1,0 +1,1 @@
+//! `<|ref|>…<|/ref|><|det|>[[…]]<|/det|>` spans: parsing, boxes, markdown clean-up, drawing, crops.

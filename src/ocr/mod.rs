@@ -1,0 +1,21 @@
+//! DeepSeek-OCR implemented on libtorch through `tch`.
+//!
+//! `config` (config.json) -> `weights` (safetensors, the name/shape contract, seeded init) ->
+//! `vision` (SAM ViT-B + CLIP-L + projector + image-token layout) and `decoder` (DeepSeek-V2 MoE
+//! language model with a KV cache) -> `model` (the two joined: prefill with image features
+//! scattered into the embeddings) -> `generate` (greedy decoding, no-repeat-ngram, cancel,
+//! streaming callback).
+
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod grounding;
+pub mod model;
+pub mod preprocess;
+pub mod prompt;
+pub mod vision;
+pub mod weights;
+
+pub use config::Config;
+pub use error::{OcrError, Result};

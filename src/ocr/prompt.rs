@@ -1,0 +1,1 @@
+//! Tokenizer, prompt presets and ids built the reference way, streaming detokeniser.
