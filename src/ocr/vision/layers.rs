@@ -1,0 +1,105 @@
+//! Small building blocks shared by SAM, CLIP and the projector: linear and LayerNorm layers
+//! loaded by checkpoint name, shape checks, and the f32 resizing of position tables.
+
+use tch::{Kind, Tensor};
+
+use crate::ocr::error::{OcrError, Result};
+use crate::ocr::weights::Weights;
+
+/// `nn.Linear`: `y = x W^T + b`.
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `{prefix}.weight` `[out, inp]`, and `{prefix}.bias` `[out]` when `bias` is set.
+    pub(crate) fn load(w: &Weights, prefix: &str, inp: i64, out: i64, bias: bool) -> Result<Self> {
+        let weight = get_shaped(w, &format!("{prefix}.weight"), &[out, inp])?;
+        let bias = if bias {
+            Some(get_shaped(w, &format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension, computed in the weights' dtype.
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
+    pub(crate) fn load(w: &Weights, prefix: &str, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: get_shaped(w, &format!("{prefix}.weight"), &[dim])?,
+            bias: get_shaped(w, &format!("{prefix}.bias"), &[dim])?,
+            eps,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dim = self.weight.size()[0];
+        Ok(x.f_layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)?)
+    }
+}
+
+/// The tensor `name`, checked to have exactly `shape`.
+pub(crate) fn get_shaped(w: &Weights, name: &str, shape: &[i64]) -> Result<Tensor> {
+    let t = w.get(name)?;
+    if t.size() != shape {
+        return Err(OcrError::Invalid(format!(
+            "tensor {name} has shape {:?}, the config implies {shape:?}; \
+             the weights do not match config.json",
+            t.size()
+        )));
+    }
+    Ok(t)
+}
+
+/// Resize a `[N, C, h, w]` grid of position embeddings to `[N, C, size, size]` the way the
+/// reference does: `F.interpolate(mode="bicubic", antialias=True, align_corners=False)` computed
+/// in f32, the result cast back to the input's dtype.
+pub(crate) fn resize_grid_bicubic_aa(grid: &Tensor, size: i64) -> Result<Tensor> {
+    let kind = grid.kind();
+    let resized = grid
+        .f_to_kind(Kind::Float)?
+        .f_internal_upsample_bicubic2d_aa([size, size], false, None, None)?;
+    Ok(resized.f_to_kind(kind)?)
+}
+
+/// Resize a `[L, C]` table along `L` to `len` rows the way the reference does:
+/// `F.interpolate(mode="linear", align_corners=False)` in f32, cast back to the input's dtype.
+pub(crate) fn resize_table_linear(table: &Tensor, len: i64) -> Result<Tensor> {
+    let kind = table.kind();
+    let resized = table
+        .f_to_kind(Kind::Float)?
+        .f_transpose(0, 1)?
+        .f_unsqueeze(0)?
+        .f_upsample_linear1d([len], false, None)?;
+    Ok(resized
+        .f_squeeze_dim(0)?
+        .f_transpose(0, 1)?
+        .f_to_kind(kind)?)
+}
+
+/// Multi-head attention core: `q`, `k`, `v` `[B, heads, L, head_dim]`, an optional additive
+/// mask broadcastable to `[B, heads, L, L]`, default `1/sqrt(head_dim)` scale.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    Ok(Tensor::f_scaled_dot_product_attention(
+        q, k, v, mask, 0.0, false, None, false,
+    )?)
+}

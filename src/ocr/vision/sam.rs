@@ -1,0 +1,329 @@
+//! SAM ViT-B image encoder (`model.sam_model.*`): patch embedding, absolute positions resized
+//! to the patch grid, transformer blocks with windowed or global attention and decomposed
+//! relative positions, the neck, and the two stride-2 convolutions `net_2` / `net_3`.
+
+use tch::{Kind, Tensor};
+
+use super::layers::{
+    LayerNorm, Linear, attention, get_shaped, resize_grid_bicubic_aa, resize_table_linear,
+};
+use crate::ocr::config::{
+    Config, SAM_LN_EPS, SAM_MLP_RATIO, SAM_NECK_CHANNELS, SAM_PATCH, SAM_WINDOW,
+};
+use crate::ocr::error::Result;
+use crate::ocr::weights::Weights;
+
+const PREFIX: &str = "model.sam_model";
+
+/// Attention with decomposed relative positions (`rel_pos_h`, `rel_pos_w`).
+struct RelPosAttention {
+    qkv: Linear,
+    proj: Linear,
+    rel_pos_h: Tensor,
+    rel_pos_w: Tensor,
+    heads: i64,
+}
+
+impl RelPosAttention {
+    /// `x` `[B, H, W, C]` (B counts windows for windowed blocks) -> `[B, H, W, C]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = x.size4()?;
+        let head_dim = c / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .f_reshape([b, h * w, 3, self.heads, head_dim])?
+            .f_permute([2, 0, 3, 1, 4])?;
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let bias = self.rel_pos_bias(&q, h, w)?;
+        let out = attention(&q, &k, &v, Some(&bias))?;
+        let out = out
+            .f_view([b, self.heads, h, w, head_dim])?
+            .f_permute([0, 2, 3, 1, 4])?
+            .f_reshape([b, h, w, c])?;
+        self.proj.forward(&out)
+    }
+
+    /// The additive mask `[B, heads, H*W, H*W]`: `q·R_h[qh, kh] + q·R_w[qw, kw]` from the
+    /// unscaled queries `q` `[B, heads, H*W, head_dim]`.
+    fn rel_pos_bias(&self, q: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+        let (b, heads, _, head_dim) = q.size4()?;
+        let rh = rel_pos_for(&self.rel_pos_h, h)?;
+        let rw = rel_pos_for(&self.rel_pos_w, w)?;
+        let r_q = q.f_reshape([b * heads, h, w, head_dim])?;
+        let rel_h = Tensor::f_einsum("bhwc,hkc->bhwk", &[&r_q, &rh], None::<i64>)?;
+        let rel_w = Tensor::f_einsum("bhwc,wkc->bhwk", &[&r_q, &rw], None::<i64>)?;
+        let bias = rel_h.f_unsqueeze(-1)?.f_add(&rel_w.f_unsqueeze(-2)?)?;
+        Ok(bias.f_reshape([b, heads, h * w, h * w])?)
+    }
+}
+
+/// `R[q, k] = table[q - k + size - 1]` `[size, size, C]`, the table first resized linearly to
+/// `2 * size - 1` rows when its length differs (query and key grids are equal here).
+fn rel_pos_for(table: &Tensor, size: i64) -> Result<Tensor> {
+    let len = 2 * size - 1;
+    let table = if table.size()[0] == len {
+        table.shallow_clone()
+    } else {
+        resize_table_linear(table, len)?
+    };
+    let pos = Tensor::f_arange(size, (Kind::Int64, table.device()))?;
+    let idx = pos
+        .f_unsqueeze(1)?
+        .f_sub(&pos.f_unsqueeze(0)?)?
+        .f_add_scalar(size - 1)?;
+    let rows = table.f_index_select(0, &idx.f_flatten(0, 1)?)?;
+    Ok(rows.f_reshape([size, size, -1])?)
+}
+
+/// Pad `[B, H, W, C]` with zeros to multiples of `window` and cut it into
+/// `[B * nH * nW, window, window, C]` windows (row-major per image).
+pub(crate) fn window_partition(x: &Tensor, window: i64) -> Result<Tensor> {
+    let (b, h, w, c) = x.size4()?;
+    let (hp, wp) = (round_up(h, window), round_up(w, window));
+    let x = if hp > h || wp > w {
+        x.f_constant_pad_nd([0, 0, 0, wp - w, 0, hp - h])?
+    } else {
+        x.shallow_clone()
+    };
+    let x = x
+        .f_view([b, hp / window, window, wp / window, window, c])?
+        .f_permute([0, 1, 3, 2, 4, 5])?
+        .f_contiguous()?;
+    Ok(x.f_view([-1, window, window, c])?)
+}
+
+/// Inverse of [`window_partition`]: windows back to `[B, H, W, C]`, padding cropped.
+pub(crate) fn window_unpartition(windows: &Tensor, window: i64, h: i64, w: i64) -> Result<Tensor> {
+    let (hp, wp) = (round_up(h, window), round_up(w, window));
+    let c = windows.size4()?.3;
+    let x = windows
+        .f_view([-1, hp / window, wp / window, window, window, c])?
+        .f_permute([0, 1, 3, 2, 4, 5])?
+        .f_reshape([-1, hp, wp, c])?;
+    Ok(x.f_narrow(1, 0, h)?.f_narrow(2, 0, w)?.f_contiguous()?)
+}
+
+fn round_up(n: i64, m: i64) -> i64 {
+    (n + m - 1) / m * m
+}
+
+/// One pre-LN transformer block; `window == 0` means global attention.
+struct Block {
+    norm1: LayerNorm,
+    attn: RelPosAttention,
+    norm2: LayerNorm,
+    lin1: Linear,
+    lin2: Linear,
+    window: i64,
+}
+
+impl Block {
+    fn load(w: &Weights, cfg: &Config, i: i64) -> Result<Self> {
+        let sam = &cfg.vision_config.width.sam;
+        let (dim, heads) = (sam.width, sam.heads);
+        let global = sam.global_attn_indexes.contains(&i);
+        // Relative-position tables cover the window, or the nominal grid for global blocks.
+        let rel_size = if global {
+            cfg.sam_pos_grid()
+        } else {
+            SAM_WINDOW
+        };
+        let p = format!("{PREFIX}.blocks.{i}");
+        let rel_shape = [2 * rel_size - 1, dim / heads];
+        Ok(Self {
+            norm1: LayerNorm::load(w, &format!("{p}.norm1"), dim, SAM_LN_EPS)?,
+            attn: RelPosAttention {
+                qkv: Linear::load(w, &format!("{p}.attn.qkv"), dim, 3 * dim, true)?,
+                proj: Linear::load(w, &format!("{p}.attn.proj"), dim, dim, true)?,
+                rel_pos_h: get_shaped(w, &format!("{p}.attn.rel_pos_h"), &rel_shape)?,
+                rel_pos_w: get_shaped(w, &format!("{p}.attn.rel_pos_w"), &rel_shape)?,
+                heads,
+            },
+            norm2: LayerNorm::load(w, &format!("{p}.norm2"), dim, SAM_LN_EPS)?,
+            lin1: Linear::load(w, &format!("{p}.mlp.lin1"), dim, SAM_MLP_RATIO * dim, true)?,
+            lin2: Linear::load(w, &format!("{p}.mlp.lin2"), SAM_MLP_RATIO * dim, dim, true)?,
+            window: if global { 0 } else { SAM_WINDOW },
+        })
+    }
+
+    /// `x` `[B, H, W, C]` -> same shape.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, h, w, _) = x.size4()?;
+        let y = self.norm1.forward(x)?;
+        let y = if self.window > 0 {
+            let windows = window_partition(&y, self.window)?;
+            window_unpartition(&self.attn.forward(&windows)?, self.window, h, w)?
+        } else {
+            self.attn.forward(&y)?
+        };
+        let x = x.f_add(&y)?;
+        let mlp = self
+            .lin1
+            .forward(&self.norm2.forward(&x)?)?
+            .f_gelu("none")?;
+        Ok(x.f_add(&self.lin2.forward(&mlp)?)?)
+    }
+}
+
+/// `LayerNorm2d` of the SAM neck: normalise over channels of `[B, C, H, W]`, written out as the
+/// reference does (mean, biased variance, `(x - u) / sqrt(s + eps)`, per-channel affine).
+struct LayerNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm2d {
+    fn load(w: &Weights, prefix: &str, dim: i64) -> Result<Self> {
+        let shape = [dim, 1, 1];
+        Ok(Self {
+            weight: get_shaped(w, &format!("{prefix}.weight"), &[dim])?.f_reshape(shape)?,
+            bias: get_shaped(w, &format!("{prefix}.bias"), &[dim])?.f_reshape(shape)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let u = x.f_mean_dim(1, true, None)?;
+        let d = x.f_sub(&u)?;
+        let s = d.f_square()?.f_mean_dim(1, true, None)?;
+        let n = d.f_div(&s.f_add_scalar(SAM_LN_EPS)?.f_sqrt()?)?;
+        Ok(n.f_mul(&self.weight)?.f_add(&self.bias)?)
+    }
+}
+
+/// The SAM encoder with its neck and compressor.
+pub(crate) struct Sam {
+    patch_w: Tensor,
+    patch_b: Tensor,
+    /// `[1, C, P, P]` (channels first, ready for resizing).
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    neck_conv1: Tensor,
+    neck_ln1: LayerNorm2d,
+    neck_conv2: Tensor,
+    neck_ln2: LayerNorm2d,
+    net_2: Tensor,
+    net_3: Tensor,
+}
+
+impl Sam {
+    pub(crate) fn load(cfg: &Config, w: &Weights) -> Result<Self> {
+        let sam = &cfg.vision_config.width.sam;
+        let dim = sam.width;
+        let grid = cfg.sam_pos_grid();
+        let neck = SAM_NECK_CHANNELS;
+        let [c2, c3] = [sam.downsample_channels[0], cfg.sam_out_channels()];
+        let pos = get_shaped(w, &format!("{PREFIX}.pos_embed"), &[1, grid, grid, dim])?;
+        Ok(Self {
+            patch_w: get_shaped(
+                w,
+                &format!("{PREFIX}.patch_embed.proj.weight"),
+                &[dim, 3, SAM_PATCH, SAM_PATCH],
+            )?,
+            patch_b: get_shaped(w, &format!("{PREFIX}.patch_embed.proj.bias"), &[dim])?,
+            pos_embed: pos.f_permute([0, 3, 1, 2])?,
+            blocks: (0..sam.layers)
+                .map(|i| Block::load(w, cfg, i))
+                .collect::<Result<_>>()?,
+            neck_conv1: get_shaped(w, &format!("{PREFIX}.neck.0.weight"), &[neck, dim, 1, 1])?,
+            neck_ln1: LayerNorm2d::load(w, &format!("{PREFIX}.neck.1"), neck)?,
+            neck_conv2: get_shaped(w, &format!("{PREFIX}.neck.2.weight"), &[neck, neck, 3, 3])?,
+            neck_ln2: LayerNorm2d::load(w, &format!("{PREFIX}.neck.3"), neck)?,
+            net_2: get_shaped(w, &format!("{PREFIX}.net_2.weight"), &[c2, neck, 3, 3])?,
+            net_3: get_shaped(w, &format!("{PREFIX}.net_3.weight"), &[c3, c2, 3, 3])?,
+        })
+    }
+
+    /// The dtype and device the weights live on (inputs are moved there).
+    pub(crate) fn weight_options(&self) -> (Kind, tch::Device) {
+        (self.patch_w.kind(), self.patch_w.device())
+    }
+
+    /// Pixels `[B, 3, S, S]` -> features `[B, C, g, g]` (after `net_3`).
+    pub(crate) fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = pixels.f_conv2d(
+            &self.patch_w,
+            Some(&self.patch_b),
+            [SAM_PATCH, SAM_PATCH],
+            [0, 0],
+            [1, 1],
+            1,
+        )?;
+        let grid = x.size()[2];
+        let pos = if grid == self.pos_embed.size()[2] {
+            self.pos_embed.shallow_clone()
+        } else {
+            resize_grid_bicubic_aa(&self.pos_embed, grid)?
+        };
+        let mut x = x.f_add(&pos)?.f_permute([0, 2, 3, 1])?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = x.f_permute([0, 3, 1, 2])?;
+        let x = conv(&x, &self.neck_conv1, 1, 0)?;
+        let x = conv(&self.neck_ln1.forward(&x)?, &self.neck_conv2, 1, 1)?;
+        let x = self.neck_ln2.forward(&x)?;
+        conv(&conv(&x, &self.net_2, 2, 1)?, &self.net_3, 2, 1)
+    }
+}
+
+/// Bias-free square convolution.
+fn conv(x: &Tensor, weight: &Tensor, stride: i64, padding: i64) -> Result<Tensor> {
+    Ok(x.f_conv2d(
+        weight,
+        None::<&Tensor>,
+        [stride, stride],
+        [padding, padding],
+        [1, 1],
+        1,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_partition_round_trip_pads_and_crops() {
+        // 2 images of 5x7 with 3 channels, window 3: padded to 6x9, 2*3 windows per image.
+        let x = Tensor::arange(2 * 5 * 7 * 3, (Kind::Float, tch::Device::Cpu)).view([2, 5, 7, 3]);
+        let windows = window_partition(&x, 3).expect("partition");
+        assert_eq!(windows.size(), [12, 3, 3, 3]);
+        // Window 1 of image 0 covers rows 0..3, columns 3..6.
+        assert!(
+            windows
+                .get(1)
+                .equal(&x.get(0).narrow(0, 0, 3).narrow(1, 3, 3))
+        );
+        // Window 2 of image 0 covers columns 6..9: one real column, then zero padding.
+        let last = windows.get(2);
+        assert!(
+            last.narrow(1, 0, 1)
+                .equal(&x.get(0).narrow(0, 0, 3).narrow(1, 6, 1))
+        );
+        assert_eq!(
+            last.narrow(1, 1, 2)
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+        // The first window of image 1 starts at its own origin.
+        assert!(
+            windows
+                .get(6)
+                .equal(&x.get(1).narrow(0, 0, 3).narrow(1, 0, 3))
+        );
+        let back = window_unpartition(&windows, 3, 5, 7).expect("unpartition");
+        assert!(back.equal(&x));
+    }
+
+    #[test]
+    fn rel_pos_indexes_by_offset() {
+        // Table row r holds the value r, so R[q, k] must be q - k + size - 1.
+        let table = Tensor::arange(5, (Kind::Float, tch::Device::Cpu)).view([5, 1]);
+        let r = rel_pos_for(&table, 3).expect("rel pos");
+        let expected = Tensor::from_slice(&[2.0f32, 1.0, 0.0, 3.0, 2.0, 1.0, 4.0, 3.0, 2.0]);
+        assert!(r.view([-1]).equal(&expected));
+    }
+}
