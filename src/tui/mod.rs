@@ -1,8 +1,190 @@
-//! The dashboard (ratatui + crossterm).
+//! The dashboard (ratatui + crossterm): `dsocr` with no arguments.
+//!
+//! State lives in [`app::App`] and changes only through [`action::Action`]s; the event loop
+//! drains actions, hands the resulting [`action::Job`]s to [`tasks::Workers`] and redraws from
+//! the state. Rendering never waits on I/O or the model.
 
-/// Start the dashboard.
+pub mod action;
+pub mod app;
+pub mod event;
+pub mod keymap;
+pub mod logging;
+pub mod progress;
+pub mod state;
+pub mod tasks;
+pub mod terminal;
+pub mod ui;
+
+use std::io::Write;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use ratatui::Terminal;
+use ratatui::backend::Backend;
+
+use action::{Action, ActionSender, Job};
+use app::App;
+use keymap::{ColorEnv, Settings};
+use state::{Check, HeaderInfo};
+
+/// How often the screen refreshes with nothing happening (spinners, elapsed time).
+const TICK: Duration = Duration::from_millis(200);
+/// At most this many queued actions are applied before the next frame is drawn.
+const BATCH: usize = 256;
+
+/// The longest the event loop was busy (not waiting) in one turn, by what was running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopStats {
+    /// Frames drawn.
+    pub frames: u64,
+    /// Longest single frame draw.
+    pub max_draw: Duration,
+    /// Longest turn while nothing ran.
+    pub max_idle: Duration,
+    /// Longest turn while a download ran.
+    pub max_download: Duration,
+    /// Longest turn while OCR ran.
+    pub max_ocr: Duration,
+}
+
+impl LoopStats {
+    fn record(&mut self, app: &App, busy_for: Duration) {
+        let slot = if app.ocr.is_running() {
+            &mut self.max_ocr
+        } else if app.busy() {
+            &mut self.max_download
+        } else {
+            &mut self.max_idle
+        };
+        *slot = (*slot).max(busy_for);
+    }
+}
+
+/// Run the dashboard loop on any backend until the app quits or the channel closes. Every
+/// job goes to `dispatch`; drawing happens after each batch of actions.
+pub fn event_loop<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    rx: &Receiver<Action>,
+    mut dispatch: impl FnMut(Job),
+) -> Result<LoopStats, B::Error> {
+    let mut stats = LoopStats::default();
+    draw(terminal, app, &mut stats)?;
+    while !app.quit {
+        let first = match rx.recv_timeout(TICK) {
+            Ok(a) => a,
+            Err(RecvTimeoutError::Timeout) => Action::Tick,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let start = Instant::now();
+        let mut next = Some(first);
+        let mut applied = 0;
+        while let Some(action) = next.take() {
+            for job in app.update(action) {
+                dispatch(job);
+            }
+            applied += 1;
+            if applied < BATCH && !app.quit {
+                next = rx.try_recv().ok();
+            }
+        }
+        draw(terminal, app, &mut stats)?;
+        stats.record(app, start.elapsed());
+    }
+    Ok(stats)
+}
+
+fn draw<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &App,
+    stats: &mut LoopStats,
+) -> Result<(), B::Error> {
+    let start = Instant::now();
+    terminal.draw(|f| ui::draw(f, app))?;
+    stats.frames += 1;
+    stats.max_draw = stats.max_draw.max(start.elapsed());
+    Ok(())
+}
+
+/// The OSC 52 escape that puts `text` on the terminal's clipboard (works through SSH).
+pub fn osc52(text: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    format!("\x1b]52;c;{b64}\x07")
+}
+
+/// Header facts from the environment.
+fn header() -> HeaderInfo {
+    let endpoint = std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".to_string());
+    let offline = std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+    HeaderInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        endpoint,
+        offline,
+        device: Check::Checking,
+    }
+}
+
+/// Start the dashboard and run it until the user quits.
 pub fn run() -> anyhow::Result<()> {
-    anyhow::bail!(
-        "the dashboard is not built yet in this version; see `dsocr --help` for the commands"
-    )
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sender = ActionSender(tx);
+    let log_path = logging::init(sender.clone())
+        .map_err(|e| anyhow::anyhow!("cannot open the log file: {e}"))?;
+    let config = keymap::config_path();
+    let settings = Settings::load(config.as_deref(), ColorEnv::from_env());
+    let mut app = App::new(header(), settings);
+    app.push_log(format!("log file: {}", log_path.display()));
+    if let Some(c) = &config {
+        app.push_log(format!("config file: {}", c.display()));
+    }
+    let mut workers = tasks::Workers::new(sender.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the worker threads: {e}"))?;
+    let (mut terminal, guard) =
+        terminal::init().map_err(|e| anyhow::anyhow!("cannot set up the terminal: {e}"))?;
+    event::spawn_input(sender.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the input thread: {e}"))?;
+    for job in app.startup_jobs() {
+        workers.dispatch(job);
+    }
+    tracing::info!("dashboard started");
+    let result = event_loop(&mut terminal, &mut app, &rx, |job| match job {
+        Job::Copy(text) => {
+            let mut out = std::io::stdout();
+            if out
+                .write_all(osc52(&text).as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                tracing::warn!("could not write the clipboard escape");
+            }
+        }
+        other => workers.dispatch(other),
+    });
+    drop(guard);
+    workers.shutdown();
+    let stats = result.map_err(|e| anyhow::anyhow!("drawing failed: {e}"))?;
+    tracing::info!(
+        "dashboard closed: {} frames, longest draw {:?}, longest loop turn idle {:?}, downloading {:?}, OCR {:?}",
+        stats.frames,
+        stats.max_draw,
+        stats.max_idle,
+        stats.max_download,
+        stats.max_ocr
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn osc52_is_base64_of_the_text() {
+        assert_eq!(osc52("hi"), "\x1b]52;c;aGk=\x07");
+    }
 }

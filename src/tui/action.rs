@@ -1,0 +1,190 @@
+//! Everything that changes the dashboard's state is an [`Action`]; everything the state asks
+//! the outside world to do is a [`Job`]. Workers hold a sender of actions, never the state.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use crossterm::event::{KeyEvent, MouseEvent};
+
+use super::state::{
+    BoxView, CachedRepo, DeviceInfo, DiagnosisView, FileState, LoginState, OcrPhase, PreviewImage,
+};
+
+/// A token typed by the user. Its `Debug` never shows the value, so it cannot leak into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A state change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A key press from the terminal.
+    Key(KeyEvent),
+    /// Text pasted into the terminal (bracketed paste).
+    Paste(String),
+    /// A mouse event (wheel scrolls the focused pane).
+    Mouse(MouseEvent),
+    /// The terminal changed size.
+    Resize(u16, u16),
+    /// Time passed (redraw elapsed times, spinners).
+    Tick,
+    /// A line for the log pane.
+    Log(String),
+    /// A failure to show in a dialog.
+    Error {
+        /// What failed.
+        title: String,
+        /// Why, and what to do.
+        message: String,
+    },
+    /// The compute device was probed.
+    Device(DeviceInfo),
+    /// Token sources, stored tokens and diagnosis were read (whoami not included).
+    LoginStatus(Box<LoginState>),
+    /// whoami answered (Err: one-line reason).
+    Whoami(Result<super::state::WhoamiView, String>),
+    /// The local cache was scanned (Err: one-line reason).
+    CacheScanned(Result<Vec<CachedRepo>, String>),
+    /// A download resolved its file list: (path, total bytes, bytes already there).
+    DownloadStarted(Vec<(String, u64, u64)>),
+    /// Bytes of one file arrived.
+    DownloadProgress {
+        /// File index in the started list.
+        file: usize,
+        /// Bytes of that file now on disk.
+        done: u64,
+        /// Time since the download started.
+        elapsed: Duration,
+    },
+    /// One file changed state.
+    DownloadFile {
+        /// File index in the started list.
+        file: usize,
+        /// Its new state.
+        state: FileState,
+    },
+    /// The download ended: `Ok` done, `Err(None)` cancelled, `Err(Some)` failed.
+    DownloadFinished(Result<(), Option<DiagnosisView>>),
+    /// The OCR run entered a phase.
+    OcrPhase(OcrPhase),
+    /// Decoded text arrived.
+    OcrText {
+        /// The new text.
+        text: String,
+        /// Tokens generated so far.
+        tokens: usize,
+        /// Time since the run started.
+        elapsed: Duration,
+        /// Time spent decoding so far.
+        decode_elapsed: Duration,
+    },
+    /// The run finished with these boxes (Err: failure message; `None` when cancelled).
+    OcrFinished(Result<Vec<BoxView>, Option<String>>),
+    /// The page image for the preview was loaded.
+    Preview(Option<PreviewImage>),
+    /// Path completion candidates for the OCR input.
+    Completions {
+        /// The input, completed as far as it is unambiguous.
+        input: String,
+        /// Remaining candidates.
+        candidates: Vec<String>,
+    },
+    /// Results were saved into this folder.
+    Saved(PathBuf),
+}
+
+/// Work the state asks for; the runtime hands it to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job {
+    /// Probe the compute device.
+    ProbeDevice,
+    /// Read token sources and stored tokens, then whoami.
+    RefreshLogin,
+    /// Validate and store a token.
+    Login(Secret),
+    /// Remove the stored token in use.
+    Logout,
+    /// Make this stored token the active one.
+    SwitchToken(String),
+    /// Scan the local cache.
+    ScanCache,
+    /// Download (or resume) a repo.
+    Download {
+        /// `owner/name`.
+        repo: String,
+        /// Revision.
+        revision: String,
+    },
+    /// Stop the running download.
+    CancelDownload,
+    /// Verify a cached repo against its hashes.
+    Verify(String),
+    /// Delete one revision of a cached repo.
+    Delete {
+        /// `owner/name`.
+        repo: String,
+        /// Commit.
+        commit: String,
+    },
+    /// Run OCR.
+    Ocr(OcrRequest),
+    /// Stop the running OCR.
+    CancelOcr,
+    /// Load the page preview.
+    LoadPreview(PathBuf),
+    /// Complete a path.
+    CompletePath(String),
+    /// Put text on the clipboard through OSC 52.
+    Copy(String),
+    /// Save results into a folder.
+    Save {
+        /// Folder.
+        dir: PathBuf,
+        /// Markdown/text result.
+        text: String,
+        /// Grounding boxes.
+        boxes: Vec<BoxView>,
+    },
+}
+
+/// What an OCR run needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OcrRequest {
+    /// Where the model comes from.
+    pub model: super::state::ModelSource,
+    /// Image file.
+    pub image: PathBuf,
+    /// Resolution mode name.
+    pub mode: String,
+    /// Prompt text (with `<image>`).
+    pub prompt: String,
+}
+
+/// The sending half that workers hold. A send to a closed dashboard is dropped silently: the
+/// dashboard is gone, so nobody is left to tell.
+#[derive(Debug, Clone)]
+pub struct ActionSender(pub Sender<Action>);
+
+impl ActionSender {
+    /// Send one action.
+    pub fn send(&self, action: Action) {
+        if self.0.send(action).is_err() {
+            tracing::debug!("dashboard closed; action dropped");
+        }
+    }
+
+    /// Send an error dialog.
+    pub fn error(&self, title: impl Into<String>, message: impl Into<String>) {
+        self.send(Action::Error {
+            title: title.into(),
+            message: message.into(),
+        });
+    }
+}

@@ -1,0 +1,674 @@
+//! Key bindings and colours as data: built-in defaults, merged under the user's
+//! `config.toml` in the dsocr config folder; `NO_COLOR` honoured, true colour reduced to the
+//! 256-colour palette where the terminal does not announce true colour.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::style::{Color, Modifier, Style};
+use serde::Deserialize;
+
+use super::app::Pane;
+
+/// A bindable command. The config file names them in snake_case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Quit the dashboard.
+    Quit,
+    /// Show or hide the key help.
+    Help,
+    /// Show or hide the log pane.
+    ToggleLog,
+    /// Focus the next pane.
+    NextPane,
+    /// Focus the previous pane.
+    PrevPane,
+    /// Cancel the running job (twice: quit).
+    Cancel,
+    /// Move up.
+    Up,
+    /// Move down.
+    Down,
+    /// Scroll a page up.
+    PageUp,
+    /// Scroll a page down.
+    PageDown,
+    /// Go to the first row.
+    Top,
+    /// Go to the last row.
+    Bottom,
+    /// Confirm / use the selected row.
+    Enter,
+    /// Close the dialog or overlay.
+    Back,
+    /// Log in with a new token.
+    Login,
+    /// Log out (remove the stored token in use).
+    Logout,
+    /// Use the selected stored token.
+    SwitchToken,
+    /// Re-read token sources and ask whoami again.
+    Recheck,
+    /// Download the selected model.
+    Download,
+    /// Resume the last cancelled or failed download.
+    Resume,
+    /// Cancel the running download.
+    CancelDownload,
+    /// Verify the selected cached repo.
+    Verify,
+    /// Delete the selected cached revision.
+    Delete,
+    /// Use a local model folder.
+    UseFolder,
+    /// Choose the model repo by name.
+    ChooseModel,
+    /// Edit the input image path.
+    EditInput,
+    /// Next resolution mode.
+    CycleMode,
+    /// Next prompt preset.
+    CyclePreset,
+    /// Type a custom prompt.
+    EditPrompt,
+    /// Run OCR.
+    Run,
+    /// Cancel the running OCR.
+    CancelOcr,
+    /// Copy the result to the clipboard (OSC 52).
+    Copy,
+    /// Save the result to the output folder.
+    Save,
+}
+
+/// Where a command's keys are looked up: everywhere, or only when a pane has focus.
+pub fn scope(cmd: Command) -> Option<Pane> {
+    use Command::*;
+    match cmd {
+        Login | Logout | SwitchToken | Recheck => Some(Pane::Login),
+        Download | Resume | CancelDownload | Verify | Delete | UseFolder | ChooseModel => {
+            Some(Pane::Models)
+        }
+        EditInput | CycleMode | CyclePreset | EditPrompt | Run | CancelOcr | Copy | Save => {
+            Some(Pane::Ocr)
+        }
+        _ => None,
+    }
+}
+
+/// Short description for the help overlay and footer.
+pub fn describe(cmd: Command) -> &'static str {
+    use Command::*;
+    match cmd {
+        Quit => "quit",
+        Help => "help",
+        ToggleLog => "log",
+        NextPane => "next pane",
+        PrevPane => "previous pane",
+        Cancel => "cancel job (twice: quit)",
+        Up => "up",
+        Down => "down",
+        PageUp => "page up",
+        PageDown => "page down",
+        Top => "top",
+        Bottom => "bottom",
+        Enter => "select",
+        Back => "close",
+        Login => "log in",
+        Logout => "log out",
+        SwitchToken => "use token",
+        Recheck => "re-check",
+        Download => "download",
+        Resume => "resume",
+        CancelDownload => "cancel",
+        Verify => "verify",
+        Delete => "delete",
+        UseFolder => "local folder",
+        ChooseModel => "model",
+        EditInput => "input",
+        CycleMode => "mode",
+        CyclePreset => "preset",
+        EditPrompt => "prompt",
+        Run => "run",
+        CancelOcr => "cancel",
+        Copy => "copy",
+        Save => "save",
+    }
+}
+
+/// Every command with its built-in keys, in help order.
+const DEFAULT_KEYS: &[(Command, &[&str])] = &[
+    (Command::Quit, &["q"]),
+    (Command::Help, &["?", "F1"]),
+    (Command::ToggleLog, &["L"]),
+    (Command::NextPane, &["Tab", "Right", "l"]),
+    (Command::PrevPane, &["BackTab", "Left", "h"]),
+    (Command::Cancel, &["Ctrl-c"]),
+    (Command::Up, &["Up", "k"]),
+    (Command::Down, &["Down", "j"]),
+    (Command::PageUp, &["PageUp", "Ctrl-u"]),
+    (Command::PageDown, &["PageDown", "Ctrl-d"]),
+    (Command::Top, &["Home", "g"]),
+    (Command::Bottom, &["End", "G"]),
+    (Command::Enter, &["Enter"]),
+    (Command::Back, &["Esc"]),
+    (Command::Login, &["n"]),
+    (Command::Logout, &["o"]),
+    (Command::SwitchToken, &["s"]),
+    (Command::Recheck, &["r"]),
+    (Command::Download, &["d"]),
+    (Command::Resume, &["R"]),
+    (Command::CancelDownload, &["x"]),
+    (Command::Verify, &["v"]),
+    (Command::Delete, &["Delete", "D"]),
+    (Command::UseFolder, &["f"]),
+    (Command::ChooseModel, &["m"]),
+    (Command::EditInput, &["i"]),
+    (Command::CycleMode, &["m"]),
+    (Command::CyclePreset, &["p"]),
+    (Command::EditPrompt, &["t"]),
+    (Command::Run, &["r"]),
+    (Command::CancelOcr, &["x"]),
+    (Command::Copy, &["y"]),
+    (Command::Save, &["w"]),
+];
+
+/// A key with modifiers, as written in the config file (`q`, `Ctrl-c`, `Shift-Tab`, `F1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The key.
+    pub code: KeyCode,
+    /// Ctrl and Alt only; Shift is folded into the character or `BackTab`.
+    pub mods: KeyModifiers,
+}
+
+impl Key {
+    /// The key of a terminal event, normalised like the parsed form.
+    pub fn from_event(ev: KeyEvent) -> Self {
+        let mods = ev.modifiers & (KeyModifiers::CONTROL | KeyModifiers::ALT);
+        let code = match ev.code {
+            KeyCode::Char(c) if mods.contains(KeyModifiers::CONTROL) => {
+                KeyCode::Char(c.to_ascii_lowercase())
+            }
+            other => other,
+        };
+        Self { code, mods }
+    }
+}
+
+impl FromStr for Key {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut mods = KeyModifiers::NONE;
+        let mut rest = s;
+        loop {
+            if let Some(r) = strip_prefix_ci(rest, "ctrl-") {
+                mods |= KeyModifiers::CONTROL;
+                rest = r;
+            } else if let Some(r) = strip_prefix_ci(rest, "alt-") {
+                mods |= KeyModifiers::ALT;
+                rest = r;
+            } else {
+                break;
+            }
+        }
+        let code = match rest.to_ascii_lowercase().as_str() {
+            _ if rest.chars().count() == 1 => {
+                let c = rest.chars().next().unwrap_or(' ');
+                KeyCode::Char(if mods.is_empty() {
+                    c
+                } else {
+                    c.to_ascii_lowercase()
+                })
+            }
+            "tab" => KeyCode::Tab,
+            "backtab" | "shift-tab" => KeyCode::BackTab,
+            "enter" | "return" => KeyCode::Enter,
+            "esc" | "escape" => KeyCode::Esc,
+            "up" => KeyCode::Up,
+            "down" => KeyCode::Down,
+            "left" => KeyCode::Left,
+            "right" => KeyCode::Right,
+            "pageup" => KeyCode::PageUp,
+            "pagedown" => KeyCode::PageDown,
+            "home" => KeyCode::Home,
+            "end" => KeyCode::End,
+            "delete" | "del" => KeyCode::Delete,
+            "backspace" => KeyCode::Backspace,
+            "space" => KeyCode::Char(' '),
+            f if f.starts_with('f') => f[1..]
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=12).contains(n))
+                .map(KeyCode::F)
+                .ok_or_else(|| format!("unknown key `{s}`"))?,
+            _ => return Err(format!("unknown key `{s}`")),
+        };
+        Ok(Self { code, mods })
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+        .filter(|r| !r.is_empty())
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.mods.contains(KeyModifiers::CONTROL) {
+            f.write_str("Ctrl-")?;
+        }
+        if self.mods.contains(KeyModifiers::ALT) {
+            f.write_str("Alt-")?;
+        }
+        match self.code {
+            KeyCode::Char(' ') => f.write_str("Space"),
+            KeyCode::Char(c) => write!(f, "{c}"),
+            KeyCode::BackTab => f.write_str("S-Tab"),
+            KeyCode::PageUp => f.write_str("PgUp"),
+            KeyCode::PageDown => f.write_str("PgDn"),
+            KeyCode::Delete => f.write_str("Del"),
+            KeyCode::Up => f.write_str("↑"),
+            KeyCode::Down => f.write_str("↓"),
+            KeyCode::Left => f.write_str("←"),
+            KeyCode::Right => f.write_str("→"),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// Commands and their keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keymap {
+    bindings: Vec<(Command, Vec<Key>)>,
+}
+
+impl Default for Keymap {
+    fn default() -> Self {
+        let bindings = DEFAULT_KEYS
+            .iter()
+            .map(|(cmd, keys)| (*cmd, keys.iter().filter_map(|k| k.parse().ok()).collect()))
+            .collect();
+        Self { bindings }
+    }
+}
+
+impl Keymap {
+    /// The command a key means with `focus` focused: the pane's own bindings first.
+    pub fn lookup(&self, key: Key, focus: Pane) -> Option<Command> {
+        let hit = |want: Option<Pane>| {
+            self.bindings
+                .iter()
+                .find(|(cmd, keys)| scope(*cmd) == want && keys.contains(&key))
+                .map(|(cmd, _)| *cmd)
+        };
+        hit(Some(focus)).or_else(|| hit(None))
+    }
+
+    /// Keys bound to a command.
+    pub fn keys(&self, cmd: Command) -> &[Key] {
+        self.bindings
+            .iter()
+            .find(|(c, _)| *c == cmd)
+            .map_or(&[], |(_, k)| k.as_slice())
+    }
+
+    /// The first key of a command as text, or `-` when unbound.
+    pub fn label(&self, cmd: Command) -> String {
+        self.keys(cmd)
+            .first()
+            .map_or_else(|| "-".to_string(), Key::to_string)
+    }
+
+    /// All commands in help order.
+    pub fn commands(&self) -> impl Iterator<Item = Command> + '_ {
+        self.bindings.iter().map(|(c, _)| *c)
+    }
+
+    fn set(&mut self, cmd: Command, keys: Vec<Key>) {
+        if let Some(slot) = self.bindings.iter_mut().find(|(c, _)| *c == cmd) {
+            slot.1 = keys;
+        }
+    }
+}
+
+/// Colours of the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Theme {
+    /// Titles and highlights.
+    pub accent: Color,
+    /// Border of the focused pane.
+    pub focus: Color,
+    /// Borders of other panes.
+    pub border: Color,
+    /// Good news.
+    pub ok: Color,
+    /// Warnings.
+    pub warn: Color,
+    /// Errors.
+    pub error: Color,
+    /// Less important text.
+    pub muted: Color,
+    /// Background of the selected row.
+    pub selection: Color,
+    /// Grounding boxes in the preview.
+    pub boxes: Color,
+    /// Whether colours are off (`NO_COLOR`): styles then use bold/reverse only.
+    pub mono: bool,
+}
+
+impl Default for Theme {
+    fn default() -> Self {
+        Self {
+            accent: Color::Cyan,
+            focus: Color::LightCyan,
+            border: Color::DarkGray,
+            ok: Color::Green,
+            warn: Color::Yellow,
+            error: Color::LightRed,
+            muted: Color::Gray,
+            selection: Color::Indexed(238),
+            boxes: Color::LightMagenta,
+            mono: false,
+        }
+    }
+}
+
+impl Theme {
+    /// No colours at all.
+    pub fn mono() -> Self {
+        Self {
+            accent: Color::Reset,
+            focus: Color::Reset,
+            border: Color::Reset,
+            ok: Color::Reset,
+            warn: Color::Reset,
+            error: Color::Reset,
+            muted: Color::Reset,
+            selection: Color::Reset,
+            boxes: Color::Reset,
+            mono: true,
+        }
+    }
+
+    /// Foreground style of a colour (bold when mono, so emphasis survives).
+    pub fn fg(&self, color: Color) -> Style {
+        if self.mono {
+            Style::default()
+        } else {
+            Style::default().fg(color)
+        }
+    }
+
+    /// Style of the selected row.
+    pub fn selected(&self) -> Style {
+        if self.mono {
+            Style::default().add_modifier(Modifier::REVERSED)
+        } else {
+            Style::default()
+                .bg(self.selection)
+                .add_modifier(Modifier::BOLD)
+        }
+    }
+
+    /// Style of a title / emphasis.
+    pub fn title(&self) -> Style {
+        self.fg(self.accent).add_modifier(Modifier::BOLD)
+    }
+
+    fn set(&mut self, name: &str, color: Color) -> Result<(), String> {
+        let slot = match name {
+            "accent" => &mut self.accent,
+            "focus" => &mut self.focus,
+            "border" => &mut self.border,
+            "ok" => &mut self.ok,
+            "warn" => &mut self.warn,
+            "error" => &mut self.error,
+            "muted" => &mut self.muted,
+            "selection" => &mut self.selection,
+            "boxes" => &mut self.boxes,
+            _ => return Err(format!("unknown colour name `{name}`")),
+        };
+        *slot = color;
+        Ok(())
+    }
+
+    fn to_256(mut self) -> Self {
+        for c in [
+            &mut self.accent,
+            &mut self.focus,
+            &mut self.border,
+            &mut self.ok,
+            &mut self.warn,
+            &mut self.error,
+            &mut self.muted,
+            &mut self.selection,
+            &mut self.boxes,
+        ] {
+            *c = to_256(*c);
+        }
+        self
+    }
+}
+
+/// Nearest colour of the xterm 256-colour cube/grey ramp for an RGB colour; others unchanged.
+pub fn to_256(color: Color) -> Color {
+    let Color::Rgb(r, g, b) = color else {
+        return color;
+    };
+    let level = |v: u8| -> u8 {
+        if v < 48 {
+            0
+        } else if v < 115 {
+            1
+        } else {
+            (v - 35) / 40
+        }
+    };
+    let cube = |l: u8| if l == 0 { 0 } else { 55 + 40 * l as i32 };
+    let (lr, lg, lb) = (level(r), level(g), level(b));
+    let cube_err = sq(cube(lr) - r as i32) + sq(cube(lg) - g as i32) + sq(cube(lb) - b as i32);
+    let avg = (r as i32 + g as i32 + b as i32) / 3;
+    let grey = ((avg - 3).max(0) / 10).min(23);
+    let gv = 8 + 10 * grey;
+    let grey_err = sq(gv - r as i32) + sq(gv - g as i32) + sq(gv - b as i32);
+    if grey_err < cube_err {
+        Color::Indexed(232 + grey as u8)
+    } else {
+        Color::Indexed(16 + 36 * lr + 6 * lg + lb)
+    }
+}
+
+fn sq(v: i32) -> i32 {
+    v * v
+}
+
+/// The user's config file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    keys: HashMap<Command, Vec<String>>,
+    #[serde(default)]
+    colors: HashMap<String, String>,
+}
+
+/// What the dashboard runs with: bindings, colours, and the problems found in the user's file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Settings {
+    /// Key bindings.
+    pub keymap: Keymap,
+    /// Colours.
+    pub theme: Theme,
+    /// One line per problem in the config file (the rest of the file still applies).
+    pub warnings: Vec<String>,
+}
+
+/// Facts from the environment that change how colours are chosen.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ColorEnv {
+    /// `NO_COLOR` is set and non-empty.
+    pub no_color: bool,
+    /// `COLORTERM` says `truecolor` or `24bit`.
+    pub truecolor: bool,
+}
+
+impl ColorEnv {
+    /// Read `NO_COLOR` and `COLORTERM`.
+    pub fn from_env() -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let truecolor = std::env::var("COLORTERM")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("truecolor") || v.eq_ignore_ascii_case("24bit"));
+        Self {
+            no_color,
+            truecolor,
+        }
+    }
+}
+
+/// Where the config file lives: `$XDG_CONFIG_HOME/dsocr/config.toml` on Linux.
+pub fn config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "dsocr").map(|d| d.config_dir().join("config.toml"))
+}
+
+impl Settings {
+    /// Defaults, then the file at `path` if it exists, then `env`'s colour rules.
+    pub fn load(path: Option<&Path>, env: ColorEnv) -> Self {
+        let text = match path.map(std::fs::read_to_string) {
+            Some(Ok(text)) => Some(text),
+            Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+                let mut s = Self::from_toml("", env);
+                s.warnings.push(format!(
+                    "cannot read {}: {e}; using the default keys and colours",
+                    path.map_or_else(String::new, |p| p.display().to_string())
+                ));
+                return s;
+            }
+            _ => None,
+        };
+        Self::from_toml(text.as_deref().unwrap_or(""), env)
+    }
+
+    /// Defaults merged with a config file's text.
+    pub fn from_toml(text: &str, env: ColorEnv) -> Self {
+        let mut settings = Self::default();
+        let file: ConfigFile = match toml::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = e.message().to_string();
+                settings.warnings.push(format!(
+                    "config file ignored: {msg}; fix it or delete it to use the defaults"
+                ));
+                ConfigFile::default()
+            }
+        };
+        for (cmd, keys) in file.keys {
+            let mut parsed = Vec::new();
+            for k in keys {
+                match k.parse::<Key>() {
+                    Ok(key) => parsed.push(key),
+                    Err(e) => settings.warnings.push(format!("[keys] {e}")),
+                }
+            }
+            settings.keymap.set(cmd, parsed);
+        }
+        for (name, value) in file.colors {
+            let result = Color::from_str(&value)
+                .map_err(|_| format!("[colors] {name}: cannot read colour `{value}`"))
+                .and_then(|c| {
+                    settings
+                        .theme
+                        .set(&name, c)
+                        .map_err(|e| format!("[colors] {e}"))
+                });
+            if let Err(e) = result {
+                settings.warnings.push(e);
+            }
+        }
+        if env.no_color {
+            settings.theme = Theme::mono();
+        } else if !env.truecolor {
+            settings.theme = settings.theme.to_256();
+        }
+        settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> Key {
+        s.parse().expect("valid key in test")
+    }
+
+    #[test]
+    fn parses_keys() {
+        assert_eq!(key("q").code, KeyCode::Char('q'));
+        assert_eq!(key("Ctrl-c").mods, KeyModifiers::CONTROL);
+        assert_eq!(key("ctrl-C").code, KeyCode::Char('c'));
+        assert_eq!(key("Shift-Tab").code, KeyCode::BackTab);
+        assert_eq!(key("F5").code, KeyCode::F(5));
+        assert!("F13".parse::<Key>().is_err());
+        assert!("Hyper-x".parse::<Key>().is_err());
+        assert!("ctrl-".parse::<Key>().is_err());
+    }
+
+    #[test]
+    fn pane_bindings_shadow_global_ones() {
+        let km = Keymap::default();
+        assert_eq!(km.lookup(key("r"), Pane::Login), Some(Command::Recheck));
+        assert_eq!(km.lookup(key("r"), Pane::Ocr), Some(Command::Run));
+        assert_eq!(km.lookup(key("q"), Pane::Ocr), Some(Command::Quit));
+        assert_eq!(km.lookup(key("r"), Pane::Log), None);
+    }
+
+    #[test]
+    fn user_file_overrides_and_reports_errors() {
+        let s = Settings::from_toml(
+            "[keys]\nquit = [\"Ctrl-q\"]\nhelp = [\"Hyper-h\"]\n[colors]\naccent = \"#ff0000\"\nnope = \"red\"\n",
+            ColorEnv {
+                no_color: false,
+                truecolor: true,
+            },
+        );
+        assert_eq!(
+            s.keymap.lookup(key("Ctrl-q"), Pane::Login),
+            Some(Command::Quit)
+        );
+        assert_eq!(s.keymap.lookup(key("q"), Pane::Login), None);
+        assert_eq!(s.theme.accent, Color::Rgb(255, 0, 0));
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn broken_file_falls_back_to_defaults() {
+        let s = Settings::from_toml("[keys\n", ColorEnv::default());
+        assert_eq!(s.keymap, Keymap::default());
+        assert_eq!(s.warnings.len(), 1);
+        let s = Settings::from_toml("[keys]\nfly = [\"x\"]\n", ColorEnv::default());
+        assert_eq!(s.warnings.len(), 1);
+    }
+
+    #[test]
+    fn no_color_and_256() {
+        let s = Settings::from_toml(
+            "",
+            ColorEnv {
+                no_color: true,
+                truecolor: true,
+            },
+        );
+        assert!(s.theme.mono);
+        let s = Settings::from_toml("[colors]\naccent = \"#ff0000\"\n", ColorEnv::default());
+        assert_eq!(s.theme.accent, Color::Indexed(196));
+        assert_eq!(to_256(Color::Rgb(128, 128, 128)), Color::Indexed(244));
+        assert_eq!(to_256(Color::Rgb(0, 0, 0)), Color::Indexed(16));
+    }
+}

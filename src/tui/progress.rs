@@ -1,0 +1,125 @@
+//! Progress as a value: bytes done of a total, percent that never shows 100 % early, speed, ETA
+//! and the human-readable forms the panes print.
+
+use std::time::Duration;
+
+/// Bytes done out of a total that may still be unknown (0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes done so far.
+    pub done: u64,
+    /// Expected total in bytes; 0 when unknown.
+    pub total: u64,
+}
+
+impl Progress {
+    /// `done` of `total` bytes.
+    pub fn new(done: u64, total: u64) -> Self {
+        Self { done, total }
+    }
+
+    /// Fraction in `0.0..=1.0` for a gauge; 0 when the total is unknown. Capped just below 1
+    /// until `done` reaches `total`, so a bar never looks finished early.
+    pub fn ratio(self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        if self.done >= self.total {
+            return 1.0;
+        }
+        (self.done as f64 / self.total as f64).min(0.999)
+    }
+
+    /// Whole percent, rounded down (99 until the last byte arrives).
+    pub fn percent(self) -> u8 {
+        (self.ratio() * 100.0).floor() as u8
+    }
+
+    /// Whether every expected byte is there (an unknown total is never complete).
+    pub fn is_complete(self) -> bool {
+        self.total > 0 && self.done >= self.total
+    }
+
+    /// Average speed in bytes per second over `elapsed`; `None` before any time has passed.
+    pub fn speed(self, elapsed: Duration) -> Option<f64> {
+        let secs = elapsed.as_secs_f64();
+        (secs > 0.0).then(|| self.done as f64 / secs)
+    }
+
+    /// Time left at `speed` bytes per second; `None` when the speed or total is unknown.
+    pub fn eta(self, speed: Option<f64>) -> Option<Duration> {
+        let speed = speed.filter(|s| *s > 0.0)?;
+        if self.total == 0 {
+            return None;
+        }
+        let left = self.total.saturating_sub(self.done) as f64;
+        Some(Duration::from_secs_f64(left / speed))
+    }
+}
+
+/// `1.5 GiB`-style size with binary units and one decimal above bytes.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `mm:ss`, or `h:mm:ss` past an hour.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+    } else {
+        format!("{:02}:{:02}", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_total_is_zero_and_never_complete() {
+        let p = Progress::new(0, 0);
+        assert_eq!(p.ratio(), 0.0);
+        assert_eq!(p.percent(), 0);
+        assert!(!p.is_complete());
+        assert_eq!(p.eta(Some(10.0)), None);
+    }
+
+    #[test]
+    fn never_shows_100_before_the_last_byte() {
+        assert_eq!(Progress::new(999_999, 1_000_000).percent(), 99);
+        assert_eq!(Progress::new(1_000_000, 1_000_000).percent(), 100);
+        assert!(Progress::new(1_000_000, 1_000_000).is_complete());
+        assert_eq!(Progress::new(1, 3).percent(), 33);
+    }
+
+    #[test]
+    fn speed_and_eta() {
+        let p = Progress::new(50, 150);
+        let speed = p.speed(Duration::from_secs(5));
+        assert_eq!(speed, Some(10.0));
+        assert_eq!(p.eta(speed), Some(Duration::from_secs(10)));
+        assert_eq!(p.speed(Duration::ZERO), None);
+        assert_eq!(p.eta(None), None);
+    }
+
+    #[test]
+    fn human_forms() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(6_672_212_480), "6.2 GiB");
+        assert_eq!(human_duration(Duration::from_secs(75)), "01:15");
+        assert_eq!(human_duration(Duration::from_secs(3725)), "1:02:05");
+    }
+}

@@ -1,0 +1,234 @@
+//! Background work. Hub jobs run on a tokio runtime; the model runs on its own thread (tch
+//! calls block); small file jobs run on tokio's blocking pool. Workers hold an
+//! [`ActionSender`] and never the state.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::action::{Action, ActionSender, Job};
+use super::state::{DeviceInfo, PreviewImage};
+
+/// Largest side of the preview image kept in memory (pixels).
+const PREVIEW_MAX: u32 = 320;
+
+/// The workers and their cancel flags.
+pub struct Workers {
+    tx: ActionSender,
+    rt: tokio::runtime::Runtime,
+    download_cancel: Arc<AtomicBool>,
+    ocr_cancel: Arc<AtomicBool>,
+}
+
+impl Workers {
+    /// Start the runtime.
+    pub fn new(tx: ActionSender) -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dsocr-hub")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            tx,
+            rt,
+            download_cancel: Arc::new(AtomicBool::new(false)),
+            ocr_cancel: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Hand a job to the worker that does it. Never blocks.
+    pub fn dispatch(&mut self, job: Job) {
+        tracing::debug!("job {job:?}");
+        let tx = self.tx.clone();
+        match job {
+            Job::ProbeDevice => {
+                self.rt
+                    .spawn_blocking(move || tx.send(Action::Device(probe_device())));
+            }
+            Job::LoadPreview(path) => {
+                self.rt
+                    .spawn_blocking(move || tx.send(Action::Preview(load_preview(&path))));
+            }
+            Job::CompletePath(input) => {
+                self.rt.spawn_blocking(move || {
+                    let (input, candidates) = complete_path(&input);
+                    tx.send(Action::Completions { input, candidates });
+                });
+            }
+            Job::Save { dir, text, boxes } => {
+                self.rt
+                    .spawn_blocking(move || match save(&dir, &text, &boxes) {
+                        Ok(()) => tx.send(Action::Saved(dir)),
+                        Err(e) => tx.error(
+                            "Saving failed",
+                            format!("{}: {e}; choose a folder you can write to", dir.display()),
+                        ),
+                    });
+            }
+            Job::CancelDownload => self.download_cancel.store(true, Ordering::SeqCst),
+            Job::CancelOcr => self.ocr_cancel.store(true, Ordering::SeqCst),
+            Job::Copy(_) => {} // written to the terminal by the event loop
+            Job::RefreshLogin
+            | Job::Login(_)
+            | Job::Logout
+            | Job::SwitchToken(_)
+            | Job::ScanCache
+            | Job::Download { .. }
+            | Job::Verify(_)
+            | Job::Delete { .. } => self.hub_unavailable(job),
+            Job::Ocr(_) => tx.send(Action::OcrFinished(Err(Some(
+                "the OCR engine is not part of this build yet; use a newer dsocr".to_string(),
+            )))),
+        }
+    }
+
+    fn hub_unavailable(&self, job: Job) {
+        let msg = "the hub layer is not part of this build yet; use a newer dsocr".to_string();
+        match job {
+            Job::RefreshLogin => self.tx.send(Action::Whoami(Err(msg))),
+            Job::ScanCache => self.tx.send(Action::CacheScanned(Err(msg))),
+            Job::Download { .. } => self.tx.send(Action::DownloadFinished(Err(Some(
+                super::state::DiagnosisView {
+                    code: "unavailable".to_string(),
+                    cause: msg,
+                    fix: "update dsocr".to_string(),
+                },
+            )))),
+            _ => self.tx.error("Not available", msg),
+        }
+    }
+
+    /// Ask every job to stop (the dashboard is closing).
+    pub fn shutdown(self) {
+        self.download_cancel.store(true, Ordering::SeqCst);
+        self.ocr_cancel.store(true, Ordering::SeqCst);
+        self.rt.shutdown_background();
+    }
+}
+
+/// CUDA GPU name and memory from `nvidia-smi` when CUDA is usable, else the CPU threads.
+fn probe_device() -> DeviceInfo {
+    if tch::Cuda::is_available()
+        && let Some(gpu) = nvidia_smi()
+    {
+        return gpu;
+    }
+    DeviceInfo::Cpu {
+        threads: usize::try_from(tch::get_num_threads()).unwrap_or(1),
+    }
+}
+
+fn nvidia_smi() -> Option<DeviceInfo> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,memory.used,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let mut parts = text.lines().next()?.split(',').map(str::trim);
+    let name = parts.next()?.to_string();
+    let mib = |s: Option<&str>| s?.parse::<u64>().ok().map(|v| v * 1024 * 1024);
+    Some(DeviceInfo::Gpu {
+        name,
+        used: mib(parts.next())?,
+        total: mib(parts.next())?,
+    })
+}
+
+/// Decode an image and shrink it for the preview; `None` when it cannot be read.
+pub fn load_preview(path: &Path) -> Option<PreviewImage> {
+    let img = match image::open(path) {
+        Ok(img) => img,
+        Err(e) => {
+            tracing::warn!("preview of {}: {e}", path.display());
+            return None;
+        }
+    };
+    let small = img.thumbnail(PREVIEW_MAX, PREVIEW_MAX).to_rgb8();
+    Some(PreviewImage {
+        width: small.width(),
+        height: small.height(),
+        rgb: small.into_raw(),
+    })
+}
+
+/// Complete a path: the longest common prefix of the matching entries, and the entries
+/// (folders end in `/`) when more than one matches.
+pub fn complete_path(input: &str) -> (String, Vec<String>) {
+    let (dir, prefix) = match input.rfind('/') {
+        Some(i) => (&input[..=i], &input[i + 1..]),
+        None => ("", input),
+    };
+    let read_dir = if dir.is_empty() { "." } else { dir };
+    let Ok(entries) = std::fs::read_dir(read_dir) else {
+        return (input.to_string(), Vec::new());
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !name.starts_with(prefix) || (name.starts_with('.') && !prefix.starts_with('.')) {
+                return None;
+            }
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            Some(if is_dir { format!("{name}/") } else { name })
+        })
+        .collect();
+    names.sort();
+    let common = names
+        .iter()
+        .skip(1)
+        .fold(names.first().cloned().unwrap_or_default(), |acc, n| {
+            acc.chars()
+                .zip(n.chars())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect()
+        });
+    let completed = if common.len() > prefix.len() {
+        format!("{dir}{common}")
+    } else {
+        input.to_string()
+    };
+    let candidates = if names.len() > 1 { names } else { Vec::new() };
+    (completed, candidates)
+}
+
+/// Write `result.md` and `boxes.json` into `dir`.
+fn save(dir: &PathBuf, text: &str, boxes: &[super::state::BoxView]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("result.md"), text)?;
+    let json: Vec<serde_json::Value> = boxes
+        .iter()
+        .map(|b| serde_json::json!({ "label": b.label, "box": b.rect }))
+        .collect();
+    let body = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("boxes.json"), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completes_unique_and_lists_many() {
+        let dir = std::env::temp_dir().join(format!("dsocr-complete-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("pages")).expect("temp dir");
+        std::fs::write(dir.join("page1.png"), b"x").expect("temp file");
+        std::fs::write(dir.join("page2.png"), b"x").expect("temp file");
+        std::fs::write(dir.join("scan.jpg"), b"x").expect("temp file");
+        let base = format!("{}/", dir.display());
+        let (c, list) = complete_path(&format!("{base}s"));
+        assert_eq!(c, format!("{base}scan.jpg"));
+        assert!(list.is_empty());
+        let (c, list) = complete_path(&format!("{base}pa"));
+        assert_eq!(c, format!("{base}page"));
+        assert_eq!(list, ["page1.png", "page2.png", "pages/"]);
+        let (c, list) = complete_path(&format!("{base}zzz"));
+        assert_eq!(c, format!("{base}zzz"));
+        assert!(list.is_empty());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

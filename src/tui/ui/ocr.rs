@@ -1,0 +1,166 @@
+//! The OCR pane: input, mode, prompt, run state with phase and speed, the streamed output, the
+//! grounding boxes and the page preview with the boxes drawn.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+
+use super::{field, pane_block, preview, spinner};
+use crate::tui::app::{App, MODES, PRESETS, Pane};
+use crate::tui::progress::human_duration;
+use crate::tui::state::OcrRun;
+
+/// Draw the OCR pane.
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+    let block = pane_block(app, Pane::Ocr);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [head, body] = Layout::vertical([Constraint::Length(3), Constraint::Min(0)]).areas(inner);
+    frame.render_widget(Paragraph::new(head_lines(app)), head);
+    let show_side = body.width >= 60 && (app.ocr.preview.is_some() || !app.ocr.boxes.is_empty());
+    if show_side {
+        let [out, side] =
+            Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
+                .areas(body);
+        draw_output(frame, out, app);
+        draw_side(frame, side, app);
+    } else {
+        draw_output(frame, body, app);
+    }
+}
+
+fn head_lines(app: &App) -> Vec<Line<'static>> {
+    let theme = &app.settings.theme;
+    let ocr = &app.ocr;
+    let input = if ocr.input.is_empty() {
+        Span::styled("(none: press i)", theme.fg(theme.muted))
+    } else {
+        Span::raw(ocr.input.clone())
+    };
+    let prompt = match ocr.preset {
+        Some(i) => PRESETS[i % PRESETS.len()].0.to_string(),
+        None => format!("custom: {}", ocr.custom_prompt),
+    };
+    let mut lines = vec![
+        field(app, "Input", input),
+        Line::from(vec![
+            Span::styled(format!("{:<8}", "Mode"), theme.fg(theme.muted)),
+            Span::raw(MODES[ocr.mode % MODES.len()]),
+            Span::styled("  Prompt ", theme.fg(theme.muted)),
+            Span::raw(prompt),
+        ]),
+    ];
+    let (state, style) = match &ocr.run {
+        OcrRun::Idle => ("idle".to_string(), theme.fg(theme.muted)),
+        OcrRun::Running(phase) => (
+            format!("{} {}", spinner(app), phase.label()),
+            theme.fg(theme.accent),
+        ),
+        OcrRun::Done => ("✓ done".to_string(), theme.fg(theme.ok)),
+        OcrRun::Cancelled => ("cancelled".to_string(), theme.fg(theme.warn)),
+        OcrRun::Failed(_) => ("✗ failed".to_string(), theme.fg(theme.error)),
+    };
+    let mut status = vec![
+        Span::styled(format!("{:<8}", "Run"), theme.fg(theme.muted)),
+        Span::styled(state, style),
+    ];
+    if !matches!(ocr.run, OcrRun::Idle) {
+        let speed = ocr
+            .tokens_per_sec()
+            .map_or_else(|| "-".to_string(), |s| format!("{s:.1}"));
+        status.push(Span::raw(format!(
+            "  {} tok  {speed} tok/s  {}",
+            ocr.tokens,
+            human_duration(ocr.elapsed)
+        )));
+    }
+    lines.push(Line::from(status));
+    lines
+}
+
+fn draw_output(frame: &mut Frame, area: Rect, app: &App) {
+    let theme = &app.settings.theme;
+    let block = Block::default()
+        .borders(Borders::TOP)
+        .border_style(theme.fg(theme.border))
+        .title(Span::styled(" output ", theme.fg(theme.muted)));
+    let text = if app.ocr.output.is_empty() && !app.ocr.completions.is_empty() {
+        app.ocr.completions.join("\n")
+    } else {
+        app.ocr.output.clone()
+    };
+    // Follow the end of the stream while running; otherwise honour the user's scroll.
+    let inner_h = area.height.saturating_sub(1);
+    let scroll = if app.ocr.is_running() {
+        let width = area.width.max(1) as usize;
+        let rows: usize = text
+            .lines()
+            .map(|l| l.chars().count().max(1).div_ceil(width))
+            .sum();
+        rows.saturating_sub(inner_h as usize) as u16
+    } else {
+        app.ocr.scroll
+    };
+    frame.render_widget(
+        Paragraph::new(text)
+            .wrap(Wrap { trim: false })
+            .scroll((scroll, 0))
+            .block(block),
+        area,
+    );
+}
+
+fn draw_side(frame: &mut Frame, area: Rect, app: &App) {
+    let theme = &app.settings.theme;
+    let boxes_h = (app.ocr.boxes.len() as u16 + 1).min(area.height / 2).max(1);
+    let [pic, list] =
+        Layout::vertical([Constraint::Min(0), Constraint::Length(boxes_h)]).areas(area);
+    let pic_block = Block::default()
+        .borders(Borders::TOP | Borders::LEFT)
+        .border_style(theme.fg(theme.border))
+        .title(Span::styled(" page ", theme.fg(theme.muted)));
+    let pic_inner = pic_block.inner(pic);
+    frame.render_widget(pic_block, pic);
+    match &app.ocr.preview {
+        Some(img) if !theme.mono => {
+            frame.render_widget(preview::Preview::new(img, &app.ocr.boxes, app), pic_inner);
+        }
+        Some(_) => frame.render_widget(
+            Paragraph::new("the preview needs colour (NO_COLOR is set)"),
+            pic_inner,
+        ),
+        None => frame.render_widget(Paragraph::new("no preview"), pic_inner),
+    }
+    let mut lines = vec![Line::styled(
+        format!("{} boxes", app.ocr.boxes.len()),
+        theme.fg(theme.muted),
+    )];
+    for (i, b) in app.ocr.boxes.iter().enumerate() {
+        let [x1, y1, x2, y2] = b.rect.map(|v| v.round() as i32);
+        let line = Line::raw(format!("{:<10} {x1},{y1} {x2},{y2}", b.label));
+        lines.push(if app.focus == Pane::Ocr && i == app.ocr.box_cursor {
+            line.style(theme.selected())
+        } else {
+            line
+        });
+    }
+    let skip = app
+        .ocr
+        .box_cursor
+        .saturating_sub(list.height.saturating_sub(2) as usize);
+    let lines: Vec<Line> = lines
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || *i > skip)
+        .map(|(_, l)| l)
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::LEFT)
+                .border_style(theme.fg(theme.border)),
+        ),
+        list,
+    );
+}
