@@ -18,6 +18,8 @@ pub enum OcrError {
     Weights { path: PathBuf, message: String },
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Image(#[from] super::preprocess::ImageError),
     #[error("{0}")]
     Invalid(String),
     #[error("cancelled")]

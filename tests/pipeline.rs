@@ -1,0 +1,291 @@
+//! The OCR pipeline around the model, against the reference's outputs in `tests/fixtures/`:
+//! preprocessing (every case of `preprocess/preprocess.json`, plus any listed in
+//! `DSOCR_EXTRA_PREPROCESS`), prompt ids, decoding, grounding.
+
+use std::path::{Path, PathBuf};
+
+use dsocr::ocr::preprocess::{self, Mode};
+use image::RgbImage;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {v}"))
+        .iter()
+        .map(|x| x.as_u64().expect("integer") as u32)
+        .collect()
+}
+
+/// Mean and max absolute difference over all channels of two same-sized images.
+fn diff_stats(a: &RgbImage, b: &RgbImage) -> (f64, u8) {
+    let mut sum = 0u64;
+    let mut max = 0u8;
+    for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
+        let d = x.abs_diff(*y);
+        sum += u64::from(d);
+        max = max.max(d);
+    }
+    (sum as f64 / a.as_raw().len() as f64, max)
+}
+
+/// Compare one produced view with the reference PNG; returns a failure line or None.
+fn check_view(name: &str, got: &RgbImage, expected_path: &Path) -> Option<String> {
+    let expected = image::open(expected_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()))
+        .to_rgb8();
+    if got.dimensions() != expected.dimensions() {
+        return Some(format!(
+            "{name}: size {:?} != {:?}",
+            got.dimensions(),
+            expected.dimensions()
+        ));
+    }
+    let (mean, max) = diff_stats(got, &expected);
+    eprintln!("{name}: mean |diff| {mean:.4}, max {max}");
+    (mean > 1.0 || max > 24).then(|| format!("{name}: mean |diff| {mean:.4}, max {max}"))
+}
+
+/// Run every case of one preprocess.json; returns the failures.
+fn run_preprocess_cases(json_path: &Path) -> Vec<String> {
+    let root = json_path.parent().expect("json has a folder");
+    let spec = read_json(json_path);
+    let mut failures = Vec::new();
+    let cases = spec["cases"].as_array().expect("cases");
+    assert!(!cases.is_empty(), "{} has no cases", json_path.display());
+    for case in cases {
+        let source = root.join(case["source"].as_str().expect("source"));
+        let mode: Mode = case["mode"]
+            .as_str()
+            .expect("mode")
+            .parse()
+            .expect("known mode");
+        let name = format!("{} {mode}", source.display());
+        let img = preprocess::load_image(&source).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let oriented = u32s(&case["oriented_size"]);
+        if [img.width(), img.height()] != oriented[..] {
+            failures.push(format!(
+                "{name}: oriented size {:?} != {oriented:?}",
+                img.dimensions()
+            ));
+            continue;
+        }
+        let views = preprocess::preprocess(&img, mode, preprocess::DEFAULT_MAX_TILES);
+        let crop = u32s(&case["spatial_crop"]);
+        if views.spatial_crop[..] != crop[..] {
+            failures.push(format!(
+                "{name}: spatial_crop {:?} != {crop:?}",
+                views.spatial_crop
+            ));
+        }
+        let tokens = case["num_image_tokens"].as_u64().expect("num_image_tokens") as usize;
+        if views.num_image_tokens != tokens {
+            failures.push(format!(
+                "{name}: {} image tokens != {tokens}",
+                views.num_image_tokens
+            ));
+        }
+        let global = root.join(case["global"].as_str().expect("global"));
+        failures.extend(check_view(
+            &format!("{name} global"),
+            &views.global,
+            &global,
+        ));
+        let tiles = case["tiles"].as_array().expect("tiles");
+        if tiles.len() != views.tiles.len() {
+            failures.push(format!(
+                "{name}: {} tiles != {}",
+                views.tiles.len(),
+                tiles.len()
+            ));
+            continue;
+        }
+        for (i, (t, want)) in views.tiles.iter().zip(tiles).enumerate() {
+            let want = root.join(want.as_str().expect("tile path"));
+            failures.extend(check_view(&format!("{name} tile{i}"), t, &want));
+        }
+    }
+    for g in spec["tile_grids"].as_array().map_or(&[][..], |v| v) {
+        let size = u32s(&g["size"]);
+        let want = u32s(&g["grid"]);
+        let max_tiles = g["max_tiles"].as_u64().expect("max_tiles") as u32;
+        let got = preprocess::tile_grid(size[0], size[1], 640, max_tiles);
+        if got[..] != want[..] {
+            failures.push(format!(
+                "grid for {size:?} (max {max_tiles}): {got:?} != {want:?}"
+            ));
+        }
+    }
+    failures
+}
+
+#[test]
+fn preprocess_matches_the_reference() {
+    let mut jsons = vec![fixtures().join("preprocess/preprocess.json")];
+    if let Ok(extra) = std::env::var("DSOCR_EXTRA_PREPROCESS") {
+        jsons.extend(
+            extra
+                .split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+        );
+    }
+    let failures: Vec<String> = jsons.iter().flat_map(|j| run_preprocess_cases(j)).collect();
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A fresh scratch folder under the system temp dir for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dsocr-pipeline-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A small image with distinct pixel values.
+fn pattern(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x + y) * 5) as u8])
+    })
+}
+
+#[test]
+fn every_supported_format_decodes_to_rgb() {
+    let dir = scratch("formats");
+    let img = pattern(23, 17);
+    // Lossless formats come back exactly.
+    for ext in ["png", "bmp", "tiff", "webp"] {
+        let path = dir.join(format!("p.{ext}"));
+        img.save(&path).unwrap_or_else(|e| panic!("{ext}: {e}"));
+        let back = preprocess::load_image(&path).unwrap_or_else(|e| panic!("{ext}: {e}"));
+        assert_eq!(back, img, "{ext}");
+    }
+    // JPEG is lossy: same size, close values.
+    let path = dir.join("p.jpg");
+    img.save(&path).expect("jpeg");
+    let back = preprocess::load_image(&path).expect("jpeg decodes");
+    assert_eq!(back.dimensions(), img.dimensions());
+    let (mean, _) = diff_stats(&back, &img);
+    assert!(mean < 8.0, "jpeg mean diff {mean}");
+    // GIF: an animation's first frame (few colours, so the palette is exact).
+    let frame = |c: u8| {
+        image::Frame::new(image::RgbaImage::from_pixel(
+            9,
+            5,
+            image::Rgba([c, 255 - c, 40, 255]),
+        ))
+    };
+    let path = dir.join("anim.gif");
+    {
+        let file = std::fs::File::create(&path).expect("gif file");
+        let mut enc = image::codecs::gif::GifEncoder::new(file);
+        enc.encode_frames([frame(10), frame(200)])
+            .expect("gif frames");
+    }
+    let back = preprocess::load_image(&path).expect("gif decodes");
+    assert_eq!(back.dimensions(), (9, 5));
+    assert_eq!(back.get_pixel(4, 2).0, [10, 245, 40]);
+    // Grey and RGBA inputs become RGB the way Pillow's convert("RGB") does.
+    let grey = image::GrayImage::from_fn(4, 3, |x, _| image::Luma([x as u8 * 60]));
+    let path = dir.join("grey.png");
+    grey.save(&path).expect("grey png");
+    assert_eq!(
+        preprocess::load_image(&path)
+            .expect("grey")
+            .get_pixel(2, 1)
+            .0,
+        [120; 3]
+    );
+    let rgba = image::RgbaImage::from_pixel(4, 3, image::Rgba([1, 2, 3, 0]));
+    let path = dir.join("rgba.png");
+    rgba.save(&path).expect("rgba png");
+    assert_eq!(
+        preprocess::load_image(&path)
+            .expect("rgba")
+            .get_pixel(0, 0)
+            .0,
+        [1, 2, 3]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_images_get_clear_errors() {
+    use preprocess::ImageError;
+    let dir = scratch("bad");
+    let missing = dir.join("nope.png");
+    let err = preprocess::load_image(&missing).unwrap_err();
+    assert!(matches!(err, ImageError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("nope.png"), "{err}");
+
+    let empty = dir.join("empty.png");
+    std::fs::write(&empty, b"").expect("write");
+    let err = preprocess::load_image(&empty).unwrap_err();
+    assert!(matches!(err, ImageError::Empty { .. }), "{err}");
+
+    let text = dir.join("notes.png");
+    std::fs::write(&text, b"just some text, not pixels\n").expect("write");
+    let err = preprocess::load_image(&text).unwrap_err();
+    assert!(matches!(err, ImageError::NotImage { .. }), "{err}");
+
+    // A real PNG cut in half.
+    let png = dir.join("whole.png");
+    pattern(64, 64).save(&png).expect("png");
+    let bytes = std::fs::read(&png).expect("read");
+    let cut = dir.join("cut.png");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let err = preprocess::load_image(&cut).unwrap_err();
+    assert!(matches!(err, ImageError::Corrupt { .. }), "{err}");
+
+    // A BMP header claiming 60000 x 60000 pixels (3.6 gigapixels) with no pixel data.
+    let bomb = dir.join("bomb.bmp");
+    std::fs::write(&bomb, bmp_header(60_000, 60_000)).expect("write");
+    let err = preprocess::load_image(&bomb).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                width: 60_000,
+                height: 60_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("decompression"), "{err}");
+
+    // A folder is not an image either.
+    let err = preprocess::load_image(&dir).unwrap_err();
+    assert!(matches!(err, ImageError::Unreadable { .. }), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// File and info headers of a 24-bit BMP of the given size (no pixel data follows).
+fn bmp_header(width: i32, height: i32) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(b"BM");
+    h.extend_from_slice(&(54u32 + 16).to_le_bytes()); // claimed file size
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&54u32.to_le_bytes()); // pixel data offset
+    h.extend_from_slice(&40u32.to_le_bytes()); // BITMAPINFOHEADER
+    h.extend_from_slice(&width.to_le_bytes());
+    h.extend_from_slice(&height.to_le_bytes());
+    h.extend_from_slice(&1u16.to_le_bytes()); // planes
+    h.extend_from_slice(&24u16.to_le_bytes()); // bits per pixel
+    h.extend_from_slice(&[0; 24]); // no compression, sizes, resolution, palette
+    h.extend_from_slice(&[0; 16]);
+    h
+}
