@@ -238,7 +238,6 @@ impl App {
     pub fn available(&self, cmd: Command) -> bool {
         use Command::*;
         match cmd {
-            Cancel => self.busy() || self.cancel_pending,
             SwitchToken => self.login.stored.len() > 1,
             Logout => self.login.active.is_some(),
             Download => !self.download_active() && self.selected_repo().is_some(),

@@ -41,7 +41,11 @@ pub fn hints(app: &App) -> Vec<(String, &'static str)> {
                 Command::Quit,
             ];
             pane_cmds
-                .chain(global.into_iter().filter(|c| app.available(*c)))
+                .chain(
+                    global
+                        .into_iter()
+                        .filter(|c| *c != Command::Cancel || app.busy()),
+                )
                 .map(|c| (km.label(c), keymap::describe(c)))
                 .collect()
         }

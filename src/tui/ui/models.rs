@@ -8,7 +8,9 @@ use ratatui::widgets::Paragraph;
 use super::{bar, field, pane_block, spinner};
 use crate::tui::app::{App, Pane};
 use crate::tui::progress::{Progress, human_bytes, human_duration};
-use crate::tui::state::{Check, DownloadPhase, DownloadView, FileState, ModelSource};
+use crate::tui::state::{
+    CachedRevision, Check, DownloadPhase, DownloadView, FileState, ModelSource,
+};
 
 /// Draw the Models pane.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
@@ -69,37 +71,47 @@ fn cache_lines(app: &App) -> Vec<Line<'static>> {
         )],
         Check::Done(repos) => {
             let mut lines = vec![Line::styled("Cache", theme.fg(theme.muted))];
+            let mut last_repo = None;
             for (row, (i, rev)) in app.cache_rows().into_iter().enumerate() {
-                let short = rev.commit.get(..8).unwrap_or(&rev.commit);
-                let refs = if rev.refs.is_empty() {
-                    "-".to_string()
-                } else {
-                    rev.refs.join(",")
-                };
-                let (state, style) = if rev.missing.is_empty() {
-                    ("complete".to_string(), theme.fg(theme.ok))
-                } else {
-                    (
-                        format!("missing {}", rev.missing.len()),
-                        theme.fg(theme.warn),
-                    )
-                };
-                let line = Line::from(vec![
-                    Span::raw(format!(
-                        " {} {refs} {short} {:>9} ",
-                        repos[i].repo,
-                        human_bytes(rev.size)
-                    )),
-                    Span::styled(state, style),
-                ]);
-                lines.push(if app.focus == Pane::Models && row == app.models.cursor {
-                    line.style(theme.selected())
-                } else {
-                    line
-                });
+                if last_repo != Some(i) {
+                    last_repo = Some(i);
+                    lines.push(Line::from(vec![
+                        Span::raw(format!(" {} ", repos[i].repo)),
+                        Span::styled(human_bytes(repos[i].size()), theme.fg(theme.muted)),
+                    ]));
+                }
+                lines.push(revision_line(app, rev, row == app.models.cursor));
             }
             lines
         }
+    }
+}
+
+/// `   main 9f30c71f  6.2 GiB complete`, highlighted when it is the cursor row.
+fn revision_line(app: &App, rev: &CachedRevision, cursor: bool) -> Line<'static> {
+    let theme = &app.settings.theme;
+    let short = rev.commit.get(..8).unwrap_or(&rev.commit);
+    let refs = if rev.refs.is_empty() {
+        "-".to_string()
+    } else {
+        rev.refs.join(",")
+    };
+    let (state, style) = if rev.missing.is_empty() {
+        ("complete".to_string(), theme.fg(theme.ok))
+    } else {
+        (
+            format!("missing {} files", rev.missing.len()),
+            theme.fg(theme.warn),
+        )
+    };
+    let line = Line::from(vec![
+        Span::raw(format!("   {refs} {short} {:>9} ", human_bytes(rev.size))),
+        Span::styled(state, style),
+    ]);
+    if app.focus == Pane::Models && cursor {
+        line.style(theme.selected())
+    } else {
+        line
     }
 }
 
@@ -120,8 +132,8 @@ fn download_lines(app: &App, d: &DownloadView, width: usize) -> Vec<Line<'static
     };
     let mut lines = vec![Line::from(vec![
         Span::styled(format!("{:<8}", "Get"), theme.fg(theme.muted)),
-        Span::raw(format!("{}@{} ", d.repo, d.revision)),
         Span::styled(state, style),
+        Span::raw(format!("  {}@{}", d.repo, d.revision)),
     ])];
     if let DownloadPhase::Failed(diag) = &d.phase {
         lines.push(Line::from(vec![
@@ -153,12 +165,12 @@ fn download_lines(app: &App, d: &DownloadView, width: usize) -> Vec<Line<'static
         )));
     }
     if !d.files.is_empty() {
-        lines.push(total_line(app, d.total(), d.speed(), bar_w + name_w));
+        lines.extend(total_lines(app, d.total(), d.speed(), bar_w + name_w));
     }
     lines
 }
 
-fn total_line(app: &App, total: Progress, speed: Option<f64>, bar_w: usize) -> Line<'static> {
+fn total_lines(app: &App, total: Progress, speed: Option<f64>, bar_w: usize) -> Vec<Line<'static>> {
     let theme = &app.settings.theme;
     let speed_text = speed.map_or_else(
         || "-".to_string(),
@@ -167,16 +179,22 @@ fn total_line(app: &App, total: Progress, speed: Option<f64>, bar_w: usize) -> L
     let eta = total
         .eta(speed)
         .map_or_else(|| "-".to_string(), human_duration);
-    Line::from(vec![
-        Span::styled("Total ", theme.title()),
-        Span::raw(format!(
-            "{} {:>3}% {} / {}  {speed_text}  ETA {eta}",
-            bar(total.ratio(), bar_w.saturating_sub(5)),
-            total.percent(),
-            human_bytes(total.done),
-            human_bytes(total.total),
-        )),
-    ])
+    vec![
+        Line::from(vec![
+            Span::styled("Total ", theme.title()),
+            Span::raw(format!(
+                "{} {:>3}% {} / {}",
+                bar(total.ratio(), bar_w.saturating_sub(5)),
+                total.percent(),
+                human_bytes(total.done),
+                human_bytes(total.total),
+            )),
+        ]),
+        Line::from(vec![
+            Span::styled(format!("{:<8}", "Speed"), theme.fg(theme.muted)),
+            Span::raw(format!("{speed_text}  ETA {eta}")),
+        ]),
+    ]
 }
 
 /// `name` cut to `width` characters, with `…` when cut.

@@ -1,0 +1,783 @@
+//! The dashboard, headless: snapshots of each pane in its states (ratatui `TestBackend`), every
+//! state drawn at sizes from 10x4 to 300x100, and the app driven by actions.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use dsocr::tui::action::{Action, Job, OcrRequest, Secret};
+use dsocr::tui::app::{App, Overlay, Pane};
+use dsocr::tui::keymap::{self, ColorEnv, Command, Settings};
+use dsocr::tui::state::*;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+const TOKEN: &str = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+
+fn colors() -> ColorEnv {
+    ColorEnv {
+        no_color: false,
+        truecolor: true,
+    }
+}
+
+fn app() -> App {
+    let header = HeaderInfo {
+        version: "0.1.0".to_string(),
+        endpoint: "https://huggingface.co".to_string(),
+        offline: false,
+        device: Check::Done(DeviceInfo::Cpu { threads: 16 }),
+    };
+    App::new(header, Settings::from_toml("", colors()))
+}
+
+fn key(code: KeyCode) -> Action {
+    Action::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn ch(c: char) -> Action {
+    key(KeyCode::Char(c))
+}
+
+fn ctrl_c() -> Action {
+    Action::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL))
+}
+
+/// Apply actions in order; return every job they asked for.
+fn drive(app: &mut App, actions: impl IntoIterator<Item = Action>) -> Vec<Job> {
+    actions.into_iter().flat_map(|a| app.update(a)).collect()
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("test backend");
+    t.draw(|f| dsocr::tui::ui::draw(f, app)).expect("draw");
+    t.backend().to_string()
+}
+
+fn masked(s: &str) -> String {
+    format!("{}…{}", &s[..5], &s[s.len() - 4..])
+}
+
+fn whoami() -> WhoamiView {
+    WhoamiView {
+        user: "alice".to_string(),
+        orgs: vec!["acme".to_string(), "ocr-lab".to_string()],
+        token_name: Some("laptop".to_string()),
+        role: Some("read".to_string()),
+    }
+}
+
+// ---- the states the issue lists -------------------------------------------------------------
+
+fn no_token() -> App {
+    let mut a = app();
+    drive(
+        &mut a,
+        [
+            Action::LoginStatus(Box::new(LoginState {
+                diagnosis: Some(DiagnosisView {
+                    code: "no-token".to_string(),
+                    cause: "no token in HF_TOKEN, ~/.cache/huggingface/token or stored tokens"
+                        .to_string(),
+                    fix: "press n and paste a token from huggingface.co/settings/tokens"
+                        .to_string(),
+                }),
+                ..LoginState::default()
+            })),
+            Action::Whoami(Err("not logged in".to_string())),
+            Action::CacheScanned(Ok(Vec::new())),
+        ],
+    );
+    a
+}
+
+fn shadowed() -> App {
+    let mut a = app();
+    drive(
+        &mut a,
+        [
+            Action::LoginStatus(Box::new(LoginState {
+                active: Some(TokenView {
+                    masked: "hf_ba…dd0d".to_string(),
+                    source: "HF_TOKEN".to_string(),
+                }),
+                others: vec![TokenView {
+                    masked: masked(TOKEN),
+                    source: "~/.cache/huggingface/token".to_string(),
+                }],
+                diagnosis: Some(DiagnosisView {
+                    code: "shadowed-token".to_string(),
+                    cause: "HF_TOKEN is invalid (401) and hides the token in ~/.cache/huggingface/token"
+                        .to_string(),
+                    fix: "unset HF_TOKEN (or set it to a valid token)".to_string(),
+                }),
+                ..LoginState::default()
+            })),
+            Action::Whoami(Err("401 Unauthorized: invalid token".to_string())),
+            Action::CacheScanned(Ok(Vec::new())),
+        ],
+    );
+    a
+}
+
+fn logged_in() -> App {
+    let mut a = app();
+    drive(
+        &mut a,
+        [
+            Action::LoginStatus(Box::new(LoginState {
+                active: Some(TokenView {
+                    masked: masked(TOKEN),
+                    source: "~/.cache/huggingface/token".to_string(),
+                }),
+                stored: vec![
+                    StoredToken {
+                        name: "laptop".to_string(),
+                        masked: masked(TOKEN),
+                        active: true,
+                    },
+                    StoredToken {
+                        name: "work".to_string(),
+                        masked: "hf_wo…rk42".to_string(),
+                        active: false,
+                    },
+                ],
+                ..LoginState::default()
+            })),
+            Action::Whoami(Ok(whoami())),
+            Action::CacheScanned(Ok(vec![CachedRepo {
+                repo: "deepseek-ai/DeepSeek-OCR".to_string(),
+                revisions: vec![CachedRevision {
+                    commit: "9f30c71f441d010e5429c532364a86705536c53a".to_string(),
+                    refs: vec!["main".to_string()],
+                    size: 6_672_212_480 + 9_000_000,
+                    missing: Vec::new(),
+                }],
+            }])),
+        ],
+    );
+    a
+}
+
+fn gated() -> App {
+    let mut a = logged_in();
+    let (active, stored) = (a.login.active.clone(), a.login.stored.clone());
+    drive(
+        &mut a,
+        [
+            Action::LoginStatus(Box::new(LoginState {
+                active,
+                stored,
+                diagnosis: Some(DiagnosisView {
+                    code: "gated-repo".to_string(),
+                    cause: "acme/gated-ocr is gated and alice has not been granted access"
+                        .to_string(),
+                    fix: "request access at https://huggingface.co/acme/gated-ocr, then press r"
+                        .to_string(),
+                }),
+                ..LoginState::default()
+            })),
+            Action::Whoami(Ok(whoami())),
+        ],
+    );
+    a.models.selected_model = ModelSource::Repo("acme/gated-ocr".to_string());
+    a
+}
+
+fn start_download(a: &mut App) {
+    a.focus = Pane::Models;
+    let jobs = drive(a, [ch('d')]);
+    assert!(
+        matches!(jobs.as_slice(), [Job::Download { .. }]),
+        "{jobs:?}"
+    );
+    drive(
+        a,
+        [
+            Action::DownloadStarted(vec![
+                ("config.json".to_string(), 2_544, 0),
+                ("tokenizer.json".to_string(), 9_979_417, 0),
+                (
+                    "model-00001-of-000001.safetensors".to_string(),
+                    6_672_212_480,
+                    1_000_000_000,
+                ),
+            ]),
+            Action::DownloadProgress {
+                file: 0,
+                done: 2_544,
+                elapsed: Duration::from_secs(1),
+            },
+            Action::DownloadFile {
+                file: 0,
+                state: FileState::Done,
+            },
+            Action::DownloadProgress {
+                file: 1,
+                done: 9_979_417,
+                elapsed: Duration::from_secs(2),
+            },
+            Action::DownloadFile {
+                file: 1,
+                state: FileState::Done,
+            },
+            Action::DownloadProgress {
+                file: 2,
+                done: 2_000_000_000,
+                elapsed: Duration::from_secs(10),
+            },
+        ],
+    );
+}
+
+fn downloading() -> App {
+    let mut a = logged_in();
+    drive(&mut a, [Action::CacheScanned(Ok(Vec::new()))]);
+    start_download(&mut a);
+    a
+}
+
+fn download_failed() -> App {
+    let mut a = downloading();
+    drive(
+        &mut a,
+        [
+            Action::DownloadFile {
+                file: 2,
+                state: FileState::Failed,
+            },
+            Action::DownloadFinished(Err(Some(DiagnosisView {
+                code: "connection-lost".to_string(),
+                cause: "the connection to cas-bridge.xethub.hf.co was reset at 2.0 GB".to_string(),
+                fix: "press R to resume; the 2.0 GB already on disk are kept".to_string(),
+            }))),
+        ],
+    );
+    a
+}
+
+fn streaming() -> App {
+    let mut a = logged_in();
+    a.focus = Pane::Ocr;
+    drive(&mut a, [ch('i')]);
+    drive(&mut a, "page.png".chars().map(ch));
+    let jobs = drive(&mut a, [key(KeyCode::Enter), ch('r')]);
+    assert!(matches!(jobs.last(), Some(Job::Ocr(_))), "{jobs:?}");
+    drive(
+        &mut a,
+        [
+            Action::OcrPhase(OcrPhase::Vision),
+            Action::OcrPhase(OcrPhase::Prefill),
+            Action::OcrPhase(OcrPhase::Decode),
+            Action::OcrText {
+                text:
+                    "<|ref|>title<|/ref|><|det|>[[72, 40, 928, 98]]<|/det|>\n# Quarterly report\n\n"
+                        .to_string(),
+                tokens: 30,
+                elapsed: Duration::from_millis(4200),
+                decode_elapsed: Duration::from_millis(1500),
+            },
+            Action::OcrText {
+                text: "Revenue grew 12% over the".to_string(),
+                tokens: 36,
+                elapsed: Duration::from_millis(4500),
+                decode_elapsed: Duration::from_millis(1800),
+            },
+        ],
+    );
+    a
+}
+
+fn page() -> PreviewImage {
+    let (w, h) = (40u32, 52u32);
+    let mut rgb = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let ink = (8..=44).contains(&y) && y % 4 == 0 && (4..36).contains(&x);
+            rgb.extend_from_slice(if ink { &[30, 30, 30] } else { &[250, 250, 245] });
+        }
+    }
+    PreviewImage {
+        width: w,
+        height: h,
+        rgb,
+    }
+}
+
+fn ocr_done() -> App {
+    let mut a = streaming();
+    drive(
+        &mut a,
+        [
+            Action::Preview(Some(page())),
+            Action::OcrText {
+                text: " last year.\n".to_string(),
+                tokens: 40,
+                elapsed: Duration::from_millis(4800),
+                decode_elapsed: Duration::from_millis(2000),
+            },
+            Action::OcrFinished(Ok(vec![
+                BoxView {
+                    label: "title".to_string(),
+                    rect: [72.0, 40.0, 928.0, 98.0],
+                },
+                BoxView {
+                    label: "text".to_string(),
+                    rect: [72.0, 130.0, 928.0, 400.0],
+                },
+            ])),
+        ],
+    );
+    a
+}
+
+fn error_dialog() -> App {
+    let mut a = logged_in();
+    drive(
+        &mut a,
+        [Action::Error {
+            title: "Cannot load the model".to_string(),
+            message: "model.safetensors is missing tensor sam_model.blocks.0.attn.qkv.weight; \
+                      press v in Models to verify the download, then d to fetch it again"
+                .to_string(),
+        }],
+    );
+    a
+}
+
+fn all_states() -> Vec<(&'static str, App)> {
+    let mut help = logged_in();
+    drive(&mut help, [ch('?')]);
+    let mut login_input = no_token();
+    drive(
+        &mut login_input,
+        [ch('n'), Action::Paste(TOKEN.to_string())],
+    );
+    let mut log = downloading();
+    drive(&mut log, [ch('L')]);
+    let mut mono = ocr_done();
+    mono.settings = Settings::from_toml(
+        "",
+        ColorEnv {
+            no_color: true,
+            truecolor: false,
+        },
+    );
+    vec![
+        ("no_token", no_token()),
+        ("shadowed_by_hf_token", shadowed()),
+        ("logged_in", logged_in()),
+        ("gated_repo", gated()),
+        ("downloading", downloading()),
+        ("download_failed", download_failed()),
+        ("ocr_streaming", streaming()),
+        ("ocr_done_with_boxes", ocr_done()),
+        ("error_dialog", error_dialog()),
+        ("help", help),
+        ("login_input", login_input),
+        ("log_pane", log),
+        ("no_color", mono),
+    ]
+}
+
+// ---- snapshots ------------------------------------------------------------------------------
+
+#[test]
+fn snapshots_of_every_state() {
+    for (name, app) in all_states() {
+        insta::assert_snapshot!(name, render(&app, 120, 36));
+    }
+}
+
+#[test]
+fn narrow_terminal_shows_the_focused_pane_only() {
+    let mut a = downloading();
+    let text = render(&a, 70, 24);
+    assert!(text.contains("Models") && !text.contains("Login"), "{text}");
+    drive(&mut a, [key(KeyCode::Tab)]);
+    let text = render(&a, 70, 24);
+    assert!(text.contains("OCR") && !text.contains("Models"), "{text}");
+    insta::assert_snapshot!("narrow_ocr", text);
+}
+
+// ---- what the screens must say ---------------------------------------------------------------
+
+#[test]
+fn screens_say_what_the_issue_asks() {
+    let t = render(&no_token(), 120, 36);
+    assert!(t.contains("none found") && t.contains("no-token") && t.contains("press n"));
+    let t = render(&shadowed(), 120, 36);
+    assert!(t.contains("HF_TOKEN") && t.contains("shadowed-token") && t.contains("unset HF_TOKEN"));
+    assert!(t.contains("(not used)"));
+    let t = render(&logged_in(), 120, 36);
+    assert!(t.contains("alice") && t.contains("acme, ocr-lab") && t.contains("role read"));
+    assert!(t.contains("6.2 GiB") && t.contains("complete"));
+    let t = render(&downloading(), 120, 36);
+    // 2.01 GB of 6.68 GB: 30 %; this run fetched 1.01 GB in 10 s (96.3 MiB/s), 4.67 GB left: 46 s.
+    assert!(t.contains(" 30% 1.9 GiB / 6.2 GiB"), "{t}");
+    assert!(t.contains("96.3 MiB/s") && t.contains("ETA 00:46"), "{t}");
+    let t = render(&download_failed(), 120, 36);
+    assert!(t.contains("connection-lost") && t.contains("press R to resume"));
+    let t = render(&streaming(), 120, 36);
+    assert!(t.contains("decode") && t.contains("36 tok") && t.contains("20.0 tok/s"));
+    assert!(t.contains("Revenue grew 12% over the"));
+    let t = render(&ocr_done(), 120, 36);
+    assert!(
+        t.contains("2 boxes") && t.contains("title      72,40 928,98"),
+        "{t}"
+    );
+    assert!(t.contains("▀"), "the page preview is drawn in half blocks");
+    let t = render(&error_dialog(), 120, 36);
+    assert!(t.contains("Cannot load the model") && t.contains("press v in Models"));
+}
+
+#[test]
+fn the_token_is_never_drawn_in_full() {
+    for (name, app) in all_states() {
+        let t = render(&app, 200, 60);
+        assert!(!t.contains(TOKEN), "{name} shows the whole token");
+        assert!(
+            !t.contains(&TOKEN[3..12]),
+            "{name} shows the token's middle"
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_command() {
+    let mut a = app();
+    drive(&mut a, [ch('?')]);
+    let t = render(&a, 100, 60);
+    let km = a.settings.keymap.clone();
+    for cmd in km.commands() {
+        assert!(t.contains(keymap::describe(cmd)), "help lacks {cmd:?}\n{t}");
+    }
+}
+
+#[test]
+fn footer_shows_only_keys_that_work_now() {
+    let a = no_token();
+    let t = render(&a, 160, 30);
+    let footer = t.lines().nth(29).unwrap_or_default();
+    assert!(
+        footer.contains("log in") && !footer.contains("log out"),
+        "{footer}"
+    );
+    assert!(!footer.contains("cancel"), "{footer}");
+    let a = downloading();
+    let t = render(&a, 160, 30);
+    let footer = t.lines().nth(29).unwrap_or_default();
+    assert!(
+        footer.contains("x cancel") && !footer.contains("d download"),
+        "{footer}"
+    );
+    assert!(footer.contains("Ctrl-c cancel job"), "{footer}");
+}
+
+// ---- every size -----------------------------------------------------------------------------
+
+#[test]
+fn every_state_draws_at_every_size_without_panic() {
+    let widths = [
+        10, 11, 13, 17, 20, 31, 40, 59, 60, 61, 80, 89, 90, 91, 120, 160, 200, 300,
+    ];
+    let heights = [4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 20, 30, 45, 60, 100];
+    for (name, app) in all_states() {
+        for w in widths {
+            for h in heights {
+                let result = std::panic::catch_unwind(|| render(&app, w, h));
+                assert!(result.is_ok(), "{name} panics at {w}x{h}");
+            }
+        }
+    }
+}
+
+// ---- the app driven by actions --------------------------------------------------------------
+
+#[test]
+fn focus_cycles_with_tab_and_includes_the_log_when_shown() {
+    let mut a = app();
+    assert_eq!(a.focus, Pane::Login);
+    drive(&mut a, [key(KeyCode::Tab), key(KeyCode::Tab)]);
+    assert_eq!(a.focus, Pane::Ocr);
+    drive(&mut a, [key(KeyCode::Tab)]);
+    assert_eq!(a.focus, Pane::Login);
+    drive(&mut a, [key(KeyCode::BackTab)]);
+    assert_eq!(a.focus, Pane::Ocr);
+    drive(&mut a, [ch('L'), key(KeyCode::Tab)]);
+    assert_eq!(a.focus, Pane::Log);
+    drive(&mut a, [ch('L')]);
+    assert_eq!(a.focus, Pane::Login, "hiding the log moves focus off it");
+    drive(&mut a, [ch('l')]);
+    assert_eq!(a.focus, Pane::Models, "vim l moves right");
+}
+
+#[test]
+fn login_takes_a_pasted_token_and_never_logs_it() {
+    let mut a = no_token();
+    let jobs = drive(&mut a, [ch('n'), Action::Paste(format!("{TOKEN}\n"))]);
+    assert!(jobs.is_empty());
+    let jobs = drive(&mut a, [key(KeyCode::Enter)]);
+    assert_eq!(jobs, vec![Job::Login(Secret(TOKEN.to_string()))]);
+    assert!(!format!("{jobs:?}").contains(&TOKEN[3..]));
+    assert!(a.overlays.is_empty());
+    assert_eq!(a.login.whoami, Check::Checking);
+    // Esc abandons an input without a job.
+    let jobs = drive(&mut a, [ch('n'), ch('x'), key(KeyCode::Esc)]);
+    assert!(jobs.is_empty() && a.overlays.is_empty());
+}
+
+#[test]
+fn logout_asks_first_and_switch_uses_the_selected_token() {
+    let mut a = logged_in();
+    let jobs = drive(&mut a, [ch('o')]);
+    assert!(jobs.is_empty());
+    assert!(matches!(a.overlays.last(), Some(Overlay::Confirm { .. })));
+    assert!(drive(&mut a, [ch('n')]).is_empty());
+    assert_eq!(drive(&mut a, [ch('o'), ch('y')]), vec![Job::Logout]);
+    let jobs = drive(&mut a, [ch('j'), key(KeyCode::Enter)]);
+    assert_eq!(jobs, vec![Job::SwitchToken("work".to_string())]);
+    assert_eq!(drive(&mut a, [ch('r')]), vec![Job::RefreshLogin]);
+}
+
+#[test]
+fn download_progress_cancel_resume_and_rescan() {
+    let mut a = downloading();
+    let d = a.models.download.as_ref().expect("download view");
+    assert_eq!(
+        d.total(),
+        dsocr::tui::progress::Progress::new(2_009_981_961, 6_682_194_441)
+    );
+    assert!(a.busy());
+    assert!(
+        drive(&mut a, [ch('d')]).is_empty(),
+        "no second download while one runs"
+    );
+    assert_eq!(drive(&mut a, [ch('x')]), vec![Job::CancelDownload]);
+    drive(&mut a, [Action::DownloadFinished(Err(None))]);
+    assert!(!a.busy());
+    let jobs = drive(&mut a, [ch('R')]);
+    assert_eq!(
+        jobs,
+        vec![Job::Download {
+            repo: DEFAULT_MODEL.to_string(),
+            revision: "main".to_string()
+        }]
+    );
+    let jobs = drive(
+        &mut a,
+        [
+            Action::DownloadStarted(vec![]),
+            Action::DownloadFinished(Ok(())),
+        ],
+    );
+    assert_eq!(
+        jobs,
+        vec![Job::ScanCache],
+        "a finished download refreshes the cache"
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_running_job_then_quits() {
+    let mut a = downloading();
+    assert_eq!(drive(&mut a, [ctrl_c()]), vec![Job::CancelDownload]);
+    assert!(!a.quit);
+    drive(&mut a, [ctrl_c()]);
+    assert!(a.quit);
+    let mut idle = logged_in();
+    drive(&mut idle, [ctrl_c()]);
+    assert!(idle.quit, "with nothing running Ctrl-C quits");
+    let mut ocr = streaming();
+    assert_eq!(drive(&mut ocr, [ctrl_c()]), vec![Job::CancelOcr]);
+    drive(&mut ocr, [Action::OcrFinished(Err(None)), ch('j')]);
+    assert!(
+        !ocr.quit,
+        "another key in between disarms the second Ctrl-C"
+    );
+    assert_eq!(ocr.ocr.run, OcrRun::Cancelled);
+}
+
+#[test]
+fn q_quits_but_types_inside_an_input() {
+    let mut a = app();
+    a.focus = Pane::Ocr;
+    drive(&mut a, [ch('i'), ch('q')]);
+    assert!(!a.quit);
+    assert!(matches!(a.overlays.last(), Some(Overlay::Input { value, .. }) if value == "q"));
+    drive(&mut a, [key(KeyCode::Esc), ch('q')]);
+    assert!(a.quit);
+}
+
+#[test]
+fn ocr_run_request_and_streaming() {
+    let mut a = logged_in();
+    a.focus = Pane::Ocr;
+    assert!(
+        drive(&mut a, [ch('r')]).is_empty(),
+        "no run without an input"
+    );
+    let jobs = drive(
+        &mut a,
+        [ch('i')].into_iter().chain("scan.jpg".chars().map(ch)),
+    );
+    assert!(jobs.is_empty());
+    let jobs = drive(&mut a, [key(KeyCode::Enter)]);
+    assert_eq!(jobs, vec![Job::LoadPreview("scan.jpg".into())]);
+    drive(&mut a, [ch('m'), ch('m'), ch('p')]);
+    let jobs = drive(&mut a, [ch('r')]);
+    assert_eq!(
+        jobs,
+        vec![Job::Ocr(OcrRequest {
+            model: ModelSource::Repo(DEFAULT_MODEL.to_string()),
+            image: "scan.jpg".into(),
+            mode: "small".to_string(),
+            prompt: "<image>\nFree OCR.".to_string(),
+        })]
+    );
+    assert_eq!(a.ocr.run, OcrRun::Running(OcrPhase::Load));
+    assert!(
+        drive(&mut a, [ch('r')]).is_empty(),
+        "no second run while one runs"
+    );
+    drive(
+        &mut a,
+        [
+            Action::OcrPhase(OcrPhase::Decode),
+            Action::OcrText {
+                text: "Hello".to_string(),
+                tokens: 1,
+                elapsed: Duration::from_secs(1),
+                decode_elapsed: Duration::from_millis(100),
+            },
+            Action::OcrText {
+                text: " world".to_string(),
+                tokens: 2,
+                elapsed: Duration::from_secs(1),
+                decode_elapsed: Duration::from_millis(200),
+            },
+        ],
+    );
+    assert_eq!(a.ocr.output, "Hello world");
+    assert_eq!(a.ocr.tokens_per_sec(), Some(10.0));
+    drive(&mut a, [Action::OcrFinished(Ok(vec![]))]);
+    assert_eq!(a.ocr.run, OcrRun::Done);
+    let jobs = drive(&mut a, [ch('y'), ch('w')]);
+    assert_eq!(jobs[0], Job::Copy("Hello world".to_string()));
+    assert!(matches!(&jobs[1], Job::Save { text, .. } if text == "Hello world"));
+}
+
+#[test]
+fn custom_prompt_gets_the_image_tag() {
+    let mut a = app();
+    a.focus = Pane::Ocr;
+    drive(
+        &mut a,
+        [ch('t')]
+            .into_iter()
+            .chain("Read the table.".chars().map(ch)),
+    );
+    drive(&mut a, [key(KeyCode::Enter)]);
+    assert_eq!(a.ocr.preset, None);
+    assert_eq!(a.prompt(), "<image>\nRead the table.");
+}
+
+#[test]
+fn models_pane_selects_folders_repos_and_guards_delete() {
+    let mut a = logged_in();
+    a.focus = Pane::Models;
+    let jobs = drive(&mut a, [ch('v')]);
+    assert_eq!(jobs, vec![Job::Verify(DEFAULT_MODEL.to_string())]);
+    drive(&mut a, [ch('D')]);
+    let jobs = drive(&mut a, [ch('y')]);
+    assert!(
+        matches!(&jobs[..], [Job::Delete { repo, commit }] if repo == DEFAULT_MODEL && commit.starts_with("9f30c71f"))
+    );
+    drive(
+        &mut a,
+        [ch('f')].into_iter().chain("/models/ocr".chars().map(ch)),
+    );
+    drive(&mut a, [key(KeyCode::Enter)]);
+    assert_eq!(
+        a.models.selected_model,
+        ModelSource::Folder("/models/ocr".into())
+    );
+    assert!(
+        drive(&mut a, [ch('d')]).is_empty(),
+        "a local folder is not downloaded"
+    );
+    drive(
+        &mut a,
+        [
+            ch('m'),
+            Action::Key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL)),
+        ],
+    );
+    drive(&mut a, "acme/ocr".chars().map(ch));
+    drive(&mut a, [key(KeyCode::Enter)]);
+    assert_eq!(
+        a.models.selected_model,
+        ModelSource::Repo("acme/ocr".to_string())
+    );
+}
+
+#[test]
+fn error_dialog_closes_with_esc_and_ctrl_c_still_cancels_under_it() {
+    let mut a = downloading();
+    drive(
+        &mut a,
+        [Action::Error {
+            title: "t".into(),
+            message: "m".into(),
+        }],
+    );
+    assert!(
+        drive(&mut a, [ch('x')]).is_empty(),
+        "keys under a dialog do nothing"
+    );
+    assert_eq!(drive(&mut a, [ctrl_c()]), vec![Job::CancelDownload]);
+    drive(&mut a, [key(KeyCode::Esc)]);
+    assert!(a.overlays.is_empty());
+}
+
+#[test]
+fn config_file_rebinds_keys() {
+    let mut a = app();
+    a.settings = Settings::from_toml("[keys]\nquit = [\"Ctrl-q\"]\nhelp = [\"F2\"]\n", colors());
+    drive(&mut a, [ch('q')]);
+    assert!(!a.quit);
+    drive(&mut a, [key(KeyCode::F(2))]);
+    assert!(matches!(a.overlays.last(), Some(Overlay::Help { .. })));
+    assert!(render(&a, 100, 60).contains("F2"));
+    drive(&mut a, [key(KeyCode::Esc)]);
+    drive(
+        &mut a,
+        [Action::Key(KeyEvent::new(
+            KeyCode::Char('q'),
+            KeyModifiers::CONTROL,
+        ))],
+    );
+    assert!(a.quit);
+    assert!(a.available(Command::Help));
+}
+
+#[test]
+fn event_loop_applies_queued_actions_and_dispatches_jobs() {
+    let (tx, rx) = mpsc::channel();
+    for a in [
+        key(KeyCode::Char('r')),
+        Action::LoginStatus(Box::default()),
+        Action::Whoami(Ok(whoami())),
+        ch('q'),
+    ] {
+        tx.send(a).expect("send");
+    }
+    let mut app = app();
+    let mut term = Terminal::new(TestBackend::new(100, 30)).expect("backend");
+    let mut jobs = Vec::new();
+    let stats = dsocr::tui::event_loop(&mut term, &mut app, &rx, |j| jobs.push(j)).expect("loop");
+    assert!(app.quit);
+    assert_eq!(jobs, vec![Job::RefreshLogin]);
+    assert!(stats.frames >= 2);
+    assert!(term.backend().to_string().contains("alice"));
+}
