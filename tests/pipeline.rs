@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use dsocr::ocr::preprocess::{self, Mode};
+use dsocr::ocr::prompt::{PromptTokenizer, SpecialIds};
 use image::RgbImage;
 use serde_json::Value;
 
@@ -288,4 +289,123 @@ fn bmp_header(width: i32, height: i32) -> Vec<u8> {
     h.extend_from_slice(&[0; 24]); // no compression, sizes, resolution, palette
     h.extend_from_slice(&[0; 16]);
     h
+}
+
+fn tokenizer() -> PromptTokenizer {
+    PromptTokenizer::from_file(&fixtures().join("tokenizer/tokenizer.json"))
+        .expect("tokenizer loads")
+}
+
+/// The reference's special ids (BOS 0, `<image>` 128815).
+const REAL_IDS: SpecialIds = SpecialIds {
+    bos: 0,
+    image: 128_815,
+};
+
+#[test]
+fn prompt_ids_match_the_reference() {
+    let tok = tokenizer();
+    let spec = read_json(&fixtures().join("preprocess/prompts.json"));
+    let cases = spec["prompts"].as_array().expect("prompts");
+    assert!(cases.len() >= 15);
+    for case in cases {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        let mode: Mode = case["mode"].as_str().expect("mode").parse().expect("mode");
+        // The run length comes from the preprocessing side, not from the fixture's ids.
+        let runs: Vec<usize> = match &case["spatial_crop"] {
+            Value::Null => vec![],
+            crop => {
+                let c = u32s(crop);
+                let grid = (c != [1, 1]).then(|| [c[0], c[1]]);
+                vec![preprocess::image_token_count(mode, grid)]
+            }
+        };
+        let ids = tok
+            .build(prompt, &runs, REAL_IDS)
+            .unwrap_or_else(|e| panic!("{prompt:?}: {e}"));
+        let want: Vec<i64> = case["input_ids"]
+            .as_array()
+            .expect("input_ids")
+            .iter()
+            .map(|v| v.as_i64().expect("id"))
+            .collect();
+        let mask: Vec<bool> = case["images_seq_mask"]
+            .as_array()
+            .expect("mask")
+            .iter()
+            .map(|v| v.as_bool().expect("bool"))
+            .collect();
+        assert_eq!(ids.input_ids, want, "{prompt:?} {mode}");
+        assert_eq!(ids.images_seq_mask, mask, "{prompt:?} {mode}");
+    }
+    // A prompt whose tags do not match the images is refused with a hint.
+    let err = tok.build("Free OCR.", &[273], REAL_IDS).unwrap_err();
+    assert!(err.to_string().contains("<image>"), "{err}");
+}
+
+#[test]
+fn decoding_and_streaming_match_the_reference() {
+    let tok = tokenizer();
+    let spec = read_json(&fixtures().join("preprocess/prompts.json"));
+    let cases = spec["decode"].as_array().expect("decode");
+    assert!(!cases.is_empty());
+    for case in cases {
+        let ids: Vec<u32> = u32s(&case["ids"]);
+        for (skip, key) in [(false, "text_with_special"), (true, "text_without_special")] {
+            let want = case[key].as_str().expect("text");
+            assert_eq!(tok.decode(&ids, skip).expect("decode"), want, "{key}");
+            let mut stream = tok.stream(skip);
+            let mut pieces = Vec::new();
+            for &id in &ids {
+                pieces.extend(stream.push(id).expect("push"));
+            }
+            pieces.extend(stream.finish().expect("finish"));
+            assert_eq!(pieces.concat(), want, "{key}: streamed {pieces:?}");
+            for p in &pieces {
+                assert!(
+                    !p.contains(char::REPLACEMENT_CHARACTER),
+                    "split character in {p:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn streaming_never_splits_multibyte_characters() {
+    let tok = tokenizer();
+    let text = "數學公式 🙂🎉 café – naïve 模型 ✓ end";
+    let ids = tok.encode(text).expect("encode");
+    let mut stream = tok.stream(false);
+    let mut pieces = Vec::new();
+    let mut held_back = 0;
+    for &id in &ids {
+        match stream.push(id).expect("push") {
+            Some(p) => pieces.push(p),
+            None => held_back += 1,
+        }
+    }
+    pieces.extend(stream.finish().expect("finish"));
+    assert_eq!(pieces.concat(), text);
+    assert!(
+        pieces
+            .iter()
+            .all(|p| !p.contains(char::REPLACEMENT_CHARACTER))
+    );
+    // Byte-level BPE does split some of these characters, so something was held back.
+    assert!(
+        held_back > 0,
+        "no token was held back; the test text is too easy"
+    );
+    // An incomplete character at the very end decodes like the one-shot decode.
+    let emoji = tok.encode("🙂").expect("encode");
+    assert!(emoji.len() > 1, "the emoji is one token: {emoji:?}");
+    let mut stream = tok.stream(false);
+    let mut pieces: Vec<String> = Vec::new();
+    pieces.extend(stream.push(emoji[0]).expect("push"));
+    pieces.extend(stream.finish().expect("finish"));
+    assert_eq!(
+        pieces.concat(),
+        tok.decode(&emoji[..1], false).expect("decode")
+    );
 }

@@ -20,6 +20,8 @@ pub enum OcrError {
     Torch(#[from] tch::TchError),
     #[error(transparent)]
     Image(#[from] super::preprocess::ImageError),
+    #[error(transparent)]
+    Prompt(#[from] super::prompt::PromptError),
     #[error("{0}")]
     Invalid(String),
     #[error("cancelled")]
