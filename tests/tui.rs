@@ -631,7 +631,7 @@ fn ocr_run_request_and_streaming() {
         vec![Job::Ocr(OcrRequest {
             model: ModelSource::Repo(DEFAULT_MODEL.to_string()),
             image: "scan.jpg".into(),
-            mode: "small".to_string(),
+            mode: dsocr::ocr::preprocess::Mode::Gundam,
             prompt: "<image>\nFree OCR.".to_string(),
         })]
     );

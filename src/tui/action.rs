@@ -161,8 +161,8 @@ pub struct OcrRequest {
     pub model: super::state::ModelSource,
     /// Image file.
     pub image: PathBuf,
-    /// Resolution mode name.
-    pub mode: String,
+    /// Resolution mode.
+    pub mode: crate::ocr::preprocess::Mode,
     /// Prompt text (with `<image>`).
     pub prompt: String,
 }

@@ -12,10 +12,8 @@ use super::state::{
     CachedRevision, Check, DownloadPhase, DownloadView, FileProgress, FileState, HeaderInfo,
     LoginState, ModelSource, ModelsState, OcrRun, OcrState,
 };
+use crate::ocr::preprocess::Mode;
 use crate::tui::progress::Progress;
-
-/// Resolution modes offered in the OCR pane, by the names the engine uses.
-pub const MODES: [&str; 5] = ["base", "tiny", "small", "large", "gundam"];
 
 /// Prompt presets: (short name, prompt text with `<image>`), as in DeepSeek-OCR's own examples.
 pub const PRESETS: [(&str, &str); 5] = [
@@ -502,7 +500,7 @@ impl App {
             }
             EditInput => self.open_input(InputPurpose::OcrInput, self.ocr.input.clone()),
             CycleMode => {
-                self.ocr.mode = (self.ocr.mode + 1) % MODES.len();
+                self.ocr.mode = (self.ocr.mode + 1) % Mode::ALL.len();
                 Vec::new()
             }
             CyclePreset => {
@@ -517,7 +515,7 @@ impl App {
             Run => self.start(Job::Ocr(OcrRequest {
                 model: self.models.selected_model.clone(),
                 image: PathBuf::from(self.ocr.input.trim()),
-                mode: MODES[self.ocr.mode % MODES.len()].to_string(),
+                mode: self.ocr.mode(),
                 prompt: self.prompt(),
             })),
             CancelOcr => vec![Job::CancelOcr],

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::progress::Progress;
+use crate::ocr::preprocess::Mode;
 
 /// The model the dashboard selects when nothing else was chosen.
 pub const DEFAULT_MODEL: &str = "deepseek-ai/DeepSeek-OCR";
@@ -336,7 +337,7 @@ pub struct OcrState {
     pub input: String,
     /// Completion candidates for `input`.
     pub completions: Vec<String>,
-    /// Index into the mode list.
+    /// Index into [`Mode::ALL`].
     pub mode: usize,
     /// Index into the prompt preset list; `None` means the custom text.
     pub preset: Option<usize>,
@@ -369,7 +370,7 @@ impl Default for OcrState {
         Self {
             input: String::new(),
             completions: Vec::new(),
-            mode: 0,
+            mode: Mode::ALL.iter().position(|m| *m == Mode::Base).unwrap_or(0),
             preset: Some(0),
             custom_prompt: String::new(),
             run: OcrRun::Idle,
@@ -387,6 +388,11 @@ impl Default for OcrState {
 }
 
 impl OcrState {
+    /// The resolution mode chosen.
+    pub fn mode(&self) -> Mode {
+        Mode::ALL[self.mode % Mode::ALL.len()]
+    }
+
     /// Decode speed, once decoding has taken any time.
     pub fn tokens_per_sec(&self) -> Option<f64> {
         let secs = self.decode_elapsed.as_secs_f64();

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::action::{Action, ActionSender, Job};
 use super::state::{DeviceInfo, PreviewImage};
+use crate::ocr::preprocess::{self, ImageError};
 
 /// Largest side of the preview image kept in memory (pixels).
 const PREVIEW_MAX: u32 = 320;
@@ -46,8 +47,13 @@ impl Workers {
                     .spawn_blocking(move || tx.send(Action::Device(probe_device())));
             }
             Job::LoadPreview(path) => {
-                self.rt
-                    .spawn_blocking(move || tx.send(Action::Preview(load_preview(&path))));
+                self.rt.spawn_blocking(move || {
+                    let preview = load_preview(&path);
+                    if let Err(e) = &preview {
+                        tx.error("Cannot use this image", e.to_string());
+                    }
+                    tx.send(Action::Preview(preview.ok()));
+                });
             }
             Job::CompletePath(input) => {
                 self.rt.spawn_blocking(move || {
@@ -137,17 +143,15 @@ fn nvidia_smi() -> Option<DeviceInfo> {
     })
 }
 
-/// Decode an image and shrink it for the preview; `None` when it cannot be read.
-pub fn load_preview(path: &Path) -> Option<PreviewImage> {
-    let img = match image::open(path) {
-        Ok(img) => img,
-        Err(e) => {
-            tracing::warn!("preview of {}: {e}", path.display());
-            return None;
-        }
-    };
-    let small = img.thumbnail(PREVIEW_MAX, PREVIEW_MAX).to_rgb8();
-    Some(PreviewImage {
+/// Load an image the way OCR loads it (EXIF orientation, size guard) and shrink it for the
+/// preview.
+pub fn load_preview(path: &Path) -> Result<PreviewImage, ImageError> {
+    let img = preprocess::load_image(path)?;
+    let scale = (PREVIEW_MAX as f64 / img.width().max(img.height()).max(1) as f64).min(1.0);
+    let w = ((img.width() as f64 * scale).round() as u32).max(1);
+    let h = ((img.height() as f64 * scale).round() as u32).max(1);
+    let small = image::imageops::thumbnail(&img, w, h);
+    Ok(PreviewImage {
         width: small.width(),
         height: small.height(),
         rgb: small.into_raw(),

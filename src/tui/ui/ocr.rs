@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 
 use super::{field, pane_block, preview, spinner};
-use crate::tui::app::{App, MODES, PRESETS, Pane};
+use crate::tui::app::{App, PRESETS, Pane};
 use crate::tui::progress::human_duration;
 use crate::tui::state::OcrRun;
 
@@ -46,7 +46,7 @@ fn head_lines(app: &App) -> Vec<Line<'static>> {
         field(app, "Input", input),
         Line::from(vec![
             Span::styled(format!("{:<8}", "Mode"), theme.fg(theme.muted)),
-            Span::raw(MODES[ocr.mode % MODES.len()]),
+            Span::raw(ocr.mode().name()),
             Span::styled("  Prompt ", theme.fg(theme.muted)),
             Span::raw(prompt),
         ]),
