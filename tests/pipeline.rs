@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use dsocr::ocr::grounding;
 use dsocr::ocr::preprocess::{self, Mode};
 use dsocr::ocr::prompt::{PromptTokenizer, SpecialIds};
 use image::RgbImage;
@@ -408,4 +409,38 @@ fn streaming_never_splits_multibyte_characters() {
         pieces.concat(),
         tok.decode(&emoji[..1], false).expect("decode")
     );
+}
+
+#[test]
+fn grounding_matches_the_reference() {
+    let spec = read_json(&fixtures().join("preprocess/grounding.json"));
+    let raw = spec["raw"].as_str().expect("raw");
+    let size = u32s(&spec["image_size"]);
+    let spans = grounding::find_spans(raw);
+    let got = grounding::boxes(&spans, size[0], size[1]);
+    let want = spec["boxes"].as_array().expect("boxes");
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.label, w["label"].as_str().expect("label"));
+        let norm: Vec<f64> = u32s(&w["norm"]).into_iter().map(f64::from).collect();
+        assert_eq!(g.norm[..], norm[..]);
+        let pixels: Vec<i64> = u32s(&w["pixels"]).into_iter().map(i64::from).collect();
+        assert_eq!(g.pixels[..], pixels[..], "{}", g.label);
+    }
+    assert_eq!(
+        grounding::markdown(raw, &spans),
+        spec["markdown"].as_str().expect("markdown")
+    );
+
+    // Crops: one per image box, the size of its pixel box.
+    let page = RgbImage::from_fn(size[0], size[1], |x, y| image::Rgb([x as u8, y as u8, 9]));
+    let crops = grounding::image_crops(&page, &got);
+    assert_eq!(crops.len(), 2);
+    let (idx, first) = &crops[0];
+    let first = first.as_ref().expect("crop");
+    assert_eq!((*idx, first.dimensions()), (0, (1212 - 765, 1156 - 693)));
+    assert_eq!(first.get_pixel(0, 0), page.get_pixel(765, 693));
+    let annotated = grounding::annotate(&page, &got);
+    assert_eq!(annotated.dimensions(), page.dimensions());
+    assert_ne!(annotated, page);
 }
