@@ -632,7 +632,7 @@ fn ocr_run_request_and_streaming() {
             model: ModelSource::Repo(DEFAULT_MODEL.to_string()),
             image: "scan.jpg".into(),
             mode: dsocr::ocr::preprocess::Mode::Gundam,
-            prompt: "<image>\nFree OCR.".to_string(),
+            prompt: "<image>\n<|grounding|>OCR this image.".to_string(),
         })]
     );
     assert_eq!(a.ocr.run, OcrRun::Running(OcrPhase::Load));

@@ -13,18 +13,16 @@ use super::state::{
     LoginState, ModelSource, ModelsState, OcrRun, OcrState,
 };
 use crate::ocr::preprocess::Mode;
+use crate::ocr::prompt::{IMAGE_TAG, Preset};
 use crate::tui::progress::Progress;
 
-/// Prompt presets: (short name, prompt text with `<image>`), as in DeepSeek-OCR's own examples.
-pub const PRESETS: [(&str, &str); 5] = [
-    (
-        "markdown",
-        "<image>\n<|grounding|>Convert the document to markdown.",
-    ),
-    ("free ocr", "<image>\nFree OCR."),
-    ("grounding ocr", "<image>\n<|grounding|>OCR this image."),
-    ("figure", "<image>\nParse the figure."),
-    ("describe", "<image>\nDescribe this image in detail."),
+/// Prompt presets offered in the OCR pane, in cycling order (any other prompt is custom text).
+pub const PRESETS: [Preset; 5] = [
+    Preset::Document,
+    Preset::Ocr,
+    Preset::Free,
+    Preset::Figure,
+    Preset::Describe,
 ];
 
 /// Lines kept in the log pane.
@@ -226,9 +224,9 @@ impl App {
     /// Prompt text of the current preset or custom prompt.
     pub fn prompt(&self) -> String {
         match self.ocr.preset {
-            Some(i) => PRESETS[i % PRESETS.len()].1.to_string(),
-            None if self.ocr.custom_prompt.contains("<image>") => self.ocr.custom_prompt.clone(),
-            None => format!("<image>\n{}", self.ocr.custom_prompt),
+            Some(i) => PRESETS[i % PRESETS.len()].prompt(),
+            None if self.ocr.custom_prompt.contains(IMAGE_TAG) => self.ocr.custom_prompt.clone(),
+            None => format!("{IMAGE_TAG}\n{}", self.ocr.custom_prompt),
         }
     }
 

@@ -39,7 +39,7 @@ fn head_lines(app: &App) -> Vec<Line<'static>> {
         Span::raw(ocr.input.clone())
     };
     let prompt = match ocr.preset {
-        Some(i) => PRESETS[i % PRESETS.len()].0.to_string(),
+        Some(i) => PRESETS[i % PRESETS.len()].to_string(),
         None => format!("custom: {}", ocr.custom_prompt),
     };
     let mut lines = vec![
