@@ -319,11 +319,13 @@ fn ocr_done() -> App {
             Action::OcrFinished(Ok(vec![
                 BoxView {
                     label: "title".to_string(),
-                    rect: [72.0, 40.0, 928.0, 98.0],
+                    norm: [72.0, 40.0, 928.0, 98.0],
+                    pixels: [57, 41, 743, 102],
                 },
                 BoxView {
                     label: "text".to_string(),
-                    rect: [72.0, 130.0, 928.0, 400.0],
+                    norm: [72.0, 130.0, 928.0, 400.0],
+                    pixels: [57, 135, 743, 416],
                 },
             ])),
         ],

@@ -310,14 +310,8 @@ pub enum OcrRun {
     Failed(String),
 }
 
-/// A grounding box in the model's 0..=999 coordinates.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BoxView {
-    /// What the model called it (`title`, `text`, `table`, ...).
-    pub label: String,
-    /// Left, top, right, bottom in 0..=999.
-    pub rect: [f32; 4],
-}
+/// A grounding box: the label, the model's 0..=999 coordinates and the page's pixels.
+pub type BoxView = crate::ocr::grounding::LabeledBox;
 
 /// A downscaled RGB copy of the input page for the preview.
 #[derive(Debug, Clone, PartialEq, Eq)]

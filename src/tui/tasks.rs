@@ -204,11 +204,7 @@ pub fn complete_path(input: &str) -> (String, Vec<String>) {
 fn save(dir: &PathBuf, text: &str, boxes: &[super::state::BoxView]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("result.md"), text)?;
-    let json: Vec<serde_json::Value> = boxes
-        .iter()
-        .map(|b| serde_json::json!({ "label": b.label, "box": b.rect }))
-        .collect();
-    let body = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
+    let body = serde_json::to_string_pretty(boxes).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("boxes.json"), body)
 }
 

@@ -137,7 +137,7 @@ fn draw_side(frame: &mut Frame, area: Rect, app: &App) {
         theme.fg(theme.muted),
     )];
     for (i, b) in app.ocr.boxes.iter().enumerate() {
-        let [x1, y1, x2, y2] = b.rect.map(|v| v.round() as i32);
+        let [x1, y1, x2, y2] = b.norm.map(|v| v.round() as i64);
         let line = Line::raw(format!("{:<10} {x1},{y1} {x2},{y2}", b.label));
         lines.push(if app.focus == Pane::Ocr && i == app.ocr.box_cursor {
             line.style(theme.selected())

@@ -75,14 +75,14 @@ impl<'a> Preview<'a> {
             );
         let mut hit = None;
         for (i, b) in order {
-            let to_px = |v: f32, size: u32| {
-                ((v.clamp(0.0, 999.0) / 999.0) * (size - 1) as f32).round() as u32
+            let to_px = |v: f64, size: u32| {
+                ((v.clamp(0.0, 999.0) / 999.0) * (size - 1) as f64).round() as u32
             };
             let (x1, y1, x2, y2) = (
-                to_px(b.rect[0], w),
-                to_px(b.rect[1], h),
-                to_px(b.rect[2], w),
-                to_px(b.rect[3], h),
+                to_px(b.norm[0], w),
+                to_px(b.norm[1], h),
+                to_px(b.norm[2], w),
+                to_px(b.norm[3], h),
             );
             let inside = (x1..=x2).contains(&x) && (y1..=y2).contains(&y);
             let edge = x == x1 || x == x2 || y == y1 || y == y2;
