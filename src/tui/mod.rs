@@ -30,10 +30,11 @@ use state::{Check, HeaderInfo};
 
 /// How often the screen refreshes with nothing happening (spinners, elapsed time).
 const TICK: Duration = Duration::from_millis(200);
-/// At most this many queued actions are applied before the next frame is drawn.
-const BATCH: usize = 256;
+/// Shortest time between two frames (60 per second at most).
+const FRAME: Duration = Duration::from_millis(16);
 
-/// The longest the event loop was busy (not waiting) in one turn, by what was running.
+/// The longest the event loop was busy (applying actions and drawing, not waiting) in one
+/// turn, by what was running.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoopStats {
     /// Frames drawn.
@@ -62,7 +63,8 @@ impl LoopStats {
 }
 
 /// Run the dashboard loop on any backend until the app quits or the channel closes. Every
-/// job goes to `dispatch`; drawing happens after each batch of actions.
+/// job goes to `dispatch`. Actions are applied as they come; a frame is drawn at most every
+/// [`FRAME`] (a flood of progress events costs one frame per interval, not one per event).
 pub fn event_loop<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &mut App,
@@ -70,29 +72,42 @@ pub fn event_loop<B: Backend>(
     mut dispatch: impl FnMut(Job),
 ) -> Result<LoopStats, B::Error> {
     let mut stats = LoopStats::default();
+    let mut last_draw = Instant::now();
     draw(terminal, app, &mut stats)?;
-    while !app.quit {
+    let mut open = true;
+    while open && !app.quit {
         let first = match rx.recv_timeout(TICK) {
             Ok(a) => a,
             Err(RecvTimeoutError::Timeout) => Action::Tick,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let start = Instant::now();
-        let mut next = Some(first);
-        let mut applied = 0;
-        while let Some(action) = next.take() {
-            for job in app.update(action) {
-                dispatch(job);
-            }
-            applied += 1;
-            if applied < BATCH && !app.quit {
-                next = rx.try_recv().ok();
+        let mut busy = apply(app, first, &mut dispatch);
+        let deadline = last_draw + FRAME;
+        while !app.quit {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(action) => busy += apply(app, action, &mut dispatch),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    break;
+                }
             }
         }
+        last_draw = Instant::now();
         draw(terminal, app, &mut stats)?;
-        stats.record(app, start.elapsed());
+        stats.record(app, busy + last_draw.elapsed());
     }
     Ok(stats)
+}
+
+/// Apply one action and dispatch its jobs; return the time it took.
+fn apply(app: &mut App, action: Action, dispatch: &mut impl FnMut(Job)) -> Duration {
+    let start = Instant::now();
+    for job in app.update(action) {
+        dispatch(job);
+    }
+    start.elapsed()
 }
 
 fn draw<B: Backend>(

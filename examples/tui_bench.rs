@@ -1,0 +1,236 @@
+//! Dashboard benchmark (not a test): the time to draw a full 200x60 frame, and the longest the
+//! event loop stays busy in one turn while a download floods it with progress events and while
+//! OCR streams tokens.
+//!
+//! `cargo run --release --example tui_bench`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use dsocr::ocr::grounding::LabeledBox;
+use dsocr::tui::action::Action;
+use dsocr::tui::app::App;
+use dsocr::tui::keymap::{ColorEnv, Settings};
+use dsocr::tui::state::{Check, DeviceInfo, HeaderInfo, PreviewImage};
+use ratatui::Terminal;
+use ratatui::backend::{CrosstermBackend, TestBackend};
+
+const W: u16 = 200;
+const H: u16 = 60;
+
+fn app() -> App {
+    let header = HeaderInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        endpoint: "https://huggingface.co".to_string(),
+        offline: false,
+        device: Check::Done(DeviceInfo::Cpu { threads: 16 }),
+    };
+    let env = ColorEnv {
+        no_color: false,
+        truecolor: true,
+    };
+    App::new(header, Settings::from_toml("", env))
+}
+
+fn key(c: char) -> Action {
+    Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
+}
+
+/// Every pane busy: a 3-file download, a page preview with 40 boxes, 4000 characters of
+/// output, the log shown.
+fn busy_app() -> App {
+    let mut a = app();
+    let mut feed = |acts: Vec<Action>| {
+        for act in acts {
+            let _ = a.update(act);
+        }
+    };
+    let (w, h) = (320u32, 414u32);
+    let rgb = (0..w * h)
+        .flat_map(|i| {
+            let v = if (i / w) % 9 == 0 { 40 } else { 245 };
+            [v, v, v]
+        })
+        .collect();
+    let boxes = (0..40)
+        .map(|i| LabeledBox {
+            label: "text".to_string(),
+            norm: [50.0, 20.0 + 24.0 * i as f64, 950.0, 40.0 + 24.0 * i as f64],
+            pixels: [0; 4],
+        })
+        .collect();
+    feed(vec![key('L'), key('l'), key('d')]);
+    feed(vec![Action::DownloadStarted(vec![
+        ("config.json".to_string(), 2_544, 0),
+        ("tokenizer.json".to_string(), 9_979_417, 0),
+        (
+            "model-00001-of-000001.safetensors".to_string(),
+            6_672_212_480,
+            0,
+        ),
+    ])]);
+    feed(vec![
+        Action::Preview(Some(PreviewImage {
+            width: w,
+            height: h,
+            rgb,
+        })),
+        Action::OcrText {
+            text: "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(70),
+            tokens: 1000,
+            elapsed: Duration::from_secs(20),
+            decode_elapsed: Duration::from_secs(18),
+        },
+        Action::OcrFinished(Ok(boxes)),
+    ]);
+    for i in 0..200 {
+        feed(vec![Action::Log(format!("log line {i}"))]);
+    }
+    a
+}
+
+/// A terminal that throws the bytes away.
+struct Discard(Arc<AtomicU64>);
+
+impl std::io::Write for Discard {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn stats(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let n = v.len();
+    let mean = v.iter().sum::<Duration>() / n as u32;
+    format!(
+        "n={n} mean={mean:?} p50={:?} p99={:?} max={:?}",
+        v[n / 2],
+        v[n * 99 / 100],
+        v[n - 1]
+    )
+}
+
+fn render_bench() {
+    let a = busy_app();
+    let mut test = Terminal::new(TestBackend::new(W, H)).expect("backend");
+    let mut times = Vec::new();
+    for i in 0..2000 {
+        let mut b = a.clone();
+        b.ticks = i; // the spinner changes, so every frame differs
+        let t = Instant::now();
+        test.draw(|f| dsocr::tui::ui::draw(f, &b)).expect("draw");
+        times.push(t.elapsed());
+    }
+    println!(
+        "full frame {W}x{H}, widgets into a buffer: {}",
+        stats(times)
+    );
+    // The same through crossterm's escape encoding (into a byte counter, not a tty), as a full
+    // repaint every time (a fresh terminal has nothing to diff against): the worst case.
+    let mut times = Vec::new();
+    let bytes = Arc::new(AtomicU64::new(0));
+    for i in 0..2000 {
+        let mut b = a.clone();
+        b.ticks = i;
+        let options = ratatui::TerminalOptions {
+            viewport: ratatui::Viewport::Fixed(ratatui::layout::Rect::new(0, 0, W, H)),
+        };
+        let mut term =
+            Terminal::with_options(CrosstermBackend::new(Discard(bytes.clone())), options)
+                .expect("backend");
+        bytes.store(0, Ordering::Relaxed);
+        let t = Instant::now();
+        term.draw(|f| dsocr::tui::ui::draw(f, &b)).expect("draw");
+        times.push(t.elapsed());
+    }
+    let bytes = bytes.load(Ordering::Relaxed);
+    println!("({bytes} bytes of escapes per full repaint)");
+    println!(
+        "full frame {W}x{H}, full repaint with crossterm escapes: {}",
+        stats(times)
+    );
+}
+
+/// Run the real event loop on a 200x60 test terminal while `producer` sends actions; return
+/// the loop's statistics.
+fn loop_bench(
+    name: &str,
+    mut a: App,
+    producer: impl FnOnce(mpsc::Sender<Action>) + Send + 'static,
+) -> dsocr::tui::LoopStats {
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::spawn(move || producer(tx));
+    let mut term = Terminal::new(TestBackend::new(W, H)).expect("backend");
+    let start = Instant::now();
+    let stats = dsocr::tui::event_loop(&mut term, &mut a, &rx, |_| {}).expect("loop");
+    let _ = handle.join();
+    println!(
+        "{name}: {:?} wall, {} frames, longest draw {:?}, longest loop turn: downloading {:?}, OCR {:?}, idle {:?}",
+        start.elapsed(),
+        stats.frames,
+        stats.max_draw,
+        stats.max_download,
+        stats.max_ocr,
+        stats.max_idle
+    );
+    stats
+}
+
+fn main() {
+    render_bench();
+    // Download: a progress event per 64 KiB chunk at 400 MB/s is ~6100 events/s.
+    let mut a = app();
+    let _ = a.update(key('l'));
+    let _ = a.update(key('d'));
+    loop_bench("download, 6100 progress events/s for 3 s", a, |tx| {
+        let total = 6_672_212_480u64;
+        let _ = tx.send(Action::DownloadStarted(vec![(
+            "model.safetensors".to_string(),
+            total,
+            0,
+        )]));
+        let start = Instant::now();
+        let mut done = 0;
+        while start.elapsed() < Duration::from_secs(3) {
+            done += 65_536;
+            let _ = tx.send(Action::DownloadProgress {
+                file: 0,
+                done,
+                elapsed: start.elapsed(),
+            });
+            thread::sleep(Duration::from_micros(164));
+        }
+        let _ = tx.send(key('q'));
+    });
+    // OCR: tokens as fast as a GPU decodes the real model (~100 tokens/s) for 3 s.
+    let mut a = app();
+    a.ocr.input = "page.png".to_string();
+    let _ = a.update(key('l'));
+    let _ = a.update(key('l'));
+    let _ = a.update(key('r'));
+    loop_bench("OCR streaming, 100 tokens/s for 3 s", a, |tx| {
+        let start = Instant::now();
+        let _ = tx.send(Action::OcrPhase(dsocr::tui::state::OcrPhase::Decode));
+        let mut tokens = 0;
+        while start.elapsed() < Duration::from_secs(3) {
+            tokens += 1;
+            let _ = tx.send(Action::OcrText {
+                text: "word ".to_string(),
+                tokens,
+                elapsed: start.elapsed(),
+                decode_elapsed: start.elapsed(),
+            });
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = tx.send(key('q'));
+    });
+}
