@@ -645,6 +645,13 @@ mod tests {
         assert_eq!(s.keymap.lookup(key("q"), Pane::Login), None);
         assert_eq!(s.theme.accent, Color::Rgb(255, 0, 0));
         assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        let s = Settings::from_toml(
+            "[colors]\nselection = \"238\"\nfocus = \"lightcyan\"\n",
+            ColorEnv::default(),
+        );
+        assert_eq!(s.theme.selection, Color::Indexed(238));
+        assert_eq!(s.theme.focus, Color::LightCyan);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     }
 
     #[test]
