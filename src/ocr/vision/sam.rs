@@ -35,8 +35,8 @@ impl RelPosAttention {
             .f_reshape([b, h * w, 3, self.heads, head_dim])?
             .f_permute([2, 0, 3, 1, 4])?;
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let bias = self.rel_pos_bias(&q, h, w)?;
-        let out = attention(&q, &k, &v, Some(&bias))?;
+        let (rel_h, rel_w) = self.rel_pos_terms(&q, h, w)?;
+        let out = attention_with_rel_pos(&q, &k, &v, &rel_h, &rel_w)?;
         let out = out
             .f_view([b, self.heads, h, w, head_dim])?
             .f_permute([0, 2, 3, 1, 4])?
@@ -44,18 +44,57 @@ impl RelPosAttention {
         self.proj.forward(&out)
     }
 
-    /// The additive mask `[B, heads, H*W, H*W]`: `q·R_h[qh, kh] + q·R_w[qw, kw]` from the
-    /// unscaled queries `q` `[B, heads, H*W, head_dim]`.
-    fn rel_pos_bias(&self, q: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+    /// The two halves of the additive mask from the unscaled queries `q`
+    /// `[B, heads, H*W, head_dim]`: `q·R_h[qh, kh]` as `[B, heads, H*W, H, 1]` and
+    /// `q·R_w[qw, kw]` as `[B, heads, H*W, 1, W]`; their broadcast sum is the mask.
+    fn rel_pos_terms(&self, q: &Tensor, h: i64, w: i64) -> Result<(Tensor, Tensor)> {
         let (b, heads, _, head_dim) = q.size4()?;
         let rh = rel_pos_for(&self.rel_pos_h, h)?;
         let rw = rel_pos_for(&self.rel_pos_w, w)?;
         let r_q = q.f_reshape([b * heads, h, w, head_dim])?;
         let rel_h = Tensor::f_einsum("bhwc,hkc->bhwk", &[&r_q, &rh], None::<i64>)?;
         let rel_w = Tensor::f_einsum("bhwc,wkc->bhwk", &[&r_q, &rw], None::<i64>)?;
-        let bias = rel_h.f_unsqueeze(-1)?.f_add(&rel_w.f_unsqueeze(-2)?)?;
-        Ok(bias.f_reshape([b, heads, h * w, h * w])?)
+        Ok((
+            rel_h.f_reshape([b, heads, h * w, h, 1])?,
+            rel_w.f_reshape([b, heads, h * w, 1, w])?,
+        ))
     }
+}
+
+/// Largest additive-mask chunk materialised at once on the CPU. A global block's full mask is
+/// `heads * (H*W)^2` values (800 MB at 1024 px); freshly allocated, it costs as much in page
+/// faults as the attention itself, so the queries are taken in chunks whose mask fits one
+/// buffer that is reused. Rows of attention are independent, so the result is the same.
+const CPU_MASK_CHUNK_BYTES: usize = 32 << 20;
+
+/// `softmax(q k^T / sqrt(d) + rel_h + rel_w) v` through SDPA, the mask built for one chunk of
+/// queries at a time (on CUDA, where allocation is cheap, in one piece).
+fn attention_with_rel_pos(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rel_h: &Tensor,
+    rel_w: &Tensor,
+) -> Result<Tensor> {
+    let (b, heads, len, _) = q.size4()?;
+    let (kh, kw) = (rel_h.size()[3], rel_w.size()[4]);
+    let row_bytes = (b * heads * kh * kw) as usize * q.kind().elt_size_in_bytes();
+    let chunk = if q.device().is_cuda() {
+        len
+    } else {
+        ((CPU_MASK_CHUNK_BYTES / row_bytes.max(1)) as i64).clamp(1, len)
+    };
+    let buffer = Tensor::f_empty([b, heads, chunk, kh, kw], (q.kind(), q.device()))?;
+    let mut outs = Vec::with_capacity(((len + chunk - 1) / chunk) as usize);
+    for start in (0..len).step_by(chunk as usize) {
+        let n = chunk.min(len - start);
+        let mask = rel_h
+            .f_narrow(2, start, n)?
+            .f_add_out(&buffer.f_narrow(2, 0, n)?, &rel_w.f_narrow(2, start, n)?)?
+            .f_view([b, heads, n, kh * kw])?;
+        outs.push(attention(&q.f_narrow(2, start, n)?, k, v, Some(&mask))?);
+    }
+    Ok(Tensor::f_cat(&outs, 2)?)
 }
 
 /// `R[q, k] = table[q - k + size - 1]` `[size, size, C]`, the table first resized linearly to
