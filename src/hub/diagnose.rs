@@ -1,0 +1,705 @@
+//! Root-cause diagnosis: `dsocr doctor` and the dashboard's doctor panel.
+//!
+//! [`diagnose`] checks, in order: the environment, every token source, offline mode, the
+//! endpoint (reachable, latency, really a hub), whoami, the repo (model info + `HEAD` of
+//! `config.json`), the local cache (missing / incomplete / corrupt / complete), free disk for
+//! what is missing, and the libtorch facts the caller passes in ([`TorchFacts`]; the hub layer
+//! does not load libtorch itself). Each [`Finding`] has a stable `code` (listed in
+//! [`CODES`]), a [`Severity`], a one-line `message` and a `fix`. The report is `ready` when no
+//! finding is an error.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::HubError;
+use super::cache::{RepoPaths, completeness};
+use super::client::{HubClient, ModelInfo, RetryPolicy};
+use super::download::{ALTERNATE_REPO, DEFAULT_REPO};
+use super::env::HubEnv;
+use super::fsutil::available_space;
+use super::token::{self, TokenStatus};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// All good.
+    Ok,
+    /// Worth knowing.
+    Info,
+    /// Works, but something is off.
+    Warning,
+    /// Blocks downloading or running the model.
+    Error,
+}
+
+/// One diagnosis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable identifier, e.g. `token.invalid`.
+    pub code: &'static str,
+    /// How bad.
+    pub severity: Severity,
+    /// What is the case, in one line (tokens masked).
+    pub message: String,
+    /// What to do (empty when nothing).
+    pub fix: String,
+}
+
+/// The whole diagnosis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Findings in check order.
+    pub findings: Vec<Finding>,
+    /// No finding is an error.
+    pub ready: bool,
+}
+
+impl Report {
+    /// The finding with this code, if any.
+    pub fn get(&self, code: &str) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.code == code)
+    }
+}
+
+/// Every code [`diagnose`] can emit.
+pub const CODES: &[&str] = &[
+    "env.summary",
+    "token.none",
+    "token.ok",
+    "token.invalid",
+    "token.env_shadows_file",
+    "token.file_permissions",
+    "token.unreadable",
+    "token.implicit_disabled",
+    "offline.enabled",
+    "endpoint.ok",
+    "endpoint.unreachable",
+    "endpoint.not_a_hub",
+    "repo.ok",
+    "repo.not_found",
+    "repo.gated.login_required",
+    "repo.gated.not_granted",
+    "repo.forbidden",
+    "repo.revision_not_found",
+    "repo.error",
+    "rate_limited",
+    "disk.ok",
+    "disk.insufficient",
+    "cache.missing",
+    "cache.incomplete",
+    "cache.corrupt",
+    "cache.ok",
+    "torch.ok",
+    "torch.cuda_unavailable",
+];
+
+/// libtorch facts, filled by the caller (the CLI asks `tch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TorchFacts {
+    /// `tch::Cuda::is_available()`.
+    pub cuda_available: bool,
+    /// `tch::Cuda::device_count()`.
+    pub device_count: i64,
+}
+
+/// What to diagnose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagnoseOptions {
+    /// The repo to check.
+    pub repo: String,
+    /// Its revision.
+    pub revision: String,
+    /// libtorch facts, when known.
+    pub torch: Option<TorchFacts>,
+}
+
+impl Default for DiagnoseOptions {
+    fn default() -> Self {
+        DiagnoseOptions {
+            repo: DEFAULT_REPO.into(),
+            revision: "main".into(),
+            torch: None,
+        }
+    }
+}
+
+struct Diag {
+    findings: Vec<Finding>,
+}
+
+impl Diag {
+    fn add(
+        &mut self,
+        code: &'static str,
+        severity: Severity,
+        message: String,
+        fix: impl Into<String>,
+    ) {
+        if !self.findings.iter().any(|f| f.code == code) {
+            self.findings.push(Finding {
+                code,
+                severity,
+                message,
+                fix: fix.into(),
+            });
+        }
+    }
+}
+
+/// Runs every check (one attempt per request, no retries). Never fails: problems are findings.
+pub async fn diagnose(env: &HubEnv, opts: &DiagnoseOptions) -> Report {
+    let mut d = Diag {
+        findings: Vec::new(),
+    };
+    let set: Vec<String> = env
+        .set_variables
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    d.add(
+        "env.summary",
+        Severity::Info,
+        format!(
+            "endpoint {}, cache {}, token file {}{}",
+            env.endpoint,
+            env.hub_cache.display(),
+            env.token_path.display(),
+            if set.is_empty() {
+                String::new()
+            } else {
+                format!("; set: {}", set.join(" "))
+            }
+        ),
+        "",
+    );
+    let status = match token::status(env) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            d.add(
+                "token.unreadable",
+                Severity::Error,
+                e.to_string(),
+                "fix the file's permissions or remove it",
+            );
+            None
+        }
+    };
+    if let Some(s) = &status {
+        local_token_checks(&mut d, s);
+    }
+    let info = if env.offline {
+        d.add(
+            "offline.enabled",
+            Severity::Warning,
+            "offline mode is on (HF_HUB_OFFLINE): the hub is not contacted, only the cache is used"
+                .into(),
+            "unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to download or check access",
+        );
+        None
+    } else {
+        online_checks(&mut d, env, status.as_ref(), opts).await
+    };
+    cache_checks(&mut d, env, opts, info.as_ref());
+    if let Some(t) = opts.torch {
+        torch_check(&mut d, t);
+    }
+    let ready = !d.findings.iter().any(|f| f.severity == Severity::Error);
+    Report {
+        findings: d.findings,
+        ready,
+    }
+}
+
+fn local_token_checks(d: &mut Diag, s: &TokenStatus) {
+    let Some(winner) = s.winner() else {
+        d.add(
+            "token.none",
+            Severity::Info,
+            format!(
+                "no token found (HF_TOKEN, HUGGING_FACE_HUB_TOKEN, {}): requests are anonymous",
+                s.token_path.display()
+            ),
+            "public repos work without one; for gated or private repos run `dsocr login`",
+        );
+        return;
+    };
+    if let Some(file) = s.shadowed_file() {
+        d.add(
+            "token.env_shadows_file",
+            Severity::Warning,
+            format!(
+                "{} ({}) is used instead of the saved login in {} ({})",
+                winner.source,
+                winner.token,
+                s.token_path.display(),
+                file.token
+            ),
+            "unset the variable to use the saved login, or make it hold the token you mean",
+        );
+    }
+    if let Some(mode) = s.file_mode.filter(|m| m & 0o077 != 0) {
+        d.add(
+            "token.file_permissions",
+            Severity::Warning,
+            format!(
+                "the token file {} is readable by others (mode {mode:o})",
+                s.token_path.display()
+            ),
+            format!("chmod 600 {}", s.token_path.display()),
+        );
+    }
+    if s.implicit_disabled {
+        d.add(
+            "token.implicit_disabled",
+            Severity::Info,
+            "HF_HUB_DISABLE_IMPLICIT_TOKEN is set: the token is not sent with requests".into(),
+            "unset it to send the token (needed for gated or private repos)",
+        );
+    }
+}
+
+/// Endpoint, whoami and repo checks; returns the model info when it could be read.
+async fn online_checks(
+    d: &mut Diag,
+    env: &HubEnv,
+    status: Option<&TokenStatus>,
+    opts: &DiagnoseOptions,
+) -> Option<ModelInfo> {
+    let sent = status.and_then(|s| s.to_send().cloned());
+    let client = match HubClient::new(env.clone(), sent.clone()) {
+        Ok(c) => c.with_retry(RetryPolicy::none()),
+        Err(e) => {
+            d.add(
+                "endpoint.unreachable",
+                Severity::Error,
+                e.to_string(),
+                "fix HF_ENDPOINT",
+            );
+            return None;
+        }
+    };
+    let started = Instant::now();
+    let first = client.model_info(&opts.repo, Some(&opts.revision)).await;
+    let ms = started.elapsed().as_millis();
+    match &first {
+        Err(e @ HubError::Unreachable { .. }) => {
+            d.add(
+                "endpoint.unreachable",
+                Severity::Error,
+                e.to_string(),
+                "check the network, proxy variables (HTTPS_PROXY, NO_PROXY) and HF_ENDPOINT",
+            );
+            return None;
+        }
+        Err(e @ HubError::NotAHub { .. }) => {
+            d.add(
+                "endpoint.not_a_hub",
+                Severity::Error,
+                e.to_string(),
+                "log in to the captive portal or fix the proxy, or correct HF_ENDPOINT",
+            );
+            return None;
+        }
+        _ => d.add(
+            "endpoint.ok",
+            Severity::Ok,
+            format!("{} answers as a hub ({ms} ms)", env.endpoint),
+            "",
+        ),
+    }
+    let token_invalid = sent.is_some() && matches!(first, Err(HubError::InvalidToken { .. }));
+    if let Some(found) = &sent {
+        whoami_check(d, &client, found, status).await;
+    }
+    let (repo_client, info) = if token_invalid {
+        let anon = client.anonymous();
+        let again = anon.model_info(&opts.repo, Some(&opts.revision)).await;
+        if again.is_ok() {
+            note_public_fallback(d, &opts.repo);
+        }
+        (anon, again)
+    } else {
+        (client, first)
+    };
+    repo_checks(d, &repo_client, opts, info).await
+}
+
+async fn whoami_check(
+    d: &mut Diag,
+    client: &HubClient,
+    found: &token::FoundToken,
+    status: Option<&TokenStatus>,
+) {
+    match client.whoami().await {
+        Ok(who) => {
+            let role = who.token_role.as_deref().unwrap_or("unknown role");
+            d.add(
+                "token.ok",
+                Severity::Ok,
+                format!(
+                    "logged in as {} (token {:?}, {role}, {}) from {}",
+                    who.name, who.token_name, found.token, found.source
+                ),
+                "",
+            );
+        }
+        Err(HubError::InvalidToken { origin }) => {
+            let shadow = status
+                .and_then(|s| s.shadowed_file())
+                .map(|f| {
+                    format!(
+                        "; it shadows the different saved login in {} ({})",
+                        f.source, f.token
+                    )
+                })
+                .unwrap_or_default();
+            let fix = if origin.is_env() && !shadow.is_empty() {
+                "unset the variable to use the saved login, or set it to a valid token".to_string()
+            } else if origin.is_env() {
+                "set the variable to a valid token or unset it; create tokens at https://huggingface.co/settings/tokens".to_string()
+            } else {
+                "run `dsocr login` with a valid token, or `dsocr logout` to go anonymous"
+                    .to_string()
+            };
+            d.add(
+                "token.invalid",
+                Severity::Error,
+                format!(
+                    "the token {} from {origin} is rejected: 401 Invalid credentials in Authorization header (invalid, revoked or expired){shadow}",
+                    found.token
+                ),
+                fix,
+            );
+        }
+        Err(e @ HubError::RateLimited { .. }) => rate_limited(d, &e),
+        Err(e) => d.add(
+            "token.invalid",
+            Severity::Error,
+            format!("whoami failed: {e}"),
+            "check the token with `dsocr whoami`",
+        ),
+    }
+}
+
+fn note_public_fallback(d: &mut Diag, repo: &str) {
+    if let Some(f) = d.findings.iter_mut().find(|f| f.code == "token.invalid") {
+        f.message.push_str(&format!(
+            "; {repo} is public, so downloads retry anonymously"
+        ));
+    }
+}
+
+fn rate_limited(d: &mut Diag, e: &HubError) {
+    d.add(
+        "rate_limited",
+        Severity::Error,
+        e.to_string(),
+        "wait a few minutes; logged-in users get higher limits",
+    );
+}
+
+async fn repo_checks(
+    d: &mut Diag,
+    client: &HubClient,
+    opts: &DiagnoseOptions,
+    info: Result<ModelInfo, HubError>,
+) -> Option<ModelInfo> {
+    let info = match info {
+        Ok(i) => i,
+        Err(e) => {
+            repo_error(d, client, opts, e);
+            return None;
+        }
+    };
+    match client
+        .file_metadata(&opts.repo, &info.sha, "config.json")
+        .await
+    {
+        Ok(_) | Err(HubError::EntryNotFound { .. }) => {
+            let size: u64 = info.siblings.iter().filter_map(|s| s.size).sum();
+            d.add(
+                "repo.ok",
+                Severity::Ok,
+                format!(
+                    "{}@{} is readable: commit {}, {} files, {}",
+                    opts.repo,
+                    opts.revision,
+                    short(&info.sha),
+                    info.siblings.len(),
+                    human_bytes(size)
+                ),
+                "",
+            );
+            Some(info)
+        }
+        Err(e) => {
+            repo_error(d, client, opts, e);
+            Some(info)
+        }
+    }
+}
+
+fn repo_error(d: &mut Diag, client: &HubClient, opts: &DiagnoseOptions, e: HubError) {
+    let other = if opts.repo == ALTERNATE_REPO {
+        DEFAULT_REPO
+    } else {
+        ALTERNATE_REPO
+    };
+    match e {
+        HubError::RepoNotFound { token_sent, .. } => {
+            let msg = if token_sent {
+                format!("{} not found (a token was sent: the name is wrong or your account cannot see it)", opts.repo)
+            } else {
+                format!("{} not found, or private: log in (no token was sent)", opts.repo)
+            };
+            d.add("repo.not_found", Severity::Error, msg,
+                format!("check the name (the known DeepSeek-OCR repos are {DEFAULT_REPO} and {other}); for a private repo run `dsocr login`"));
+        }
+        HubError::GatedLoginRequired { .. } => d.add(
+            "repo.gated.login_required", Severity::Error,
+            format!("{} is gated and the request was anonymous", opts.repo),
+            format!("run `dsocr login` with a token of an account that accepted the terms at {}; or try {other}", client.repo_page(&opts.repo)),
+        ),
+        HubError::GatedNotGranted { url, .. } => d.add(
+            "repo.gated.not_granted", Severity::Error,
+            format!("{} is gated and your account has not been granted access", opts.repo),
+            format!("accept the terms at {url} (or wait for manual approval); or try {other}"),
+        ),
+        HubError::Forbidden { message, .. } => d.add(
+            "repo.forbidden", Severity::Error,
+            format!("access to {} is forbidden: {message}", opts.repo),
+            "give your fine-grained token read access to this repo (and to gated repos)",
+        ),
+        HubError::RevisionNotFound { .. } => d.add(
+            "repo.revision_not_found", Severity::Error,
+            format!("revision {} does not exist in {}", opts.revision, opts.repo),
+            "use an existing branch, tag or commit (default: main)",
+        ),
+        e @ HubError::RateLimited { .. } => rate_limited(d, &e),
+        HubError::InvalidToken { .. } => {} // already reported by whoami
+        e => d.add("repo.error", Severity::Error, e.to_string(), "retry later"),
+    }
+}
+
+fn cache_checks(d: &mut Diag, env: &HubEnv, opts: &DiagnoseOptions, info: Option<&ModelInfo>) {
+    let Ok(paths) = RepoPaths::new(&env.hub_cache, &opts.repo) else {
+        return;
+    };
+    let commit = info
+        .map(|i| i.sha.clone())
+        .or_else(|| paths.resolve_revision(&opts.revision));
+    let snapshot = commit
+        .as_ref()
+        .map(|c| paths.snapshot_dir(c))
+        .filter(|s| s.is_dir());
+    let fetch = format!("dsocr download {} --revision {}", opts.repo, opts.revision);
+    let missing_bytes = match (info, &snapshot) {
+        (Some(info), _) => cache_against_info(d, &paths, info, &fetch),
+        (None, Some(snapshot)) => {
+            let c = completeness(snapshot);
+            if c.is_complete() {
+                d.add(
+                    "cache.ok",
+                    Severity::Ok,
+                    format!("{} has every file DeepSeek-OCR needs", snapshot.display()),
+                    "",
+                );
+            } else {
+                d.add(
+                    "cache.incomplete",
+                    Severity::Warning,
+                    format!("{} lacks {}", snapshot.display(), c.missing.join(", ")),
+                    fetch.clone(),
+                );
+            }
+            None
+        }
+        (None, None) => {
+            d.add(
+                "cache.missing",
+                Severity::Warning,
+                format!(
+                    "{}@{} is not in the cache {}",
+                    opts.repo,
+                    opts.revision,
+                    env.hub_cache.display()
+                ),
+                fetch,
+            );
+            None
+        }
+    };
+    if let Some(needed) = missing_bytes {
+        disk_check(d, &paths, needed);
+    }
+}
+
+/// Compares the snapshot with model info; returns the bytes still missing.
+fn cache_against_info(
+    d: &mut Diag,
+    paths: &RepoPaths,
+    info: &ModelInfo,
+    fetch: &str,
+) -> Option<u64> {
+    let snapshot = paths.snapshot_dir(&info.sha);
+    let (mut missing, mut corrupt, mut missing_bytes) = (Vec::new(), Vec::new(), 0u64);
+    for s in &info.siblings {
+        let file = snapshot.join(&s.rfilename);
+        let size = s.size.unwrap_or(0);
+        match std::fs::metadata(&file) {
+            Ok(m) if s.size.is_none_or(|n| n == m.len()) => {}
+            Ok(m) => corrupt.push(format!(
+                "{} ({} bytes, expected {size})",
+                s.rfilename,
+                m.len()
+            )),
+            Err(_) if std::fs::symlink_metadata(&file).is_ok() => {
+                corrupt.push(format!("{} (broken link)", s.rfilename));
+                missing_bytes += size;
+            }
+            Err(_) => {
+                missing.push(s.rfilename.clone());
+                missing_bytes += size;
+            }
+        }
+    }
+    let partial = paths.partial_bytes();
+    if !corrupt.is_empty() {
+        d.add(
+            "cache.corrupt",
+            Severity::Error,
+            format!(
+                "{} has damaged files: {}",
+                snapshot.display(),
+                corrupt.join(", ")
+            ),
+            format!("run `dsocr cache verify {}` then `{fetch}`", info.id),
+        );
+    } else if !snapshot.is_dir() {
+        d.add(
+            "cache.missing",
+            Severity::Warning,
+            format!(
+                "{} ({}) is not in the cache {}",
+                info.id,
+                short(&info.sha),
+                paths.cache.display()
+            ),
+            fetch.to_string(),
+        );
+    } else if !missing.is_empty() {
+        let resumable = if partial > 0 {
+            format!(
+                "; {} already downloaded will be resumed",
+                human_bytes(partial)
+            )
+        } else {
+            String::new()
+        };
+        d.add(
+            "cache.incomplete",
+            Severity::Warning,
+            format!(
+                "{} lacks {} of {} files ({}){resumable}",
+                snapshot.display(),
+                missing.len(),
+                info.siblings.len(),
+                human_bytes(missing_bytes)
+            ),
+            fetch.to_string(),
+        );
+    } else {
+        d.add(
+            "cache.ok",
+            Severity::Ok,
+            format!(
+                "{} is complete ({} files)",
+                snapshot.display(),
+                info.siblings.len()
+            ),
+            "",
+        );
+    }
+    Some(missing_bytes.saturating_sub(partial))
+}
+
+fn disk_check(d: &mut Diag, paths: &RepoPaths, needed: u64) {
+    let Ok(available) = available_space(&paths.repo_dir) else {
+        return;
+    };
+    if needed > available {
+        d.add(
+            "disk.insufficient",
+            Severity::Error,
+            format!(
+                "{} must be downloaded but only {} are free in {}",
+                human_bytes(needed),
+                human_bytes(available),
+                paths.cache.display()
+            ),
+            "free disk space or point HF_HUB_CACHE (or HF_HOME) at a larger disk",
+        );
+    } else if needed > 0 {
+        d.add(
+            "disk.ok",
+            Severity::Ok,
+            format!(
+                "{} to download, {} free",
+                human_bytes(needed),
+                human_bytes(available)
+            ),
+            "",
+        );
+    }
+}
+
+fn torch_check(d: &mut Diag, t: TorchFacts) {
+    if t.cuda_available && t.device_count > 0 {
+        d.add(
+            "torch.ok",
+            Severity::Ok,
+            format!("libtorch sees {} CUDA device(s)", t.device_count),
+            "",
+        );
+    } else {
+        d.add(
+            "torch.cuda_unavailable",
+            Severity::Warning,
+            "libtorch sees no CUDA device: OCR runs on the CPU (slow)".into(),
+            "install an NVIDIA driver and a CUDA build of libtorch, or use --device cpu knowingly",
+        );
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..8).unwrap_or(commit)
+}
+
+/// Bytes as `1.2 GB` (decimal units, like the hub's pages).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_the_hub() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(6_672_212_480), "6.7 GB");
+    }
+}
