@@ -316,7 +316,10 @@ async fn online_checks(
     let (repo_client, info) = if token_invalid {
         let anon = client.anonymous();
         let again = anon.model_info(&opts.repo, Some(&opts.revision)).await;
-        if again.is_ok() {
+        if again
+            .as_ref()
+            .is_ok_and(|i| i.gated.is_none() && !i.private)
+        {
             note_public_fallback(d, &opts.repo);
         }
         (anon, again)

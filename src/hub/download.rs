@@ -393,7 +393,8 @@ async fn info_with_fallback(
         Ok(info) => Ok((client.clone(), info, false)),
         Err(HubError::InvalidToken { origin }) => {
             let anon = client.anonymous();
-            let Ok(info) = anon.model_info(&req.repo, Some(&req.revision)).await else {
+            let public = anon.model_info(&req.repo, Some(&req.revision)).await;
+            let Some(info) = public.ok().filter(|i| i.gated.is_none() && !i.private) else {
                 return Err(HubError::InvalidToken { origin });
             };
             let _ = events.send(DownloadEvent::AnonymousFallback {

@@ -1,0 +1,1072 @@
+//! The hub layer against a real HTTP mock hub on 127.0.0.1 (`dsocr::hub::mock`) and against the
+//! real Python client (`huggingface_hub`, from the venv `scripts/env.sh` sets up; its
+//! interpreter comes from `DSOCR_PYTHON`).
+//!
+//! One test per diagnosis code (scenario in, code out), per download fault (outcome measured
+//! from the bytes the mock actually sent), the token never reaching the CDN host, lock
+//! waiting, Ctrl-C / kill then resume, and Python interop both ways.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use dsocr::hub::cache::{self, FileCheck, RepoPaths};
+use dsocr::hub::client::RetryPolicy;
+use dsocr::hub::diagnose::{self, DiagnoseOptions, Report, Severity, TorchFacts};
+use dsocr::hub::download::{self, DownloadEvent, DownloadOutcome, DownloadRequest};
+use dsocr::hub::mock::{self, Access, FaultKind, MockConfig, MockHub};
+use dsocr::hub::token::{self, FoundToken};
+use dsocr::hub::{HubClient, HubEnv, HubError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const SHARD: &str = "model-00001-of-000001.safetensors";
+const SHARD_SIZE: usize = 3 * 1024 * 1024;
+
+/// A temporary `HF_HOME` plus the variables a test sets.
+struct Home {
+    dir: tempfile::TempDir,
+    vars: HashMap<String, String>,
+}
+
+impl Home {
+    fn new(endpoint: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut vars = HashMap::new();
+        vars.insert("HF_HOME".to_string(), dir.path().display().to_string());
+        vars.insert("HF_ENDPOINT".to_string(), endpoint.to_string());
+        Home { dir, vars }
+    }
+    fn set(mut self, k: &str, v: &str) -> Self {
+        self.vars.insert(k.into(), v.into());
+        self
+    }
+    fn env(&self) -> HubEnv {
+        let vars = self.vars.clone();
+        HubEnv::from_lookup(move |k| vars.get(k).cloned())
+    }
+    fn cache(&self) -> PathBuf {
+        self.env().hub_cache
+    }
+    fn save_token(&self, tok: &str) {
+        let env = self.env();
+        std::fs::write(&env.token_path, tok).expect("write token");
+    }
+    /// A `dsocr` command with exactly this environment (no proxies, no outside HF_*).
+    fn dsocr(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dsocr"));
+        self.isolate(&mut cmd);
+        cmd.args(args);
+        cmd
+    }
+    fn python(&self, code: &str) -> tokio::process::Command {
+        let python = std::env::var("DSOCR_PYTHON").unwrap_or_else(|_| {
+            panic!("DSOCR_PYTHON is not set: source scripts/env.sh (it installs huggingface_hub in the venv and exports DSOCR_PYTHON) before running the hub tests")
+        });
+        let mut cmd = tokio::process::Command::new(python);
+        self.isolate(&mut cmd);
+        cmd.env("HF_HUB_DISABLE_TELEMETRY", "1").arg("-c").arg(code);
+        cmd
+    }
+    fn isolate(&self, cmd: &mut tokio::process::Command) {
+        for v in dsocr::hub::env::VARIABLES.iter().chain(&[
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ]) {
+            cmd.env_remove(v);
+        }
+        cmd.env("NO_PROXY", "127.0.0.1,localhost").envs(&self.vars);
+    }
+}
+
+async fn run(mut cmd: tokio::process::Command) -> (i32, String, String) {
+    let out = cmd.output().await.expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn hub(access: Access) -> MockHub {
+    let config = MockConfig {
+        repos: vec![mock::demo_repo(access, SHARD_SIZE)],
+        ..MockConfig::default()
+    };
+    MockHub::start(config).await.expect("mock hub")
+}
+
+async fn named(name: &str) -> MockHub {
+    MockHub::start(mock::scenario(name).expect("scenario"))
+        .await
+        .expect("mock hub")
+}
+
+fn client(home: &Home) -> HubClient {
+    let env = home.env();
+    let status = token::status(&env).expect("token status");
+    HubClient::new(env, status.to_send().cloned())
+        .expect("client")
+        .with_retry(RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_secs(2),
+        })
+}
+
+async fn diagnose_with(home: &Home, repo: &str, revision: &str) -> Report {
+    let opts = DiagnoseOptions {
+        repo: repo.into(),
+        revision: revision.into(),
+        torch: None,
+    };
+    diagnose::diagnose(&home.env(), &opts).await
+}
+
+async fn diagnose_home(home: &Home) -> Report {
+    diagnose_with(home, mock::DEMO_REPO, "main").await
+}
+
+fn expect_code<'a>(report: &'a Report, code: &str, severity: Severity) -> &'a diagnose::Finding {
+    let f = report
+        .get(code)
+        .unwrap_or_else(|| panic!("no {code} in {:#?}", report.findings));
+    assert_eq!(f.severity, severity, "{f:?}");
+    assert!(
+        !f.message.contains("hf_Mock") || f.message.contains('…'),
+        "unmasked token: {f:?}"
+    );
+    f
+}
+
+/// Runs a library download, collecting its events.
+async fn fetch(
+    home: &Home,
+    req: &DownloadRequest,
+) -> (Result<DownloadOutcome, HubError>, Vec<DownloadEvent>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let result = download::download(&client(home), req, &tx, &CancellationToken::new()).await;
+    drop(tx);
+    let mut events = Vec::new();
+    while let Some(e) = rx.recv().await {
+        events.push(e);
+    }
+    (result, events)
+}
+
+fn demo() -> DownloadRequest {
+    DownloadRequest::new(mock::DEMO_REPO)
+}
+
+/// The CDN requests for the shard, as (range, status, body bytes).
+fn shard_gets(hub: &MockHub) -> Vec<(Option<String>, u16, u64)> {
+    let shard = mock::demo_repo(Access::Public, SHARD_SIZE)
+        .files
+        .into_iter()
+        .find(|f| f.path == SHARD)
+        .expect("shard")
+        .etag();
+    hub.requests()
+        .into_iter()
+        .filter(|r| r.server == "cdn" && r.method == "GET" && r.target.contains(&shard))
+        .map(|r| (r.range, r.status, r.body_bytes))
+        .collect()
+}
+
+fn shard_blob_ok(home: &Home, outcome: &DownloadOutcome) {
+    let file = outcome.snapshot.join(SHARD);
+    let bytes = std::fs::read(&file).expect("shard in snapshot");
+    assert_eq!(bytes, mock::pseudo_random(SHARD_SIZE, 1));
+    let paths = RepoPaths::new(&home.cache(), mock::DEMO_REPO).expect("paths");
+    assert_eq!(paths.partial_bytes(), 0, "no partial file left");
+}
+
+// ---------------------------------------------------------------- diagnosis codes
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_token_none_repo_ok_cache_missing_disk_ok() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let r = diagnose_home(&home).await;
+    expect_code(&r, "token.none", Severity::Info);
+    expect_code(&r, "endpoint.ok", Severity::Ok);
+    expect_code(&r, "repo.ok", Severity::Ok);
+    expect_code(&r, "cache.missing", Severity::Warning);
+    expect_code(&r, "disk.ok", Severity::Ok);
+    assert!(r.ready);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_token_ok_names_user_and_source() {
+    let hub = hub(Access::Gated).await;
+    let home = Home::new(&hub.endpoint);
+    home.save_token(mock::TOKEN_GRANTED);
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "token.ok", Severity::Ok);
+    assert!(
+        f.message.contains("alice") && f.message.contains("token file"),
+        "{f:?}"
+    );
+    expect_code(&r, "repo.ok", Severity::Ok);
+    assert!(r.ready);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_token_invalid_from_env_shadowing_file() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint).set("HF_TOKEN", mock::TOKEN_INVALID);
+    home.save_token(mock::TOKEN_GRANTED);
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "token.invalid", Severity::Error);
+    assert!(f.message.contains("HF_TOKEN"), "{f:?}");
+    assert!(f.message.contains("shadows"), "{f:?}");
+    assert!(f.message.contains("retry anonymously"), "{f:?}");
+    expect_code(&r, "token.env_shadows_file", Severity::Warning);
+    expect_code(&r, "repo.ok", Severity::Ok);
+    assert!(!r.ready);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_token_invalid_from_file() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    home.save_token(mock::TOKEN_INVALID);
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "token.invalid", Severity::Error);
+    assert!(
+        f.message.contains("token file") && f.fix.contains("dsocr login"),
+        "{f:?}"
+    );
+    assert!(r.get("token.env_shadows_file").is_none());
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_token_file_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    home.save_token(mock::TOKEN_GRANTED);
+    let path = home.env().token_path;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "token.file_permissions", Severity::Warning);
+    assert!(f.fix.contains("chmod 600"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_offline_sends_nothing() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint).set("HF_HUB_OFFLINE", "1");
+    let r = diagnose_home(&home).await;
+    expect_code(&r, "offline.enabled", Severity::Warning);
+    expect_code(&r, "cache.missing", Severity::Warning);
+    assert!(r.get("endpoint.ok").is_none());
+    assert!(hub.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_endpoint_unreachable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }; // closed again: nothing listens there
+    let home = Home::new(&format!("http://127.0.0.1:{port}"));
+    let r = diagnose_home(&home).await;
+    expect_code(&r, "endpoint.unreachable", Severity::Error);
+    assert!(!r.ready);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_endpoint_not_a_hub() {
+    let hub = named("captive-portal").await;
+    let home = Home::new(&hub.endpoint);
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "endpoint.not_a_hub", Severity::Error);
+    assert!(f.message.contains("captive portal"), "{f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_repo_not_found_anonymous_says_maybe_private() {
+    let hub = hub(Access::Private).await;
+    let home = Home::new(&hub.endpoint);
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "repo.not_found", Severity::Error);
+    assert!(f.message.contains("private: log in"), "{f:?}");
+    assert!(f.fix.contains("unsloth/DeepSeek-OCR"), "{f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_repo_not_found_with_token() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    home.save_token(mock::TOKEN_NOT_GRANTED);
+    let r = diagnose_with(&home, "someone/typo-repo", "main").await;
+    let f = expect_code(&r, "repo.not_found", Severity::Error);
+    assert!(f.message.contains("a token was sent"), "{f:?}");
+    expect_code(&r, "token.ok", Severity::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_repo_gated_login_required() {
+    let hub = hub(Access::Gated).await;
+    let home = Home::new(&hub.endpoint);
+    let r = diagnose_home(&home).await;
+    expect_code(&r, "repo.gated.login_required", Severity::Error);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_repo_gated_not_granted() {
+    let hub = hub(Access::Gated).await;
+    let home = Home::new(&hub.endpoint);
+    home.save_token(mock::TOKEN_NOT_GRANTED);
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "repo.gated.not_granted", Severity::Error);
+    assert!(
+        f.fix
+            .contains(&format!("{}/{}", hub.endpoint, mock::DEMO_REPO)),
+        "{f:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_repo_revision_not_found() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let r = diagnose_with(&home, mock::DEMO_REPO, "v9-does-not-exist").await;
+    expect_code(&r, "repo.revision_not_found", Severity::Error);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_rate_limited() {
+    let hub = named("rate-limited").await;
+    let home = Home::new(&hub.endpoint);
+    let r = diagnose_home(&home).await;
+    expect_code(&r, "rate_limited", Severity::Error);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_disk_insufficient_for_a_huge_repo() {
+    let hub = named("huge").await;
+    let home = Home::new(&hub.endpoint);
+    let r = diagnose_home(&home).await;
+    expect_code(&r, "disk.insufficient", Severity::Error);
+    // and the download refuses before writing anything
+    let (result, _) = fetch(&home, &demo()).await;
+    assert!(
+        matches!(result, Err(HubError::DiskFull { .. })),
+        "{result:?}"
+    );
+    assert!(hub.requests().iter().all(|r| r.server == "hub"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_cache_ok_incomplete_corrupt() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let (outcome, _) = fetch(&home, &demo()).await;
+    let outcome = outcome.expect("download");
+    let r = diagnose_home(&home).await;
+    expect_code(&r, "cache.ok", Severity::Ok);
+    assert!(r.get("disk.ok").is_none(), "nothing to download");
+
+    let readme = outcome.snapshot.join("README.md");
+    std::fs::remove_file(&readme).expect("remove link");
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "cache.incomplete", Severity::Warning);
+    assert!(f.message.contains("1 of 7"), "{f:?}");
+
+    let blob = std::fs::canonicalize(outcome.snapshot.join("config.json")).expect("blob");
+    std::fs::write(&blob, b"{}").expect("damage blob");
+    let r = diagnose_home(&home).await;
+    let f = expect_code(&r, "cache.corrupt", Severity::Error);
+    assert!(f.message.contains("config.json"), "{f:?}");
+    assert!(!r.ready);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_torch_facts() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let mut opts = DiagnoseOptions {
+        torch: Some(TorchFacts {
+            cuda_available: true,
+            device_count: 2,
+        }),
+        ..DiagnoseOptions::default()
+    };
+    let r = diagnose::diagnose(&home.env(), &opts).await;
+    assert!(
+        expect_code(&r, "torch.ok", Severity::Ok)
+            .message
+            .contains('2')
+    );
+    opts.torch = Some(TorchFacts {
+        cuda_available: false,
+        device_count: 0,
+    });
+    let r = diagnose::diagnose(&home.env(), &opts).await;
+    expect_code(&r, "torch.cuda_unavailable", Severity::Warning);
+}
+
+#[test]
+fn every_code_is_documented_in_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    for code in diagnose::CODES {
+        assert!(
+            readme.contains(&format!("`{code}`")),
+            "README lacks `{code}`"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- downloads and faults
+
+#[tokio::test(flavor = "multi_thread")]
+async fn download_writes_python_layout_and_never_sends_the_token_to_the_cdn() {
+    let hub = hub(Access::Gated).await;
+    let home = Home::new(&hub.endpoint);
+    home.save_token(mock::TOKEN_GRANTED);
+    let (outcome, events) = fetch(&home, &demo()).await;
+    let outcome = outcome.expect("download");
+    shard_blob_ok(&home, &outcome);
+    let reqs = hub.requests();
+    let cdn: Vec<_> = reqs.iter().filter(|r| r.server == "cdn").collect();
+    assert_eq!(cdn.len(), 3, "three LFS files come from the CDN: {cdn:?}");
+    for r in &cdn {
+        assert!(!r.authorization, "Authorization reached the CDN: {r:?}");
+        assert!(r.host.starts_with("localhost:"), "{r:?}");
+    }
+    assert!(
+        reqs.iter()
+            .filter(|r| r.server == "hub")
+            .all(|r| r.authorization)
+    );
+    // layout: relative links, refs/main, CACHEDIR.TAG
+    let paths = RepoPaths::new(&home.cache(), mock::DEMO_REPO).expect("paths");
+    let link = std::fs::read_link(outcome.snapshot.join("assets/fig1.png")).expect("symlink");
+    assert!(link.starts_with("../../../blobs"), "{link:?}");
+    assert_eq!(
+        std::fs::read_to_string(paths.ref_file("main")).expect("ref"),
+        mock::DEMO_COMMIT
+    );
+    assert!(home.cache().join("CACHEDIR.TAG").is_file());
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, DownloadEvent::Done { .. }))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, DownloadEvent::Progress(p) if p.total_bytes == p.total_size))
+    );
+    // a second run fetches nothing
+    hub.clear_requests();
+    let (again, _) = fetch(&home, &demo()).await;
+    assert_eq!(again.expect("second run").downloaded, 0);
+    assert!(
+        hub.requests()
+            .iter()
+            .all(|r| r.server == "hub" && r.method == "GET")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_drop_mid_body_resumes_without_resending() {
+    let hub = hub(Access::Public).await;
+    hub.add_fault(SHARD, FaultKind::DropAfter(1024 * 1024));
+    let home = Home::new(&hub.endpoint);
+    let (outcome, events) = fetch(&home, &demo()).await;
+    shard_blob_ok(&home, &outcome.expect("download"));
+    let gets = shard_gets(&hub);
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[0], (None, 200, 1024 * 1024));
+    assert_eq!(gets[1].0.as_deref(), Some("bytes=1048576-"));
+    assert_eq!(gets[1].1, 206);
+    let sent: u64 = gets.iter().map(|g| g.2).sum();
+    assert_eq!(
+        sent,
+        SHARD_SIZE as u64,
+        "bytes re-sent: {}",
+        sent - SHARD_SIZE as u64
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, DownloadEvent::Retrying { path, .. } if path == SHARD))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_200_instead_of_206_restarts_cleanly() {
+    let hub = hub(Access::Public).await;
+    hub.add_fault(SHARD, FaultKind::DropAfter(1024 * 1024));
+    hub.add_fault(SHARD, FaultKind::IgnoreRange);
+    let home = Home::new(&hub.endpoint);
+    let (outcome, events) = fetch(&home, &demo()).await;
+    shard_blob_ok(&home, &outcome.expect("download"));
+    let gets = shard_gets(&hub);
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[1].0.as_deref(), Some("bytes=1048576-"));
+    assert_eq!(gets[1].1, 200, "the server ignored Range");
+    assert_eq!(gets[1].2, SHARD_SIZE as u64, "whole file re-sent once");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, DownloadEvent::Restarted { path } if path == SHARD))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_short_body_resumes_from_what_arrived() {
+    let hub = hub(Access::Public).await;
+    hub.add_fault(SHARD, FaultKind::ShortBody(5000));
+    let home = Home::new(&hub.endpoint);
+    let (outcome, _) = fetch(&home, &demo()).await;
+    shard_blob_ok(&home, &outcome.expect("download"));
+    let gets = shard_gets(&hub);
+    assert_eq!(gets[0].2, 5000);
+    assert_eq!(gets[1].0.as_deref(), Some("bytes=5000-"));
+    assert_eq!(gets.iter().map(|g| g.2).sum::<u64>(), SHARD_SIZE as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_429_waits_for_retry_after_then_succeeds() {
+    let hub = hub(Access::Public).await;
+    hub.add_fault(SHARD, FaultKind::Status(429));
+    let home = Home::new(&hub.endpoint);
+    let (outcome, events) = fetch(&home, &demo()).await;
+    shard_blob_ok(&home, &outcome.expect("download"));
+    let waited = events.iter().find_map(|e| match e {
+        DownloadEvent::Retrying { path, wait_ms, .. } if path == SHARD => Some(*wait_ms),
+        _ => None,
+    });
+    assert_eq!(waited, Some(1000), "Retry-After: 1 is honoured");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_persistent_500_gives_a_clear_error() {
+    let hub = hub(Access::Public).await;
+    for _ in 0..4 {
+        hub.add_fault(SHARD, FaultKind::Status(500));
+    }
+    let home = Home::new(&hub.endpoint);
+    let (result, _) = fetch(&home, &demo()).await;
+    let err = result.expect_err("must fail");
+    assert!(
+        matches!(err, HubError::TooManyRetries { attempts: 4, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(SHARD) && text.contains("run the same command again"),
+        "{text}"
+    );
+    assert_eq!(shard_gets(&hub).len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_corrupt_body_never_reaches_snapshots() {
+    let hub = hub(Access::Public).await;
+    hub.add_fault(SHARD, FaultKind::Corrupt);
+    let home = Home::new(&hub.endpoint);
+    let (result, _) = fetch(&home, &demo()).await;
+    let err = result.expect_err("must fail verification");
+    assert!(matches!(err, HubError::Integrity { .. }), "{err:?}");
+    let paths = RepoPaths::new(&home.cache(), mock::DEMO_REPO).expect("paths");
+    assert!(!paths.snapshot_dir(mock::DEMO_COMMIT).join(SHARD).exists());
+    assert_eq!(paths.partial_bytes(), 0, "the bad partial file is deleted");
+    let (again, _) = fetch(&home, &demo()).await;
+    shard_blob_ok(&home, &again.expect("clean retry"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_token_on_public_repo_falls_back_to_anonymous() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint).set("HF_TOKEN", mock::TOKEN_INVALID);
+    let (outcome, events) = fetch(&home, &demo()).await;
+    let outcome = outcome.expect("anonymous download");
+    assert!(outcome.anonymous_fallback);
+    let said = events.iter().find_map(|e| match e {
+        DownloadEvent::AnonymousFallback { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    let said = said.expect("fallback event");
+    assert!(
+        said.contains("HF_TOKEN") && !said.contains(mock::TOKEN_INVALID),
+        "{said}"
+    );
+    // gated repo: no fallback, the token error stands
+    let gated = self::hub(Access::Gated).await;
+    let home = Home::new(&gated.endpoint).set("HF_TOKEN", mock::TOKEN_INVALID);
+    let (result, _) = fetch(&home, &demo()).await;
+    assert!(
+        matches!(result, Err(HubError::InvalidToken { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn include_exclude_and_local_dir() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let local = home.dir.path().join("local");
+    let req = DownloadRequest {
+        include: vec!["*.json".into()],
+        exclude: vec!["tokenizer*".into()],
+        local_dir: Some(local.clone()),
+        ..demo()
+    };
+    let (outcome, _) = fetch(&home, &req).await;
+    let outcome = outcome.expect("download");
+    assert_eq!(
+        outcome.files,
+        vec!["config.json", "model.safetensors.index.json"]
+    );
+    assert!(local.join("config.json").is_file());
+    let meta =
+        std::fs::read_to_string(local.join(".cache/huggingface/download/config.json.metadata"))
+            .expect("metadata");
+    assert!(
+        meta.starts_with(&format!("{}\n", mock::DEMO_COMMIT)),
+        "{meta}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_process_waits_on_the_lock() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let shard = mock::demo_repo(Access::Public, SHARD_SIZE)
+        .files
+        .into_iter()
+        .find(|f| f.path == SHARD)
+        .expect("shard");
+    let paths = RepoPaths::new(&home.cache(), mock::DEMO_REPO).expect("paths");
+    let lock_path = paths.lock_file(&shard.etag());
+    std::fs::create_dir_all(lock_path.parent().expect("dir")).expect("lock dir");
+    let holder = std::fs::File::create(&lock_path).expect("lock file");
+    holder.lock().expect("hold the lock");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let c = client(&home);
+    let task = tokio::spawn(async move {
+        download::download(&c, &demo(), &tx, &CancellationToken::new()).await
+    });
+    let waited = loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(DownloadEvent::WaitingForLock { path, .. })) => break path,
+            Ok(Some(_)) => continue,
+            other => panic!("no WaitingForLock event: {other:?}"),
+        }
+    };
+    assert_eq!(waited, SHARD);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "must wait while the lock is held");
+    holder.unlock().expect("release");
+    let outcome = task
+        .await
+        .expect("join")
+        .expect("download after the lock is released");
+    shard_blob_ok(&home, &outcome);
+}
+
+/// Starts `dsocr download` against a slow CDN, stops it with `signal` once part of the shard
+/// is on disk, then resumes; returns (partial bytes at stop, CDN GETs of the second run).
+#[cfg(unix)]
+async fn interrupt_then_resume(signal: i32) -> (u64, Vec<(Option<String>, u16, u64)>, i32) {
+    let config = MockConfig {
+        repos: vec![mock::demo_repo(Access::Public, SHARD_SIZE)],
+        cdn_bytes_per_sec: Some(512 * 1024),
+        ..MockConfig::default()
+    };
+    let hub = MockHub::start(config).await.expect("mock");
+    let home = Home::new(&hub.endpoint);
+    let paths = RepoPaths::new(&home.cache(), mock::DEMO_REPO).expect("paths");
+    let mut child = home
+        .dsocr(&["download", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dsocr");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while paths.partial_bytes() < 256 * 1024 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no partial download appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().expect("pid") as i32;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, signal) };
+    let status = child.wait().await.expect("wait");
+    let code = status.code().unwrap_or(-1);
+    let partial = paths.partial_bytes();
+    // the mock records the interrupted GET once it notices the closed socket
+    while shard_gets(&hub).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first GET was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        partial > 0 && partial < SHARD_SIZE as u64,
+        "partial {partial}"
+    );
+    hub.configure(|c| c.cdn_bytes_per_sec = None);
+    hub.clear_requests();
+    let (rc, _, err) = run(home.dsocr(&["download"])).await;
+    assert_eq!(rc, 0, "{err}");
+    let snapshot = paths.snapshot_dir(mock::DEMO_COMMIT);
+    assert_eq!(
+        std::fs::read(snapshot.join(SHARD)).expect("shard"),
+        mock::pseudo_random(SHARD_SIZE, 1)
+    );
+    (partial, shard_gets(&hub), code)
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_leaves_a_partial_that_resumes() {
+    let (partial, gets, code) = interrupt_then_resume(libc::SIGINT).await;
+    assert_eq!(code, 130, "Ctrl-C exits 130 after saving the partial");
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0].0, Some(format!("bytes={partial}-")));
+    assert_eq!(
+        gets[0].2,
+        SHARD_SIZE as u64 - partial,
+        "only the rest is sent"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_leaves_a_partial_that_resumes() {
+    let (partial, gets, _) = interrupt_then_resume(libc::SIGKILL).await;
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0].0, Some(format!("bytes={partial}-")));
+    assert_eq!(gets[0].2, SHARD_SIZE as u64 - partial);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_verify_finds_a_damaged_blob_and_rm_frees_it() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let (outcome, _) = fetch(&home, &demo()).await;
+    let outcome = outcome.expect("download");
+    let mut seen = 0u64;
+    let checks = cache::verify(
+        &home.cache(),
+        mock::DEMO_REPO,
+        Some("main"),
+        &mut |_, done, _| seen = seen.max(done),
+    )
+    .expect("verify");
+    assert_eq!(checks.len(), 7);
+    assert!(
+        checks.iter().all(|c| c.check == FileCheck::Ok),
+        "{checks:?}"
+    );
+    assert_eq!(
+        seen, SHARD_SIZE as u64,
+        "progress reaches the largest file's size"
+    );
+    let blob = std::fs::canonicalize(outcome.snapshot.join(SHARD)).expect("blob");
+    let mut bytes = std::fs::read(&blob).expect("read");
+    bytes[10] ^= 1;
+    std::fs::write(&blob, bytes).expect("damage");
+    let (rc, out, _) = run(home.dsocr(&["cache", "verify"])).await;
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains(SHARD) && out.contains("CORRUPT"), "{out}");
+    let (rc, out, err) = run(home.dsocr(&["cache", "rm", mock::DEMO_REPO])).await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("3.3 MB freed"), "{out}");
+    assert!(cache::scan(&home.cache()).expect("scan").repos.is_empty());
+}
+
+// ---------------------------------------------------------------- CLI
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_doctor_json_and_exit_code() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint).set("HF_TOKEN", mock::TOKEN_INVALID);
+    let (rc, out, _) = run(home.dsocr(&["doctor", "--json"])).await;
+    assert_eq!(rc, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(v["ready"], false);
+    let codes: Vec<&str> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"token.invalid"), "{codes:?}");
+    for f in v["findings"].as_array().expect("findings") {
+        for k in ["code", "severity", "message", "fix"] {
+            assert!(f[k].is_string(), "{f}");
+        }
+    }
+    assert!(!out.contains(mock::TOKEN_INVALID), "token printed in full");
+    let home = Home::new(&hub.endpoint);
+    let (rc, out, _) = run(home.dsocr(&["doctor"])).await;
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("repo.ok"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_login_whoami_auth_logout() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let mut login = home.dsocr(&["login", "--token-stdin"]);
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("login");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(format!("{}\n", mock::TOKEN_INVALID).as_bytes())
+            .await
+            .expect("write");
+    }
+    let out = child.wait_with_output().await.expect("login output");
+    assert_eq!(out.status.code(), Some(1), "an invalid token is refused");
+    assert!(
+        !home.env().token_path.exists(),
+        "nothing saved for a refused token"
+    );
+
+    let mut login = home.dsocr(&["login", "--token-stdin"]);
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("login");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(format!("{}\n", mock::TOKEN_GRANTED).as_bytes())
+            .await
+            .expect("write");
+    }
+    let out = child.wait_with_output().await.expect("login output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("alice")
+            && stdout.contains("hf_…pqrs")
+            && !stdout.contains(mock::TOKEN_GRANTED),
+        "{stdout}"
+    );
+
+    let (rc, out, _) = run(home.dsocr(&["whoami"])).await;
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("alice") && out.contains("acme") && out.contains("\"dsocr-mock\""),
+        "{out}"
+    );
+    assert!(!out.contains(mock::TOKEN_GRANTED));
+
+    let home2 = Home::new(&hub.endpoint).set("HF_TOKEN", mock::TOKEN_NOT_GRANTED);
+    std::fs::copy(home.env().token_path, home2.env().token_path).expect("copy token");
+    let (rc, out, _) = run(home2.dsocr(&["auth", "list"])).await;
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("used    hf_…rstu from the HF_TOKEN environment variable"),
+        "{out}"
+    );
+    assert!(out.contains("ignored hf_…pqrs"), "{out}");
+
+    let (rc, out, _) = run(home.dsocr(&["logout"])).await;
+    assert_eq!(rc, 0, "{out}");
+    assert!(!home.env().token_path.exists());
+    let (rc, _, err) = run(home.dsocr(&["whoami"])).await;
+    assert_eq!(rc, 1);
+    assert!(err.contains("no token found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_download_suggests_the_other_repo() {
+    let hub = hub(Access::Gated).await;
+    let home = Home::new(&hub.endpoint);
+    let (rc, _, err) = run(home.dsocr(&["download"])).await;
+    assert_eq!(rc, 1);
+    assert!(
+        err.contains("unsloth/DeepSeek-OCR") && err.contains("gated"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- Python interop
+
+async fn python_ok(home: &Home, code: &str) -> String {
+    let (rc, out, err) = run(home.python(code)).await;
+    assert_eq!(rc, 0, "python failed:\n{err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_reads_a_cache_filled_by_dsocr() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let (rc, _, err) = run(home.dsocr(&["download"])).await;
+    assert_eq!(rc, 0, "{err}");
+    let ours = cache::scan(&home.cache()).expect("scan");
+    let out = python_ok(
+        &home,
+        &format!(
+            r#"
+import json, warnings
+from huggingface_hub import scan_cache_dir, hf_hub_download
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    info = scan_cache_dir()
+    path = hf_hub_download("{repo}", "{shard}", local_files_only=True)
+    sub = hf_hub_download("{repo}", "assets/fig1.png", local_files_only=True)
+repo = list(info.repos)[0]
+print(json.dumps({{"warnings": [str(w) for w in info.warnings], "size": repo.size_on_disk,
+    "files": repo.nb_files, "refs": sorted(repo.refs), "shard": open(path, "rb").read().hex()[:64],
+    "shard_len": len(open(path, "rb").read()), "sub": len(open(sub, "rb").read())}}))
+"#,
+            repo = mock::DEMO_REPO,
+            shard = SHARD
+        ),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("python json");
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    assert_eq!(v["size"], ours.repos[0].size_on_disk);
+    assert_eq!(v["files"], 7);
+    assert_eq!(v["refs"], serde_json::json!(["main"]));
+    assert_eq!(v["shard_len"], SHARD_SIZE);
+    assert_eq!(
+        v["shard"],
+        hex::encode(&mock::pseudo_random(SHARD_SIZE, 1)[..32])
+    );
+    assert_eq!(v["sub"], 40 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dsocr_lists_a_cache_filled_by_python() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let out = python_ok(
+        &home,
+        &format!(
+            r#"
+from huggingface_hub import snapshot_download, scan_cache_dir
+snapshot_download("{}")
+print(list(scan_cache_dir().repos)[0].size_on_disk)
+"#,
+            mock::DEMO_REPO
+        ),
+    )
+    .await;
+    let python_size: u64 = out
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .parse()
+        .expect("size");
+    let (rc, out, err) = run(home.dsocr(&["cache", "ls", "--json"])).await;
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let repo = &v["repos"][0];
+    assert_eq!(repo["repo_id"], mock::DEMO_REPO);
+    assert_eq!(repo["size_on_disk"], python_size);
+    assert_eq!(repo["revisions"][0]["commit"], mock::DEMO_COMMIT);
+    assert_eq!(repo["revisions"][0]["refs"], serde_json::json!(["main"]));
+    assert_eq!(
+        repo["revisions"][0]["files"].as_array().map(Vec::len),
+        Some(7)
+    );
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    let (rc, out, _) = run(home.dsocr(&["cache", "ls"])).await;
+    assert_eq!(rc, 0);
+    assert!(out.contains("main complete"), "{out}");
+    // and the Python cache satisfies a dsocr download without refetching
+    hub.clear_requests();
+    let (outcome, _) = fetch(&home, &demo()).await;
+    assert_eq!(outcome.expect("download").downloaded, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_interoperate_with_python_both_ways() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let mut login = home.dsocr(&["login", "--token-stdin", "--name", "from-dsocr"]);
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("login");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(mock::TOKEN_GRANTED.as_bytes())
+            .await
+            .expect("write");
+    }
+    assert_eq!(child.wait().await.expect("login").code(), Some(0));
+    let out = python_ok(
+        &home,
+        r#"
+from huggingface_hub import get_token
+from huggingface_hub.utils._auth import get_stored_tokens
+print(get_token()); print(sorted(get_stored_tokens().items()))
+"#,
+    )
+    .await;
+    assert!(
+        out.starts_with(&format!("{}\n", mock::TOKEN_GRANTED)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("('from-dsocr', '{}')", mock::TOKEN_GRANTED)),
+        "{out}"
+    );
+
+    let py = python_ok(
+        &home,
+        &format!(
+            r#"
+from huggingface_hub import login
+login(token="{}", add_to_git_credential=False)
+"#,
+            mock::TOKEN_NOT_GRANTED
+        ),
+    )
+    .await;
+    let _ = py;
+    let status = token::status(&home.env()).expect("status");
+    let FoundToken { token, .. } = status.winner().expect("winner").clone();
+    assert_eq!(token.expose(), mock::TOKEN_NOT_GRANTED);
+    assert_eq!(status.name_of(&token), Some("plain"));
+    assert!(
+        status
+            .stored
+            .iter()
+            .any(|s| s.name == "from-dsocr" && !s.active)
+    );
+    let (rc, out, _) = run(home.dsocr(&["auth", "switch", "from-dsocr"])).await;
+    assert_eq!(rc, 0, "{out}");
+    let out = python_ok(
+        &home,
+        "from huggingface_hub import get_token; print(get_token())",
+    )
+    .await;
+    assert_eq!(out.trim(), mock::TOKEN_GRANTED);
+}
