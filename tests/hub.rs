@@ -920,8 +920,23 @@ async fn python_ok(home: &Home, code: &str) -> String {
 async fn python_reads_a_cache_filled_by_dsocr() {
     let hub = hub(Access::Public).await;
     let home = Home::new(&hub.endpoint);
-    let (rc, _, err) = run(home.dsocr(&["download"])).await;
+    let (rc, out, err) = run(home.dsocr(&["download", "--json"])).await;
     assert_eq!(rc, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"plan"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "file_done").count(), 7);
+    let last_progress = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "progress")
+        .expect("progress");
+    assert_eq!(last_progress["total_bytes"], last_progress["total_size"]);
+    assert!(last_progress["bytes_per_sec"].is_number());
     let ours = cache::scan(&home.cache()).expect("scan");
     let out = python_ok(
         &home,

@@ -420,7 +420,8 @@ impl HubClient {
         Ok(raw.into())
     }
 
-    /// `HEAD` on the resolve URL (no retries): commit, blob name, size and where the bytes are.
+    /// `HEAD` on the resolve URL (following the hub's relative redirects, retrying transient
+    /// failures): commit, blob name, size and where the bytes are.
     pub async fn file_metadata(
         &self,
         repo: &str,
