@@ -227,6 +227,13 @@ async fn diag_token_invalid_from_env_shadowing_file() {
     assert!(f.message.contains("shadows"), "{f:?}");
     assert!(f.message.contains("retry anonymously"), "{f:?}");
     expect_code(&r, "token.env_shadows_file", Severity::Warning);
+    let f = expect_code(&r, "token.sources", Severity::Info);
+    assert!(
+        f.message
+            .starts_with("the HF_TOKEN environment variable hf_…wxyz (used); the token file"),
+        "{f:?}"
+    );
+    assert!(f.message.ends_with("hf_…pqrs (ignored)"), "{f:?}");
     expect_code(&r, "repo.ok", Severity::Ok);
     assert!(!r.ready);
 }

@@ -67,6 +67,7 @@ impl Report {
 pub const CODES: &[&str] = &[
     "env.summary",
     "token.none",
+    "token.sources",
     "token.ok",
     "token.invalid",
     "token.env_shadows_file",
@@ -225,6 +226,20 @@ fn local_token_checks(d: &mut Diag, s: &TokenStatus) {
         );
         return;
     };
+    let sources: Vec<String> = s
+        .found
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                "{} {} ({})",
+                f.source,
+                f.token,
+                if i == 0 { "used" } else { "ignored" }
+            )
+        })
+        .collect();
+    d.add("token.sources", Severity::Info, sources.join("; "), "");
     if let Some(file) = s.shadowed_file() {
         d.add(
             "token.env_shadows_file",

@@ -89,7 +89,7 @@ impl HubEnv {
             .iter()
             .filter_map(|name| {
                 let value = lookup(name)?;
-                let shown = if name.contains("TOKEN") && !name.ends_with("PATH") {
+                let shown = if matches!(*name, "HF_TOKEN" | "HUGGING_FACE_HUB_TOKEN") {
                     crate::hub::token::mask(&value)
                 } else {
                     value
@@ -241,6 +241,7 @@ mod tests {
         let shown: Vec<_> = e.set_variables.iter().map(|(_, v)| v.as_str()).collect();
         assert!(shown.contains(&"hf_…EFGH"), "{shown:?}");
         assert!(!shown.iter().any(|v| v.contains("abcdefgh")));
+        assert!(shown.contains(&"0"), "flags are shown as set: {shown:?}");
     }
 
     #[test]

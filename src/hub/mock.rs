@@ -30,7 +30,7 @@ pub const TOKEN_GRANTED: &str = "hf_MockGrantedTokenAbcdefghijklmnopqrs";
 /// A token the mock accepts, with no access to gated or private repos.
 pub const TOKEN_NOT_GRANTED: &str = "hf_MockPlainTokenAbcdefghijklmnopqrstu";
 /// A token the mock rejects with 401 "Invalid credentials in Authorization header".
-pub const TOKEN_INVALID: &str = "hf_MockRevokedTokenAbcdefghijklmnopqrs";
+pub const TOKEN_INVALID: &str = "hf_MockRevokedTokenAbcdefghijklmnowxyz";
 
 /// One file of a mock repo.
 #[derive(Debug, Clone)]
