@@ -1,1 +1,444 @@
 //! DeepSeek-V2 language model (MHA, RoPE, dense layer 0, then MoE) with a KV cache.
+//!
+//! Precision follows the reference: weights and matmuls in the compute dtype; RMSNorm
+//! statistics, the MoE gate (linear + softmax + top-k) and the routed-expert weighting in f32;
+//! logits returned as f32. A decode step makes no host round trip: the routed experts of the
+//! step's tokens are gathered from stacked expert weights (`index_select` + `bmm`). Prefill
+//! groups the tokens by expert (one read of the per-expert counts per MoE layer, which on the
+//! CPU is plain memory; on CUDA it is the one synchronisation of that layer).
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::{Config, LanguageConfig, RMS_NORM_EPS, ROPE_THETA};
+use super::error::{OcrError, Result};
+use super::weights::Weights;
+
+/// Up to this many tokens, routed experts are gathered per token (decode); above it, tokens are
+/// grouped by expert (prefill).
+const GATHER_MAX_TOKENS: i64 = 4;
+
+/// RMSNorm computed in f32, scaled by the weight in the compute dtype.
+struct RmsNorm {
+    weight: Tensor,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        let normed = xf * (var + RMS_NORM_EPS).rsqrt();
+        &self.weight * normed.to_kind(kind)
+    }
+}
+
+/// Gated SiLU MLP: `down(silu(gate(x)) * up(x))`.
+struct Mlp {
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+impl Mlp {
+    fn load(w: &mut Weights, prefix: &str) -> Result<Self> {
+        Ok(Self {
+            gate: w.take(&format!("{prefix}.gate_proj.weight"))?,
+            up: w.take(&format!("{prefix}.up_proj.weight"))?,
+            down: w.take(&format!("{prefix}.down_proj.weight"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let g = x.linear::<Tensor>(&self.gate, None).silu();
+        let u = x.linear::<Tensor>(&self.up, None);
+        (g * u).linear::<Tensor>(&self.down, None)
+    }
+}
+
+/// Mixture of experts: softmax gate in f32, top-k without renormalisation, routed experts
+/// weighted by their raw probabilities, plus the shared experts (unweighted).
+struct Moe {
+    /// `[E, H]`, f32.
+    gate: Tensor,
+    /// Stacked routed experts: gate and up projections `[E, 2M, H]`, down `[E, H, M]`.
+    gate_up: Tensor,
+    down: Tensor,
+    inner: i64,
+    top_k: i64,
+    scale: f64,
+    shared: Option<Mlp>,
+}
+
+impl Moe {
+    fn load(w: &mut Weights, prefix: &str, l: &LanguageConfig) -> Result<Self> {
+        let mut gate_up = Vec::with_capacity(l.n_routed_experts as usize);
+        let mut down = Vec::with_capacity(l.n_routed_experts as usize);
+        for e in 0..l.n_routed_experts {
+            let p = format!("{prefix}.experts.{e}");
+            let g = w.take(&format!("{p}.gate_proj.weight"))?;
+            let u = w.take(&format!("{p}.up_proj.weight"))?;
+            gate_up.push(Tensor::f_cat(&[g, u], 0)?);
+            down.push(w.take(&format!("{p}.down_proj.weight"))?);
+        }
+        let shared = if l.n_shared_experts > 0 {
+            Some(Mlp::load(w, &format!("{prefix}.shared_experts"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            gate: w
+                .take(&format!("{prefix}.gate.weight"))?
+                .f_to_kind(Kind::Float)?,
+            gate_up: Tensor::f_stack(&gate_up, 0)?,
+            down: Tensor::f_stack(&down, 0)?,
+            inner: l.moe_intermediate_size,
+            top_k: l.num_experts_per_tok,
+            scale: l.routed_scaling_factor,
+            shared,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let tokens = x.size()[0];
+        let probs = x
+            .to_kind(Kind::Float)
+            .linear::<Tensor>(&self.gate, None)
+            .softmax(-1, Kind::Float);
+        let (weights, ids) = probs.topk(self.top_k, -1, true, true);
+        let routed = if tokens <= GATHER_MAX_TOKENS {
+            self.gathered(x, &ids)
+        } else {
+            self.grouped(x, &ids)?
+        };
+        let hidden = x.size()[1];
+        let weighted = (routed
+            .view([tokens, self.top_k, hidden])
+            .to_kind(Kind::Float)
+            * weights.unsqueeze(-1))
+        .sum_dim_intlist(1, false, Kind::Float);
+        let weighted = if self.scale != 1.0 {
+            weighted * self.scale
+        } else {
+            weighted
+        };
+        let mut y = weighted.to_kind(x.kind());
+        if let Some(shared) = &self.shared {
+            y += shared.forward(x);
+        }
+        Ok(y)
+    }
+
+    /// Expert MLP on rows `x` `[n, H]` with that expert's `gate_up` `[2M, H]` and `down`.
+    fn expert(&self, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Tensor {
+        let gu = x.linear::<Tensor>(gate_up, None);
+        let act = gu.narrow(-1, 0, self.inner).silu() * gu.narrow(-1, self.inner, self.inner);
+        act.linear::<Tensor>(down, None)
+    }
+
+    /// Few tokens: gather each assignment's expert weights and run them as one batched matmul.
+    /// Returns `[tokens * k, H]` in assignment order.
+    fn gathered(&self, x: &Tensor, ids: &Tensor) -> Tensor {
+        let flat = ids.reshape([-1]);
+        let xs = x
+            .repeat_interleave_self_int(self.top_k, 0, None)
+            .unsqueeze(-1);
+        let gate_up = self.gate_up.index_select(0, &flat);
+        let down = self.down.index_select(0, &flat);
+        let gu = gate_up.bmm(&xs);
+        let act = gu.narrow(1, 0, self.inner).silu() * gu.narrow(1, self.inner, self.inner);
+        down.bmm(&act).squeeze_dim(-1)
+    }
+
+    /// Many tokens: sort the assignments by expert and run each expert once on its rows.
+    /// Returns `[tokens * k, H]` in assignment order.
+    fn grouped(&self, x: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let experts = self.gate_up.size()[0];
+        let flat = ids.reshape([-1]);
+        let order = flat.argsort(0, false);
+        let rows = x.index_select(0, &order.floor_divide_scalar(self.top_k));
+        let counts = Vec::<i64>::try_from(
+            flat.bincount::<Tensor>(None, experts)
+                .to_device(Device::Cpu),
+        )?;
+        let mut outputs = Vec::with_capacity(experts as usize);
+        let mut start = 0;
+        for (e, &n) in counts.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let e = e as i64;
+            outputs.push(self.expert(
+                &rows.narrow(0, start, n),
+                &self.gate_up.get(e),
+                &self.down.get(e),
+            ));
+            start += n;
+        }
+        let sorted = Tensor::f_cat(&outputs, 0)?;
+        Ok(sorted.zeros_like().index_copy(0, &order, &sorted))
+    }
+}
+
+enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+/// Multi-head attention with rotary positions and a slot in the KV cache.
+struct Attention {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn load(w: &mut Weights, prefix: &str, l: &LanguageConfig) -> Result<Self> {
+        let mut get = |n: &str| w.take(&format!("{prefix}.self_attn.{n}.weight"));
+        Ok(Self {
+            q: get("q_proj")?,
+            k: get("k_proj")?,
+            v: get("v_proj")?,
+            o: get("o_proj")?,
+            heads: l.num_attention_heads,
+            head_dim: l.head_dim(),
+        })
+    }
+
+    /// `[T, H]` -> `[1, heads, T, head_dim]`.
+    fn split_heads(&self, x: &Tensor) -> Tensor {
+        let t = x.size()[0];
+        x.view([t, self.heads, self.head_dim])
+            .transpose(0, 1)
+            .unsqueeze(0)
+    }
+
+    fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut LayerCache, pos: i64) -> Tensor {
+        let t = x.size()[0];
+        let q = rope.apply(&self.split_heads(&x.linear::<Tensor>(&self.q, None)), pos);
+        let k = rope.apply(&self.split_heads(&x.linear::<Tensor>(&self.k, None)), pos);
+        let v = self.split_heads(&x.linear::<Tensor>(&self.v, None));
+        cache.k.narrow(2, pos, t).copy_(&k);
+        cache.v.narrow(2, pos, t).copy_(&v);
+        let keys = cache.k.narrow(2, 0, pos + t);
+        let values = cache.v.narrow(2, 0, pos + t);
+        let (mask, causal) = if t == 1 {
+            (None, false)
+        } else if pos == 0 {
+            (None, true)
+        } else {
+            // Query i (at position pos + i) sees keys 0..=pos + i.
+            let qi = Tensor::arange(t, (Kind::Int64, x.device())).unsqueeze(1) + pos;
+            let kj = Tensor::arange(pos + t, (Kind::Int64, x.device())).unsqueeze(0);
+            (Some(kj.le_tensor(&qi)), false)
+        };
+        let out = Tensor::scaled_dot_product_attention(
+            &q, &keys, &values, mask, 0.0, causal, None, false,
+        );
+        out.squeeze_dim(0)
+            .transpose(0, 1)
+            .reshape([t, self.heads * self.head_dim])
+            .linear::<Tensor>(&self.o, None)
+    }
+}
+
+/// Rotary embedding tables (rotate-half convention over the whole head), in the compute dtype.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(head_dim: i64, positions: i64, kind: Kind, device: Device) -> Self {
+        let opts = (Kind::Float, Device::Cpu);
+        let exponents = Tensor::arange_start_step(0, head_dim, 2, opts) / head_dim as f64;
+        let inv_freq = Tensor::from(ROPE_THETA).pow(&exponents).reciprocal();
+        let t = Tensor::arange(positions, opts);
+        let freqs = t.outer(&inv_freq);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        Self {
+            cos: emb.cos().to_kind(kind).to_device(device),
+            sin: emb.sin().to_kind(kind).to_device(device),
+        }
+    }
+
+    /// `x` `[1, heads, T, d]` at positions `pos..pos + T`.
+    fn apply(&self, x: &Tensor, pos: i64) -> Tensor {
+        let t = x.size()[2];
+        let d = x.size()[3];
+        let cos = self.cos.narrow(0, pos, t);
+        let sin = self.sin.narrow(0, pos, t);
+        let half = d / 2;
+        let rotated = Tensor::cat(&[-x.narrow(-1, half, d - half), x.narrow(-1, 0, half)], -1);
+        x * cos + rotated * sin
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+    attn: Attention,
+    ffn: Ffn,
+}
+
+/// Keys and values of one layer, `[1, heads, capacity, head_dim]`.
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// The KV cache of one sequence, preallocated to its maximum length.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: i64,
+    capacity: i64,
+}
+
+impl KvCache {
+    /// Positions filled so far.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+}
+
+/// The DeepSeek-V2 decoder.
+pub struct Decoder {
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+    heads: i64,
+    head_dim: i64,
+    max_positions: i64,
+    vocab: i64,
+}
+
+impl Decoder {
+    /// Build the decoder from the checkpoint tensors (taken out of `w`, which must already hold
+    /// them in the compute dtype on the compute device).
+    pub fn load(cfg: &Config, w: &mut Weights) -> Result<Self> {
+        let l = &cfg.language_config;
+        let embed = w.take("model.embed_tokens.weight")?;
+        let (kind, device) = (embed.kind(), embed.device());
+        let mut layers = Vec::with_capacity(l.num_hidden_layers as usize);
+        for i in 0..l.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let ffn = if l.is_moe_layer(i) {
+                Ffn::Moe(Moe::load(w, &format!("{p}.mlp"), l)?)
+            } else {
+                Ffn::Dense(Mlp::load(w, &format!("{p}.mlp"))?)
+            };
+            layers.push(Layer {
+                input_norm: RmsNorm {
+                    weight: w.take(&format!("{p}.input_layernorm.weight"))?,
+                },
+                post_norm: RmsNorm {
+                    weight: w.take(&format!("{p}.post_attention_layernorm.weight"))?,
+                },
+                attn: Attention::load(w, &p, l)?,
+                ffn,
+            });
+        }
+        Ok(Self {
+            embed,
+            layers,
+            norm: RmsNorm {
+                weight: w.take("model.norm.weight")?,
+            },
+            lm_head: w.take("lm_head.weight")?,
+            rope: Rope::new(l.head_dim(), l.max_position_embeddings, kind, device),
+            heads: l.num_attention_heads,
+            head_dim: l.head_dim(),
+            max_positions: l.max_position_embeddings,
+            vocab: l.vocab_size,
+        })
+    }
+
+    /// Vocabulary size (rows of the embedding and of the logits).
+    pub fn vocab_size(&self) -> i64 {
+        self.vocab
+    }
+
+    /// Longest sequence the model supports (`max_position_embeddings`).
+    pub fn max_positions(&self) -> i64 {
+        self.max_positions
+    }
+
+    /// A KV cache for sequences of up to `capacity` tokens (at most `max_positions`).
+    pub fn new_cache(&self, capacity: i64) -> Result<KvCache> {
+        if capacity <= 0 || capacity > self.max_positions {
+            return Err(OcrError::Invalid(format!(
+                "sequence of {capacity} tokens: the model supports 1..={} (prompt plus new \
+                 tokens); lower the maximum number of new tokens",
+                self.max_positions
+            )));
+        }
+        let shape = [1, self.heads, capacity, self.head_dim];
+        let opts = (self.embed.kind(), self.embed.device());
+        let layers = (0..self.layers.len())
+            .map(|_| {
+                Ok(LayerCache {
+                    k: Tensor::f_zeros(shape, opts)?,
+                    v: Tensor::f_zeros(shape, opts)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Token embeddings `[T, H]` of `ids` (`[T]`, int64, each below the vocabulary size).
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        self.embed
+            .index_select(0, &ids.to_device(self.embed.device()))
+    }
+
+    /// Run `embeds` `[T, H]` (the next T positions) through the layers, appending their keys and
+    /// values to `cache`; returns the final-normed hidden states `[T, H]`.
+    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let t = embeds.size()[0];
+        let pos = cache.len;
+        if pos + t > cache.capacity {
+            return Err(OcrError::Invalid(format!(
+                "KV cache full: {pos} + {t} tokens exceed its capacity {}",
+                cache.capacity
+            )));
+        }
+        let mut x = embeds.shallow_clone();
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = &x
+                + layer
+                    .attn
+                    .forward(&layer.input_norm.forward(&x), &self.rope, lc, pos);
+            let normed = layer.post_norm.forward(&h);
+            let f = match &layer.ffn {
+                Ffn::Dense(mlp) => mlp.forward(&normed),
+                Ffn::Moe(moe) => moe.forward(&normed)?,
+            };
+            x = h + f;
+        }
+        cache.len = pos + t;
+        Ok(self.norm.forward(&x))
+    }
+
+    /// f32 logits `[n, V]` of hidden states `[n, H]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden
+            .linear::<Tensor>(&self.lm_head, None)
+            .to_kind(Kind::Float)
+    }
+}

@@ -1,0 +1,625 @@
+//! The engine against the reference: every fixture case stage by stage (tiny model cases and the
+//! full-size seeded case, plus any folder listed in `DSOCR_EXTRA_CASES`), the checkpoint name
+//! contract, and each loading error.
+//!
+//! Tolerance (fixtures README): `max|a - b| <= 1e-3 * max(1, max|b|)` per tensor; ids exactly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use dsocr::ocr::Config;
+use dsocr::ocr::generate::{GenerateOptions, NoRepeatNgram, generate_with_images};
+use dsocr::ocr::model::{DeepseekOcr, ImageInput, PreparedInput};
+use dsocr::ocr::vision::{ImageFeatures, VisionStages};
+use dsocr::ocr::weights::{Weights, expected_shapes};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+const TOLERANCE: f64 = 1e-3;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {}: {e}", path.display()))
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default()
+}
+
+/// Case folders from `DSOCR_EXTRA_CASES` (colon-separated), split into (tiny, seeded).
+fn extra_cases() -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let list = std::env::var("DSOCR_EXTRA_CASES").unwrap_or_default();
+    list.split(':')
+        .filter(|s| !s.trim().is_empty())
+        .map(PathBuf::from)
+        .partition(|dir| read_json(&dir.join("case.json")).get("seed").is_none())
+}
+
+/// A PNG as `[1, 3, H, W]` f32 pixels: `(u8 / 255 - 0.5) / 0.5`.
+fn load_png(path: &Path) -> Tensor {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let data = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
+    let pixels = data.permute([2, 0, 1]).to_kind(Kind::Float) / 255.0;
+    ((pixels - 0.5) / 0.5).unsqueeze(0)
+}
+
+/// `tiles.png` (tiles across x tiles down squares of `size`) cut row-major into `[n, 3, s, s]`.
+fn load_tiles(path: &Path, size: i64, [across, down]: [i64; 2]) -> Tensor {
+    load_png(path)
+        .view([3, down, size, across, size])
+        .permute([1, 3, 0, 2, 4])
+        .reshape([down * across, 3, size, size])
+}
+
+fn prepared_input(dir: &Path, case: &Value) -> PreparedInput {
+    let mask: Vec<bool> = case["images_seq_mask"]
+        .as_array()
+        .map(|a| a.iter().map(|b| b.as_bool() == Some(true)).collect())
+        .unwrap_or_default();
+    let crop = ids(&case["spatial_crop"]);
+    let spatial_crop = [
+        crop.first().copied().unwrap_or(1),
+        crop.get(1).copied().unwrap_or(1),
+    ];
+    let mut images = Vec::new();
+    if dir.join("global.png").is_file() {
+        let tiles_png = dir.join("tiles.png");
+        let tiles = tiles_png.is_file().then(|| {
+            let size = case["image_size"]
+                .as_i64()
+                .expect("image_size in case.json");
+            load_tiles(&tiles_png, size, spatial_crop)
+        });
+        images.push(ImageInput {
+            global: load_png(&dir.join("global.png")),
+            tiles,
+            spatial_crop,
+        });
+    }
+    PreparedInput {
+        input_ids: ids(&case["input_ids"]),
+        image_mask: mask,
+        images,
+    }
+}
+
+/// Stage-by-stage comparison of one case.
+struct Report {
+    name: String,
+    expected: BTreeMap<String, Tensor>,
+    checked: Vec<(String, f64)>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn new(dir: &Path) -> Self {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = dir.join("expected.safetensors");
+        let expected = Tensor::read_safetensors(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+            .into_iter()
+            .collect();
+        Self {
+            name,
+            expected,
+            checked: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Compare `ours` with the expected tensor `stage` (when the case provides it).
+    fn tensor(&mut self, stage: &str, ours: &Tensor) {
+        let Some(exp) = self.expected.get(stage) else {
+            return;
+        };
+        self.close(stage, ours, &exp.shallow_clone());
+    }
+
+    fn close(&mut self, stage: &str, ours: &Tensor, exp: &Tensor) {
+        let ours = ours.to_kind(Kind::Float).to_device(Device::Cpu);
+        if ours.numel() != exp.numel() {
+            self.failures.push(format!(
+                "{stage}: shape {:?}, expected {:?}",
+                ours.size(),
+                exp.size()
+            ));
+            return;
+        }
+        let exp = exp.to_kind(Kind::Float);
+        let diff = (ours.reshape(exp.size()) - &exp)
+            .abs()
+            .max()
+            .double_value(&[]);
+        let scale = exp.abs().max().double_value(&[]).max(1.0);
+        let rel = diff / scale;
+        self.checked.push((stage.to_string(), rel));
+        if rel.is_nan() || rel > TOLERANCE {
+            self.failures
+                .push(format!("{stage}: max|a-b| / max(1,max|b|) = {rel:.3e}"));
+        }
+    }
+
+    fn ids(&mut self, stage: &str, ours: &[i64], expected: &[i64]) {
+        self.checked.push((stage.to_string(), 0.0));
+        if ours != expected {
+            self.failures
+                .push(format!("{stage}: got {ours:?}, expected {expected:?}"));
+        }
+    }
+
+    fn vision(&mut self, images: &[ImageFeatures]) {
+        let Some(f) = images.first() else {
+            return;
+        };
+        let stages = |s: &VisionStages| {
+            [
+                s.sam.shallow_clone(),
+                s.clip.shallow_clone(),
+                s.proj.shallow_clone(),
+            ]
+        };
+        for (name, t) in ["sam_global", "clip_global", "proj_global"]
+            .iter()
+            .zip(stages(&f.global))
+        {
+            self.tensor(name, &t);
+        }
+        if let Some(local) = &f.local {
+            for (name, t) in ["sam_local", "clip_local", "proj_local"]
+                .iter()
+                .zip(stages(local))
+            {
+                self.tensor(name, &t);
+            }
+        }
+        self.tensor("vision_embeds", &f.embeds);
+    }
+
+    /// Print the case's line; returns whether it passed.
+    fn finish(&self, extra: &str) -> bool {
+        let worst = self
+            .checked
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(s, e)| format!("{e:.2e} ({s})"))
+            .unwrap_or_else(|| "-".into());
+        let status = if self.failures.is_empty() && !self.checked.is_empty() {
+            "PASS".to_string()
+        } else {
+            format!("FAIL: {}", self.failures.join("; "))
+        };
+        println!(
+            "case {}: {} stages checked, worst relative error {worst}{extra}, {status}",
+            self.name,
+            self.checked.len()
+        );
+        self.failures.is_empty() && !self.checked.is_empty()
+    }
+}
+
+fn greedy(
+    model: &DeepseekOcr,
+    input: &PreparedInput,
+    images: &[ImageFeatures],
+    steps: usize,
+    rule: Option<NoRepeatNgram>,
+) -> dsocr::ocr::generate::GenerateOutput {
+    let opts = GenerateOptions {
+        max_new_tokens: steps,
+        eos_token_id: None,
+        no_repeat_ngram: rule,
+        record_logits: true,
+    };
+    generate_with_images(model, input, images, &opts, &AtomicBool::new(false), |_| {})
+        .unwrap_or_else(|e| panic!("generation failed: {e}"))
+}
+
+fn step_logits(out: &dsocr::ocr::generate::GenerateOutput) -> Tensor {
+    out.step_logits
+        .as_ref()
+        .map(Tensor::shallow_clone)
+        .unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu)))
+}
+
+fn run_tiny_case(model: &DeepseekOcr, dir: &Path) -> bool {
+    let _no_grad = tch::no_grad_guard();
+    let case = read_json(&dir.join("case.json"));
+    let mut report = Report::new(dir);
+    let input = prepared_input(dir, &case);
+    let images = match model.encode_images(&input) {
+        Ok(images) => images,
+        Err(e) => {
+            report.failures.push(format!("vision: {e}"));
+            return report.finish("");
+        }
+    };
+    report.vision(&images);
+    let embeds = match model.input_embeds(&input, &images) {
+        Ok(e) => e,
+        Err(e) => {
+            report.failures.push(format!("inputs_embeds: {e}"));
+            return report.finish("");
+        }
+    };
+    report.tensor("inputs_embeds", &embeds);
+
+    let t = embeds.size()[0];
+    let mut cache = model.decoder.new_cache(t).expect("cache");
+    let hidden = model.decoder.forward(&embeds, &mut cache).expect("prefill");
+    let logits = model.decoder.logits(&hidden);
+    if let Some(tail) = report
+        .expected
+        .get("prefill_logits_tail")
+        .map(|e| e.size()[0])
+    {
+        report.tensor("prefill_logits_tail", &logits.narrow(0, t - tail, tail));
+    }
+    if let Some(exp) = report.expected.get("prefill_argmax") {
+        let exp = Vec::<i64>::try_from(exp).expect("prefill_argmax ids");
+        let ours = Vec::<i64>::try_from(logits.argmax(-1, false)).expect("argmax ids");
+        report.ids("prefill_argmax", &ours, &exp);
+    }
+
+    let expected_ids = ids(&case["greedy_ids"]);
+    if !expected_ids.is_empty() {
+        let out = greedy(model, &input, &images, expected_ids.len(), None);
+        report.tensor("step_logits", &step_logits(&out));
+        report.ids("greedy_ids", &out.tokens, &expected_ids);
+    }
+    let ngram = &case["no_repeat_ngram"];
+    let ngram_ids = ids(&ngram["greedy_ids"]);
+    if !ngram_ids.is_empty() {
+        let rule = NoRepeatNgram {
+            size: ngram["size"].as_u64().unwrap_or(0) as usize,
+            window: ngram["window"].as_u64().unwrap_or(0) as usize,
+            whitelist: ids(&ngram["whitelist"]),
+        };
+        let out = greedy(model, &input, &images, ngram_ids.len(), Some(rule));
+        report.tensor("step_logits_ngram", &step_logits(&out));
+        report.ids("no_repeat_ngram_greedy_ids", &out.tokens, &ngram_ids);
+    }
+    report.finish("")
+}
+
+fn tiny_model() -> DeepseekOcr {
+    DeepseekOcr::load(&fixtures().join("tiny-model"), Device::Cpu, Kind::Float)
+        .unwrap_or_else(|e| panic!("tiny model: {e}"))
+}
+
+fn case_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("case.json").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn parity_tiny_model_cases() {
+    let model = tiny_model();
+    let mut dirs = case_dirs(&fixtures().join("cases"));
+    assert!(dirs.len() >= 6, "the shipped tiny cases are missing");
+    dirs.extend(extra_cases().0);
+    let failed: Vec<String> = dirs
+        .iter()
+        .filter(|dir| !run_tiny_case(&model, dir))
+        .map(|dir| dir.display().to_string())
+        .collect();
+    assert!(failed.is_empty(), "failing cases: {failed:?}");
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn run_seeded_case(dir: &Path) -> bool {
+    let _no_grad = tch::no_grad_guard();
+    let case = read_json(&dir.join("case.json"));
+    let mut report = Report::new(dir);
+    let seed = case["seed"].as_i64().expect("seed in case.json");
+    let cfg = Config::from_file(&fixtures().join("real-checkpoint/config.json")).expect("config");
+    let start = Instant::now();
+    let model = DeepseekOcr::seeded(cfg, seed, Device::Cpu, Kind::Float)
+        .unwrap_or_else(|e| panic!("seeded model: {e}"));
+    let init = start.elapsed();
+
+    let input = prepared_input(dir, &case);
+    let start = Instant::now();
+    let images = model.encode_images(&input).expect("vision");
+    let vision = start.elapsed();
+    if let (Some(f), Some(exp)) = (images.first(), report.expected.get("proj_global_head")) {
+        let rows = exp.size()[0];
+        let head = f
+            .global
+            .proj
+            .reshape([-1, exp.size()[1]])
+            .narrow(0, 0, rows);
+        let exp = exp.shallow_clone();
+        report.close("proj_global_head", &head, &exp);
+    }
+    let expected_ids = ids(&case["greedy_ids"]);
+    let out = greedy(&model, &input, &images, expected_ids.len(), None);
+    let logits = step_logits(&out);
+    let first = logits.get(0);
+    report.tensor("prefill_last_logits", &first);
+    let top_ids = ids(&case["prefill_top10_ids"]);
+    let top_values: Vec<f32> = case["prefill_top10_logits"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_f64)
+                .map(|v| v as f32)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !top_ids.is_empty() {
+        let ours = first.index_select(0, &Tensor::from_slice(&top_ids));
+        report.close(
+            "prefill_top10_logits",
+            &ours,
+            &Tensor::from_slice(&top_values),
+        );
+    }
+    report.ids("greedy_ids", &out.tokens, &expected_ids);
+
+    let t = &out.timings;
+    let steps = out.tokens.len().saturating_sub(1);
+    let reference = &case["reference_cpu_seconds"];
+    let timing = format!(
+        "; seconds: init {:.1} (ref {}), vision {:.2} (ref {}), prefill incl. vision {:.2} \
+         (ref {}), decode {} forward steps {:.2} = {:.2} tokens/s (ref {} s for {} steps), \
+         threads {}",
+        secs(init),
+        reference["init"],
+        secs(vision),
+        reference["vision"],
+        secs(vision + t.prefill),
+        reference["prefill_incl_vision"],
+        steps,
+        secs(t.decode),
+        t.tokens_per_second(steps),
+        reference["decode"],
+        reference["decode_steps"],
+        tch::get_num_threads(),
+    );
+    report.finish(&timing)
+}
+
+/// The full-size architecture with seeded weights (about 14 GB in f32, a few minutes on 2 cores).
+#[test]
+fn parity_full_size_seeded_cases() {
+    let mut dirs = vec![fixtures().join("full-seeded-base-1x1")];
+    dirs.extend(extra_cases().1);
+    let failed: Vec<String> = dirs
+        .iter()
+        .filter(|dir| !run_seeded_case(dir))
+        .map(|dir| dir.display().to_string())
+        .collect();
+    assert!(failed.is_empty(), "failing cases: {failed:?}");
+}
+
+#[test]
+fn contract_holds_for_the_real_checkpoint_index() {
+    let dir = fixtures().join("real-checkpoint");
+    let cfg = Config::from_file(&dir.join("config.json")).expect("real config");
+    let index = read_json(&dir.join("model.safetensors.index.json"));
+    let names: Vec<&String> = index["weight_map"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(names.len(), 2710);
+    let expected = expected_shapes(&cfg);
+    let ours: Vec<&String> = expected.keys().collect();
+    let mut theirs = names.clone();
+    theirs.sort();
+    assert_eq!(
+        ours, theirs,
+        "tensor names implied by the config differ from the index"
+    );
+    // The shapes: the index gives the total size; every tensor is bf16 (2 bytes).
+    let params: i64 = expected.values().map(|s| s.iter().product::<i64>()).sum();
+    assert_eq!(Some(params * 2), index["metadata"]["total_size"].as_i64());
+}
+
+#[test]
+fn contract_holds_for_the_tiny_model() {
+    let dir = fixtures().join("tiny-model");
+    let cfg = Config::from_file(&dir.join("config.json")).expect("tiny config");
+    let listed: BTreeMap<String, Vec<i64>> = read_json(&dir.join("tensor_shapes.json"))["names"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), ids(v))).collect())
+        .unwrap_or_default();
+    assert_eq!(expected_shapes(&cfg), listed);
+    let w = Weights::load(&dir.join("model.safetensors"), Kind::BFloat16, Device::Cpu)
+        .expect("tiny weights");
+    assert_eq!(w.shapes(), listed);
+}
+
+#[test]
+fn seeded_weights_follow_the_fixture_rule() {
+    // Draws for a small config, replayed here by hand: sorted names, one generator.
+    let cfg = Config::from_file(&fixtures().join("tiny-model/config.json")).expect("config");
+    let w = Weights::seeded(&cfg, 7, Kind::Float, Device::Cpu).expect("seeded");
+    tch::manual_seed(7);
+    for (name, shape) in expected_shapes(&cfg) {
+        let z = Tensor::randn(&shape, (Kind::Float, Device::Cpu));
+        let got = w.get(&name).expect("tensor");
+        let want = if name == "model.embed_tokens.weight" {
+            z
+        } else if shape.len() == 1 && name.ends_with("weight") {
+            z * 0.1 + 1.0
+        } else if shape.len() == 1 {
+            z * 0.02
+        } else {
+            z / (shape[1..].iter().product::<i64>() as f64).sqrt()
+        };
+        assert!(got.equal(&want), "{name} differs from the seeded rule");
+    }
+    let bf16 = Weights::seeded(&cfg, 7, Kind::BFloat16, Device::Cpu).expect("seeded bf16");
+    let a = bf16.get("lm_head.weight").expect("lm_head");
+    let b = w
+        .get("lm_head.weight")
+        .expect("lm_head")
+        .to_kind(Kind::BFloat16);
+    assert!(
+        a.equal(&b),
+        "the bf16 seeded weights are not the f32 ones rounded"
+    );
+}
+
+/// A scratch folder holding the tiny config and a safetensors file built by `edit`.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("dsocr-engine-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::copy(
+            fixtures().join("tiny-model/config.json"),
+            dir.join("config.json"),
+        )
+        .expect("copy config");
+        Self(dir)
+    }
+
+    fn weights(&self) -> PathBuf {
+        self.0.join("model.safetensors")
+    }
+
+    fn write_tensors(&self, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
+        let mut list = Tensor::read_safetensors(fixtures().join("tiny-model/model.safetensors"))
+            .expect("tiny weights");
+        edit(&mut list);
+        Tensor::write_safetensors(&list, self.weights()).expect("write safetensors");
+    }
+
+    fn load_error(&self) -> String {
+        match DeepseekOcr::load(&self.0, Device::Cpu, Kind::Float) {
+            Ok(_) => panic!("loading {} should fail", self.0.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn assert_names(err: &str, file: &Path, tensor: &str, what: &str) {
+    assert!(
+        err.contains(&file.display().to_string()),
+        "no file in: {err}"
+    );
+    assert!(err.contains(tensor), "no tensor name in: {err}");
+    assert!(err.contains(what), "no {what:?} in: {err}");
+}
+
+#[test]
+fn load_error_missing_tensor() {
+    let s = Scratch::new("missing");
+    let name = "model.layers.1.mlp.gate.weight";
+    s.write_tensors(|l| l.retain(|(n, _)| n != name));
+    assert_names(&s.load_error(), &s.weights(), name, "missing");
+}
+
+#[test]
+fn load_error_unexpected_tensor() {
+    let s = Scratch::new("unexpected");
+    let name = "model.layers.1.mlp.bonus.weight";
+    s.write_tensors(|l| l.push((name.into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))));
+    assert_names(&s.load_error(), &s.weights(), name, "unexpected");
+}
+
+#[test]
+fn load_error_misshaped_tensor() {
+    let s = Scratch::new("misshaped");
+    let name = "model.norm.weight";
+    s.write_tensors(|l| {
+        for (n, t) in l.iter_mut() {
+            if n == name {
+                *t = Tensor::ones([65], (Kind::BFloat16, Device::Cpu));
+            }
+        }
+    });
+    let err = s.load_error();
+    assert_names(&err, &s.weights(), name, "[65]");
+    assert!(err.contains("[64]"), "{err}");
+}
+
+#[test]
+fn load_error_truncated_file() {
+    let s = Scratch::new("truncated");
+    s.write_tensors(|_| {});
+    let bytes = std::fs::read(s.weights()).expect("read");
+    std::fs::write(s.weights(), &bytes[..bytes.len() - 100]).expect("truncate");
+    // The tensor stored last is the one whose data is cut.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).expect("header");
+    let last = header
+        .as_object()
+        .and_then(|m| {
+            m.iter()
+                .filter(|(k, _)| *k != "__metadata__")
+                .max_by_key(|(_, v)| v["data_offsets"][1].as_u64())
+        })
+        .map(|(k, _)| k.clone())
+        .expect("a tensor");
+    assert_names(&s.load_error(), &s.weights(), &last, "truncated");
+}
+
+#[test]
+fn load_error_bad_header() {
+    let s = Scratch::new("header");
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("tiny file", vec![1, 2, 3]),
+        ("header length past the end", {
+            let mut b = 1_000_000u64.to_le_bytes().to_vec();
+            b.extend_from_slice(b"{}");
+            b
+        }),
+        ("not JSON", {
+            let mut b = 8u64.to_le_bytes().to_vec();
+            b.extend_from_slice(b"not json");
+            b
+        }),
+    ];
+    for (what, bytes) in cases {
+        std::fs::write(s.weights(), bytes).expect("write");
+        let err = s.load_error();
+        assert!(err.contains("bad safetensors header"), "{what}: {err}");
+        assert!(
+            err.contains(&s.weights().display().to_string()),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[test]
+fn load_error_missing_files() {
+    let s = Scratch::new("files");
+    let err = s.load_error();
+    assert!(err.contains("no *.safetensors"), "{err}");
+    std::fs::remove_file(s.0.join("config.json")).expect("remove config");
+    let err = s.load_error();
+    assert!(err.contains("no config.json"), "{err}");
+}
