@@ -70,15 +70,23 @@ struct Moe {
 }
 
 impl Moe {
+    /// Stacks the routed experts into preallocated tensors, freeing each expert's own tensors
+    /// as soon as they are copied (so loading needs one layer's experts of extra memory at most).
     fn load(w: &mut Weights, prefix: &str, l: &LanguageConfig) -> Result<Self> {
-        let mut gate_up = Vec::with_capacity(l.n_routed_experts as usize);
-        let mut down = Vec::with_capacity(l.n_routed_experts as usize);
-        for e in 0..l.n_routed_experts {
+        let (experts, inner, hidden) = (l.n_routed_experts, l.moe_intermediate_size, l.hidden_size);
+        let probe = w.get(&format!("{prefix}.gate.weight"))?;
+        let opts = (probe.kind(), probe.device());
+        let gate_up = Tensor::f_empty([experts, 2 * inner, hidden], opts)?;
+        let down = Tensor::f_empty([experts, hidden, inner], opts)?;
+        for e in 0..experts {
             let p = format!("{prefix}.experts.{e}");
-            let g = w.take(&format!("{p}.gate_proj.weight"))?;
-            let u = w.take(&format!("{p}.up_proj.weight"))?;
-            gate_up.push(Tensor::f_cat(&[g, u], 0)?);
-            down.push(w.take(&format!("{p}.down_proj.weight"))?);
+            let slot = gate_up.get(e);
+            slot.narrow(0, 0, inner)
+                .f_copy_(&w.take(&format!("{p}.gate_proj.weight"))?)?;
+            slot.narrow(0, inner, inner)
+                .f_copy_(&w.take(&format!("{p}.up_proj.weight"))?)?;
+            down.get(e)
+                .f_copy_(&w.take(&format!("{p}.down_proj.weight"))?)?;
         }
         let shared = if l.n_shared_experts > 0 {
             Some(Mlp::load(w, &format!("{prefix}.shared_experts"))?)
@@ -89,8 +97,8 @@ impl Moe {
             gate: w
                 .take(&format!("{prefix}.gate.weight"))?
                 .f_to_kind(Kind::Float)?,
-            gate_up: Tensor::f_stack(&gate_up, 0)?,
-            down: Tensor::f_stack(&down, 0)?,
+            gate_up,
+            down,
             inner: l.moe_intermediate_size,
             top_k: l.num_experts_per_tok,
             scale: l.routed_scaling_factor,

@@ -74,6 +74,8 @@ impl DeepseekOcr {
         let keep = weights.keep_alive();
         let vision = VisionModel::load(&config, &weights)?;
         let decoder = Decoder::load(&config, &mut weights)?;
+        drop(weights);
+        release_free_heap();
         Ok(Self {
             config,
             vision,
@@ -144,6 +146,16 @@ impl DeepseekOcr {
         let feats = Tensor::f_cat(&feats, 0)?;
         let index = Tensor::from_slice(&positions).to_device(embeds.device());
         Ok(embeds.f_index_copy(0, &index, &feats)?)
+    }
+}
+
+/// Give the heap pages freed while the weights were repacked (the per-expert tensors, each a few
+/// MB) back to the system; glibc would otherwise keep them, adding gigabytes to the RSS.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns memory the allocator holds as free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

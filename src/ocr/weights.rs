@@ -347,19 +347,20 @@ impl Weights {
     }
 }
 
-fn seeded_value(name: &str, shape: &[i64], z: Tensor) -> Tensor {
+/// Apply the seeded rule to a fresh draw `z` in place (no second buffer per tensor).
+fn seeded_value(name: &str, shape: &[i64], mut z: Tensor) -> Tensor {
     if shape.len() == 1 {
         if name.ends_with("weight") {
-            z * 0.1 + 1.0
+            z *= 0.1;
+            z += 1.0;
         } else {
-            z * 0.02
+            z *= 0.02;
         }
-    } else if name == "model.embed_tokens.weight" {
-        z
-    } else {
+    } else if name != "model.embed_tokens.weight" {
         let fan: i64 = shape[1..].iter().product();
-        z / (fan as f64).sqrt()
+        z /= (fan as f64).sqrt();
     }
+    z
 }
 
 /// Compare the checkpoint's `found` names and shapes with the `expected` ones. The error is
@@ -575,19 +576,18 @@ mod tests {
 
     #[test]
     fn seeded_rule_per_tensor_kind() {
-        let z = Tensor::from_slice(&[1.0f32, -2.0]);
-        let norm = seeded_value("a.norm.weight", &[2], z.shallow_clone());
+        // Each call gets its own draw: the rule works in place.
+        let z = || Tensor::from_slice(&[1.0f32, -2.0]);
+        let norm = seeded_value("a.norm.weight", &[2], z());
         assert_eq!(Vec::<f32>::try_from(norm).ok(), Some(vec![1.1, 0.8]));
-        let bias = seeded_value("a.bias", &[2], z.shallow_clone());
+        let bias = seeded_value("a.bias", &[2], z());
         assert_eq!(Vec::<f32>::try_from(bias).ok(), Some(vec![0.02, -0.04]));
-        let z2 = Tensor::from_slice(&[4.0f32, 8.0, 12.0, 16.0]).view([1, 4]);
-        let w = seeded_value("x.weight", &[1, 4], z2.shallow_clone()).view([-1]);
+        let z2 = || Tensor::from_slice(&[4.0f32, 8.0, 12.0, 16.0]).view([1, 4]);
+        let w = seeded_value("x.weight", &[1, 4], z2()).view([-1]);
         assert_eq!(Vec::<f32>::try_from(w).ok(), Some(vec![2.0, 4.0, 6.0, 8.0]));
-        let e = seeded_value("model.embed_tokens.weight", &[1, 4], z2).view([-1]);
-        assert_eq!(
-            Vec::<f32>::try_from(e).ok(),
-            Some(vec![4.0, 8.0, 12.0, 16.0])
-        );
+        let e = seeded_value("model.embed_tokens.weight", &[1, 4], z2()).view([-1]);
+        let e = Vec::<f32>::try_from(e).ok();
+        assert_eq!(e, Some(vec![4.0, 8.0, 12.0, 16.0]));
     }
 
     #[test]
