@@ -143,6 +143,42 @@ fn case_gundam_2x3_tiles() {
     check_case("gundam-2x3");
 }
 
+/// Large mode (1280 px, no tiles): positions interpolated up (64 -> 80 grid), windows padded
+/// (80 -> 84), global rel-pos tables stretched (127 -> 159). The input is an integer pattern;
+/// the expected values come from the reference code on the tiny model (tests/fixtures/vision/).
+#[test]
+fn large_mode_matches_the_reference() {
+    let s = 1280;
+    let opts = (Kind::Int64, Device::Cpu);
+    let i = Tensor::arange(s, opts).view([1, s, 1]);
+    let j = Tensor::arange(s, opts).view([1, 1, s]);
+    let c = Tensor::arange(3, opts).view([3, 1, 1]);
+    let pattern = (&i * 7 + &j * 13 + &c * 29 + (&i * &j).remainder(31)).remainder(256);
+    let global = pattern
+        .to_kind(Kind::Float)
+        .divide_scalar(255.0)
+        .g_sub_scalar(0.5)
+        .divide_scalar(0.5)
+        .unsqueeze(0);
+    let expected: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixtures().join("vision/large-1280.safetensors"))
+            .expect("large-1280.safetensors")
+            .into_iter()
+            .collect();
+    let out = tiny_model()
+        .embed_image(&global, None, [1, 1])
+        .expect("embed_image");
+    assert_eq!(out.embeds.size(), [20 * 21 + 1, 64]);
+    for (key, actual) in [
+        ("sam_global", &out.global.sam),
+        ("clip_global", &out.global.clip),
+        ("proj_global", &out.global.proj),
+        ("vision_embeds", &out.embeds),
+    ] {
+        assert_close(&format!("large {key}"), actual, &expected[key], PARITY_TOL);
+    }
+}
+
 #[test]
 fn bf16_tracks_the_f32_reference() {
     // bf16 keeps ~3 significant digits; through SAM, CLIP and the projector the tiny model
