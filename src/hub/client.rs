@@ -446,14 +446,27 @@ impl HubClient {
     }
 }
 
+/// The causes of a transport error, without the URL (the caller names it once) and without
+/// repeats: "client error (Connect): dns error: …".
 fn describe_transport_error(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
+    let mut parts: Vec<String> = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        text = format!("{text}: {s}");
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.retain(|p| !text.contains(p.as_str()));
+            parts.push(text);
+        }
         source = s.source();
     }
-    text
+    if parts.is_empty() {
+        return if e.is_timeout() {
+            "timed out".into()
+        } else {
+            "request failed".into()
+        };
+    }
+    parts.join(": ")
 }
 
 /// The target of a redirect on the same origin (a relative `Location`), if the answer is one.
