@@ -6,11 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dsocr::ocr::Config;
-use dsocr::ocr::generate::{GenerateOptions, NoRepeatNgram, generate_with_images};
+use dsocr::ocr::generate::{
+    GenerateEvent, GenerateOptions, NoRepeatNgram, Phase, StopReason, generate,
+    generate_with_images,
+};
 use dsocr::ocr::model::{DeepseekOcr, ImageInput, PreparedInput};
 use dsocr::ocr::vision::{ImageFeatures, VisionStages};
 use dsocr::ocr::weights::{Weights, expected_shapes};
@@ -481,6 +484,105 @@ fn seeded_weights_follow_the_fixture_rule() {
     assert!(
         a.equal(&b),
         "the bf16 seeded weights are not the f32 ones rounded"
+    );
+}
+
+/// The text-only case's prompt (no image), for the generation API tests.
+fn text_only_input() -> (PreparedInput, Vec<i64>) {
+    let dir = fixtures().join("cases/text-only");
+    let case = read_json(&dir.join("case.json"));
+    (prepared_input(&dir, &case), ids(&case["greedy_ids"]))
+}
+
+#[test]
+fn generate_reports_phases_tokens_and_stops() {
+    let model = tiny_model();
+    let (input, expected) = text_only_input();
+    let never = AtomicBool::new(false);
+    let opts = GenerateOptions {
+        max_new_tokens: 5,
+        no_repeat_ngram: None,
+        ..GenerateOptions::default()
+    };
+    let mut events = Vec::new();
+    let out = generate(&model, &input, &opts, &never, |e| events.push(e)).expect("generate");
+    assert_eq!(out.stop, StopReason::MaxTokens);
+    assert_eq!(out.tokens, expected[..5]);
+    assert_eq!(out.prompt_tokens, input.input_ids.len());
+    let mut want = vec![
+        GenerateEvent::Phase(Phase::Vision),
+        GenerateEvent::Phase(Phase::Prefill),
+        GenerateEvent::Phase(Phase::Decode),
+    ];
+    want.extend(expected[..5].iter().map(|&id| GenerateEvent::Token(id)));
+    assert_eq!(events, want);
+
+    // The third greedy token as the stop token: generation ends on it, and includes it.
+    let eos = GenerateOptions {
+        eos_token_id: Some(expected[2]),
+        ..opts.clone()
+    };
+    let out = generate(&model, &input, &eos, &never, |_| {}).expect("generate");
+    assert_eq!(out.stop, StopReason::Eos);
+    assert_eq!(out.tokens, expected[..3]);
+}
+
+#[test]
+fn generate_honours_the_cancel_flag() {
+    let model = tiny_model();
+    let (input, _) = text_only_input();
+    let opts = GenerateOptions {
+        max_new_tokens: 20,
+        ..GenerateOptions::default()
+    };
+    // Already set: nothing runs after the vision phase.
+    let set = AtomicBool::new(true);
+    let out = generate(&model, &input, &opts, &set, |_| {}).expect("generate");
+    assert_eq!((out.stop, out.tokens.len()), (StopReason::Cancelled, 0));
+    // Set from the callback after the third token: the next step sees it.
+    let flag = AtomicBool::new(false);
+    let mut seen = 0;
+    let out = generate(&model, &input, &opts, &flag, |e| {
+        if let GenerateEvent::Token(_) = e {
+            seen += 1;
+            if seen == 3 {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+    })
+    .expect("generate");
+    assert_eq!((out.stop, out.tokens.len()), (StopReason::Cancelled, 3));
+}
+
+#[test]
+fn prompt_image_tokens_must_match_the_features() {
+    let model = tiny_model();
+    let dir = fixtures().join("cases/base");
+    let case = read_json(&dir.join("case.json"));
+    let mut input = prepared_input(&dir, &case);
+    let images = model.encode_images(&input).expect("vision");
+    // One placeholder fewer than the image's rows: a clear error, not a panic.
+    if let Some(i) = input.image_mask.iter().position(|&m| m) {
+        input.image_mask[i] = false;
+    }
+    let err = model
+        .input_embeds(&input, &images)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("272 image tokens") && err.contains("273"),
+        "{err}"
+    );
+    input.input_ids[0] = 100_000;
+    let err = model
+        .input_embeds(&input, &images)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("100000") && err.contains("vocabulary"),
+        "{err}"
     );
 }
 

@@ -612,4 +612,21 @@ mod tests {
         assert_eq!(name, "b");
         assert!(msg.contains("[4, 3]") && msg.contains("[3, 4]"), "{msg}");
     }
+
+    #[test]
+    fn same_dtype_on_cpu_is_a_view_of_the_mapping() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-model/model.safetensors");
+        let file = MappedFile::open(&path).expect("tiny model");
+        let name = "model.layers.1.mlp.experts.3.up_proj.weight";
+        let info = file.metadata.info(name).expect("tensor");
+        let at = file.map.as_ptr() as usize + file.data_start + info.data_offsets.0;
+        let view = file
+            .tensor(name, Kind::BFloat16, Device::Cpu)
+            .expect("bf16");
+        assert_eq!(view.data_ptr() as usize, at, "bf16 on CPU should not copy");
+        let f32 = file.tensor(name, Kind::Float, Device::Cpu).expect("f32");
+        assert_ne!(f32.data_ptr() as usize, at);
+        assert!(f32.equal(&view.to_kind(Kind::Float)));
+    }
 }
