@@ -725,3 +725,30 @@ fn load_error_missing_files() {
     let err = s.load_error();
     assert!(err.contains("no config.json"), "{err}");
 }
+
+#[test]
+fn bf16_follows_f32_on_the_tiny_cases() {
+    // bf16 weights and matmuls (norms, gate, logits in f32): prefill logits within bf16 accuracy
+    // of the f32 run, on an image case and on the text-only case.
+    let dir = fixtures().join("tiny-model");
+    let f32 = tiny_model();
+    let bf16 = DeepseekOcr::load(&dir, Device::Cpu, Kind::BFloat16).expect("bf16 tiny model");
+    for case in ["base", "text-only"] {
+        let cdir = fixtures().join("cases").join(case);
+        let input = prepared_input(&cdir, &read_json(&cdir.join("case.json")));
+        let run = |m: &DeepseekOcr| {
+            let images = m.encode_images(&input).expect("vision");
+            let out = greedy(m, &input, &images, 1, None);
+            step_logits(&out).get(0)
+        };
+        let (a, b) = (run(&f32), run(&bf16));
+        assert_eq!(b.kind(), Kind::Float, "logits are returned as f32");
+        let rel =
+            (&a - &b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]).max(1.0);
+        println!("bf16 vs f32 {case}: relative max difference {rel:.3e}");
+        assert!(
+            rel < 0.05,
+            "{case}: bf16 logits differ from f32 by {rel:.3e}"
+        );
+    }
+}
