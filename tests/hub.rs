@@ -737,7 +737,12 @@ async fn interrupt_then_resume(signal: i32) -> (u64, Vec<(Option<String>, u16, u
         std::fs::read(snapshot.join(SHARD)).expect("shard"),
         mock::pseudo_random(SHARD_SIZE, 1)
     );
-    (partial, shard_gets(&hub), code)
+    let gets = shard_gets(&hub);
+    let resent: u64 = gets.iter().map(|g| g.2).sum();
+    eprintln!(
+        "signal {signal}: stopped at {partial} of {SHARD_SIZE} bytes; the resume sent {resent} bytes"
+    );
+    (partial, gets, code)
 }
 
 #[cfg(unix)]
