@@ -444,3 +444,235 @@ fn grounding_matches_the_reference() {
     assert_eq!(annotated.dimensions(), page.dimensions());
     assert_ne!(annotated, page);
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end: the built `dsocr ocr` binary on a model folder made here.
+
+/// A model folder: the tiny architecture with the real vocabulary size (so the fixture
+/// tokenizer's ids fit), the fixture tokenizer and seeded weights written as safetensors.
+fn make_model(dir: &Path) {
+    use dsocr::ocr::{Config, weights::Weights};
+    std::fs::create_dir_all(dir).expect("model dir");
+    let mut cfg = read_json(&fixtures().join("tiny-model/config.json"));
+    let real = read_json(&fixtures().join("real-checkpoint/config.json"));
+    cfg["language_config"]["vocab_size"] = real["language_config"]["vocab_size"].clone();
+    // The real model has no image_token_id key: `<image>` (128815) is used.
+    cfg.as_object_mut()
+        .expect("object")
+        .remove("image_token_id");
+    let text = serde_json::to_string_pretty(&cfg).expect("json");
+    std::fs::write(dir.join("config.json"), &text).expect("config");
+    std::fs::copy(
+        fixtures().join("tokenizer/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .expect("tokenizer");
+    let config = Config::from_json(&text).expect("valid config");
+    let weights = Weights::seeded(&config, 1234, tch::Kind::BFloat16, tch::Device::Cpu)
+        .expect("seeded weights");
+    let tensors: Vec<(String, tch::Tensor)> = weights
+        .shapes()
+        .into_keys()
+        .map(|name| {
+            let t = weights.get(&name).expect("tensor");
+            (name, t)
+        })
+        .collect();
+    tch::Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).expect("write");
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn dsocr(args: &[&str]) -> Run {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsocr"))
+        .args(args)
+        .output()
+        .expect("run dsocr");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !run.stderr.contains("panicked"),
+        "dsocr panicked:\n{}",
+        run.stderr
+    );
+    run
+}
+
+/// Every output file of one image, checked against the JSON report and the library.
+fn check_outputs(report: &Value, original: (u32, u32)) {
+    let dir = PathBuf::from(report["output_dir"].as_str().expect("output_dir"));
+    let raw = std::fs::read_to_string(dir.join("result_raw.txt")).expect("result_raw.txt");
+    assert!(!raw.is_empty());
+    let text = raw
+        .strip_suffix(dsocr::ocr::prompt::EOS_TEXT)
+        .unwrap_or(&raw)
+        .trim();
+    let spans = grounding::find_spans(text);
+    let mmd = std::fs::read_to_string(dir.join("result.mmd")).expect("result.mmd");
+    assert_eq!(mmd, grounding::markdown(text, &spans));
+    assert_eq!(report["markdown"].as_str(), Some(mmd.as_str()));
+    let boxes: Value = read_json(&dir.join("boxes.json"));
+    assert_eq!(&boxes, report, "boxes.json holds the same report");
+    let n_boxes = grounding::boxes(&spans, original.0, original.1).len();
+    assert_eq!(boxes["boxes"].as_array().map(Vec::len), Some(n_boxes));
+    let annotated = image::open(dir.join("result_with_boxes.jpg")).expect("annotated jpg");
+    assert_eq!((annotated.width(), annotated.height()), original);
+    assert!(dir.join("images").is_dir());
+    let crops = std::fs::read_dir(dir.join("images"))
+        .expect("images")
+        .count();
+    let image_boxes = boxes["boxes"]
+        .as_array()
+        .map_or(0, |b| b.iter().filter(|b| b["crop"].is_string()).count());
+    assert_eq!(crops, image_boxes);
+}
+
+#[test]
+fn ocr_command_end_to_end() {
+    let root = scratch("e2e");
+    let model = root.join("model");
+    make_model(&model);
+    let model_arg = model.to_str().expect("utf-8 path");
+    let page = fixtures().join("preprocess/sources/letter-1275x1650.png");
+    let page_arg = page.to_str().expect("utf-8 path");
+    let common = [
+        "--model",
+        model_arg,
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "12",
+    ];
+
+    // One page, base mode, JSON on stdout.
+    let out1 = root.join("out-base");
+    let mut args = vec!["ocr", page_arg, "--mode", "base", "--format", "json"];
+    args.extend(common);
+    args.extend(["--out", out1.to_str().expect("path")]);
+    let run = dsocr(&args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let reports: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    let report = &reports.as_array().expect("array")[0];
+    assert_eq!(report["mode"], "base");
+    assert_eq!(report["image_tokens"], 273);
+    assert_eq!(report["generated_tokens"], 12);
+    assert_eq!(report["stop"], "max_tokens");
+    assert_eq!(report["hit_token_limit"], true);
+    assert_eq!(
+        report["output_dir"].as_str(),
+        out1.join("letter-1275x1650").to_str()
+    );
+    check_outputs(report, (1275, 1650));
+    for phase in [
+        "loading",
+        "preprocess",
+        "vision",
+        "prefill",
+        "tokens/s",
+        "token limit",
+    ] {
+        assert!(
+            run.stderr.contains(phase),
+            "no {phase:?} on stderr:\n{}",
+            run.stderr
+        );
+    }
+
+    // The same in md format streams exactly the raw output to stdout.
+    let out2 = root.join("out-stream");
+    let mut args = vec!["ocr", page_arg, "--mode", "base"];
+    args.extend(common);
+    args.extend(["--out", out2.to_str().expect("path")]);
+    let run = dsocr(&args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let raw = std::fs::read_to_string(out2.join("letter-1275x1650/result_raw.txt")).expect("raw");
+    assert_eq!(
+        run.stdout,
+        format!("{raw}\n"),
+        "streamed text != result_raw.txt"
+    );
+
+    // A folder of three images, one corrupt, in gundam mode: two results, one failure, exit 1.
+    let folder = root.join("batch");
+    std::fs::create_dir_all(&folder).expect("batch dir");
+    std::fs::copy(&page, folder.join("a-page.png")).expect("copy");
+    pattern(300, 200)
+        .save(folder.join("b-small.png"))
+        .expect("small png");
+    std::fs::write(folder.join("c-broken.png"), b"\x89PNG\r\n\x1a\nnot really").expect("corrupt");
+    let out3 = root.join("out-gundam");
+    let mut args = vec![
+        "ocr",
+        folder.to_str().expect("path"),
+        "--mode",
+        "gundam",
+        "--format",
+        "json",
+    ];
+    args.extend(common);
+    args.extend(["--out", out3.to_str().expect("path")]);
+    let run = dsocr(&args);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reports: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    let reports = reports.as_array().expect("array");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0]["spatial_crop"], serde_json::json!([2, 3]));
+    assert_eq!(reports[0]["image_tokens"], 903);
+    assert_eq!(reports[1]["spatial_crop"], serde_json::json!([1, 1]));
+    assert_eq!(reports[1]["image_tokens"], 273);
+    check_outputs(&reports[0], (1275, 1650));
+    check_outputs(&reports[1], (300, 200));
+    assert!(!out3.join("c-broken").exists());
+    assert!(run.stderr.contains("2 ok"), "{}", run.stderr);
+    assert!(run.stderr.contains("1 failed"), "{}", run.stderr);
+    let failure = run
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("failed: "))
+        .expect("failure line");
+    assert!(
+        failure.contains("c-broken.png") && failure.contains("corrupt"),
+        "{failure}"
+    );
+    assert_eq!(
+        run.stderr.matches("loading ").count(),
+        1,
+        "one model load for the batch"
+    );
+
+    // Bad inputs: clear one-line errors, non-zero exit, no panic.
+    let no_tok = root.join("model-no-tokenizer");
+    std::fs::create_dir_all(&no_tok).expect("dir");
+    std::fs::copy(model.join("config.json"), no_tok.join("config.json")).expect("copy");
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec!["ocr", page_arg, "--model", no_tok.to_str().expect("path")],
+            "tokenizer.json",
+        ),
+        (
+            vec!["ocr", "/no/such/image.png", "--model", model_arg],
+            "does not exist",
+        ),
+        (
+            vec!["ocr", page_arg, "--model", model_arg, "--mode", "huge"],
+            "unknown mode",
+        ),
+        (
+            vec!["ocr", page_arg, "--model", "nobody/no-such-model"],
+            "Hugging Face cache",
+        ),
+    ];
+    for (args, expect) in cases {
+        let run = dsocr(&args);
+        assert_ne!(run.code, 0, "{args:?}");
+        assert!(run.stderr.contains(expect), "{args:?}: {}", run.stderr);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
