@@ -488,8 +488,13 @@ struct Run {
 }
 
 fn dsocr(args: &[&str]) -> Run {
+    dsocr_env(args, &[])
+}
+
+fn dsocr_env(args: &[&str], env: &[(&str, &Path)]) -> Run {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsocr"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
         .output()
         .expect("run dsocr");
     let run = Run {

@@ -16,6 +16,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tch::{Device, Kind};
 
+use crate::hub::HubEnv;
+use crate::hub::cache::RepoPaths;
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
 use crate::ocr::generate::{
     DEFAULT_NGRAM_WHITELIST, GenerateEvent, GenerateOptions, GenerateOutput, NoRepeatNgram, Phase,
@@ -214,38 +216,15 @@ fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
             "--model {model} is a file; give the model folder (config.json, tokenizer.json, *.safetensors)"
         );
     }
-    let is_repo_id =
-        model.split('/').count() == 2 && !model.starts_with('.') && !model.contains('\\');
-    if !is_repo_id {
-        bail!("model folder {model} does not exist");
-    }
-    cached_snapshot(model).with_context(|| {
+    let not_found = || {
         format!(
-            "{model} is not a folder and not in the local Hugging Face cache; run `dsocr download {model}` first or pass --model DIR"
+            "{model} is neither a model folder nor a repo in the local Hugging Face cache; run `dsocr download {model}` or pass --model DIR"
         )
-    })
-}
-
-/// The `main` snapshot of `repo_id` in the Hugging Face cache (`$HF_HUB_CACHE`, else
-/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), looked up offline.
-fn cached_snapshot(repo_id: &str) -> anyhow::Result<PathBuf> {
-    let cache = std::env::var_os("HF_HUB_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-        })
-        .context("no Hugging Face cache folder (set HF_HOME)")?;
-    let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
-    let commit = std::fs::read_to_string(repo.join("refs/main"))
-        .with_context(|| format!("no cached copy in {}", repo.display()))?;
-    let snapshot = repo.join("snapshots").join(commit.trim());
-    anyhow::ensure!(
-        snapshot.is_dir(),
-        "the cached snapshot {} is missing",
-        snapshot.display()
-    );
-    Ok(snapshot)
+    };
+    let env = HubEnv::from_process();
+    let paths = RepoPaths::new(&env.hub_cache, model).with_context(not_found)?;
+    let commit = paths.resolve_revision("main").with_context(not_found)?;
+    Ok(paths.snapshot_dir(&commit))
 }
 
 /// Check the model folder, then load the tokenizer and the weights once.
