@@ -16,7 +16,7 @@ use self::layers::{Linear, get_shaped};
 use self::sam::Sam;
 use super::config::{Config, SAM_PATCH};
 use super::error::{OcrError, Result};
-use super::weights::Weights;
+use super::weights::{KeepAlive, Weights};
 
 /// Outputs of each stage for one batch of views (kept for parity checks).
 pub struct VisionStages {
@@ -48,6 +48,8 @@ pub struct VisionModel {
     image_newline: Tensor,
     /// `[1, H]`, closing the image's rows.
     view_separator: Tensor,
+    /// The weights' file mappings: tensors kept above may be views of them.
+    _mapping: KeepAlive,
 }
 
 impl VisionModel {
@@ -61,6 +63,7 @@ impl VisionModel {
             projector: Linear::load(w, "model.projector.layers", p.input_dim, hidden, true)?,
             image_newline: get_shaped(w, "model.image_newline", &[hidden])?,
             view_separator: get_shaped(w, "model.view_seperator", &[hidden])?.f_unsqueeze(0)?,
+            _mapping: w.keep_alive(),
         })
     }
 
