@@ -2,10 +2,12 @@
 //!
 //! Precision follows the reference: weights and matmuls in the compute dtype; RMSNorm
 //! statistics, the MoE gate (linear + softmax + top-k) and the routed-expert weighting in f32;
-//! logits returned as f32. A decode step makes no host round trip: the routed experts of the
-//! step's tokens are gathered from stacked expert weights (`index_select` + `bmm`). Prefill
+//! logits returned as f32. A decode step on an accelerator makes no host round trip: the routed
+//! experts of the step's tokens are gathered from stacked expert weights (`index_select` + `bmm`). Prefill
 //! groups the tokens by expert (one read of the per-expert counts per MoE layer, which on the
-//! CPU is plain memory; on CUDA it is the one synchronisation of that layer).
+//! CPU is plain memory; on CUDA it is the one synchronisation of that layer). On the CPU a decode
+//! step reads its few expert ids (host memory already) and runs those experts in place instead
+//! of gathering copies of their weights.
 
 use tch::{Device, Kind, Tensor};
 
@@ -113,10 +115,12 @@ impl Moe {
             .linear::<Tensor>(&self.gate, None)
             .softmax(-1, Kind::Float);
         let (weights, ids) = probs.topk(self.top_k, -1, true, true);
-        let routed = if tokens <= GATHER_MAX_TOKENS {
-            self.gathered(x, &ids)
-        } else {
+        let routed = if tokens > GATHER_MAX_TOKENS {
             self.grouped(x, &ids)?
+        } else if x.device() == Device::Cpu {
+            self.in_place(x, &ids)?
+        } else {
+            self.gathered(x, &ids)
         };
         let hidden = x.size()[1];
         let weighted = (routed
@@ -155,6 +159,22 @@ impl Moe {
         let gu = gate_up.bmm(&xs);
         let act = gu.narrow(1, 0, self.inner).silu() * gu.narrow(1, self.inner, self.inner);
         down.bmm(&act).squeeze_dim(-1)
+    }
+
+    /// Few tokens on the CPU: the chosen ids are already in host memory (reading them is no
+    /// device round trip), so each assignment runs its expert straight from the stacked
+    /// weights, without copying them as [`Moe::gathered`] must. Same result and order.
+    fn in_place(&self, x: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let flat = Vec::<i64>::try_from(ids.reshape([-1]))?;
+        let rows: Vec<Tensor> = flat
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| {
+                let token = x.narrow(0, i as i64 / self.top_k, 1);
+                self.expert(&token, &self.gate_up.get(e), &self.down.get(e))
+            })
+            .collect();
+        Ok(Tensor::f_cat(&rows, 0)?)
     }
 
     /// Many tokens: sort the assignments by expert and run each expert once on its rows.
@@ -448,5 +468,58 @@ impl Decoder {
         hidden
             .linear::<Tensor>(&self.lm_head, None)
             .to_kind(Kind::Float)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random MoE block: 8 experts of width 16 on hidden 32, top-3, one shared expert.
+    fn moe() -> Moe {
+        let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2;
+        Moe {
+            gate: r(&[8, 32]),
+            gate_up: r(&[8, 32, 32]),
+            down: r(&[8, 32, 16]),
+            inner: 16,
+            top_k: 3,
+            scale: 1.0,
+            shared: Some(Mlp {
+                gate: r(&[16, 32]),
+                up: r(&[16, 32]),
+                down: r(&[32, 16]),
+            }),
+        }
+    }
+
+    #[test]
+    fn expert_paths_agree() {
+        tch::manual_seed(3);
+        let m = moe();
+        let x = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
+        let probs = x.linear::<Tensor>(&m.gate, None).softmax(-1, Kind::Float);
+        let (_, ids) = probs.topk(3, -1, true, true);
+        let a = m.gathered(&x, &ids);
+        let b = m.in_place(&x, &ids).expect("in place");
+        let c = m.grouped(&x, &ids).expect("grouped");
+        // Reference: every (token, slot) through its expert one by one.
+        let ids_v = Vec::<i64>::try_from(ids.reshape([-1])).expect("ids");
+        let rows: Vec<Tensor> = ids_v
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| {
+                let t = x.get(i as i64 / 3).unsqueeze(0);
+                let gu = m.gate_up.get(e);
+                let g = t.linear::<Tensor>(&gu.narrow(0, 0, 16), None).silu();
+                let u = t.linear::<Tensor>(&gu.narrow(0, 16, 16), None);
+                (g * u).linear::<Tensor>(&m.down.get(e), None)
+            })
+            .collect();
+        let want = Tensor::cat(&rows, 0);
+        for (name, got) in [("gathered", a), ("in place", b), ("grouped", c)] {
+            let diff = (&got - &want).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{name}: max diff {diff}");
+        }
     }
 }
