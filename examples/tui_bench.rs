@@ -202,10 +202,14 @@ fn main() {
         let mut done = 0;
         while start.elapsed() < Duration::from_secs(3) {
             done += 65_536;
+            let secs = start.elapsed().as_secs_f64().max(1e-3);
             let _ = tx.send(Action::DownloadProgress {
                 file: 0,
                 done,
-                elapsed: start.elapsed(),
+                speed: Some(done as f64 / secs),
+                eta: Some(Duration::from_secs_f64(
+                    (total - done) as f64 * secs / done as f64,
+                )),
             });
             thread::sleep(Duration::from_micros(164));
         }

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 cargo build --release --locked --all-targets
+command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux; }  # the dashboard's end-to-end test
 cargo test --release --locked -- "$@"

@@ -206,7 +206,8 @@ fn start_download(a: &mut App) {
             Action::DownloadProgress {
                 file: 0,
                 done: 2_544,
-                elapsed: Duration::from_secs(1),
+                speed: None,
+                eta: None,
             },
             Action::DownloadFile {
                 file: 0,
@@ -215,7 +216,8 @@ fn start_download(a: &mut App) {
             Action::DownloadProgress {
                 file: 1,
                 done: 9_979_417,
-                elapsed: Duration::from_secs(2),
+                speed: Some(90_000_000.0),
+                eta: Some(Duration::from_secs(70)),
             },
             Action::DownloadFile {
                 file: 1,
@@ -224,7 +226,8 @@ fn start_download(a: &mut App) {
             Action::DownloadProgress {
                 file: 2,
                 done: 2_000_000_000,
-                elapsed: Duration::from_secs(10),
+                speed: Some(100_998_196.0),
+                eta: Some(Duration::from_secs_f64(46.26)),
             },
         ],
     );
@@ -415,7 +418,7 @@ fn screens_say_what_the_issue_asks() {
     assert!(t.contains("alice") && t.contains("acme, ocr-lab") && t.contains("role read"));
     assert!(t.contains("6.2 GiB") && t.contains("complete"));
     let t = render(&downloading(), 120, 36);
-    // 2.01 GB of 6.68 GB: 30 %; this run fetched 1.01 GB in 10 s (96.3 MiB/s), 4.67 GB left: 46 s.
+    // 2.01 GB of 6.68 GB: 30 %; the hub's speed and ETA as given.
     assert!(t.contains(" 30% 1.9 GiB / 6.2 GiB"), "{t}");
     assert!(t.contains("96.3 MiB/s") && t.contains("ETA 00:46"), "{t}");
     let t = render(&download_failed(), 120, 36);
@@ -520,7 +523,13 @@ fn login_takes_a_pasted_token_and_never_logs_it() {
     let jobs = drive(&mut a, [ch('n'), Action::Paste(format!("{TOKEN}\n"))]);
     assert!(jobs.is_empty());
     let jobs = drive(&mut a, [key(KeyCode::Enter)]);
-    assert_eq!(jobs, vec![Job::Login(Secret(TOKEN.to_string()))]);
+    assert_eq!(
+        jobs,
+        vec![Job::Login(
+            Secret(TOKEN.to_string()),
+            DEFAULT_MODEL.to_string()
+        )]
+    );
     assert!(!format!("{jobs:?}").contains(&TOKEN[3..]));
     assert!(a.overlays.is_empty());
     assert_eq!(a.login.whoami, Check::Checking);
@@ -536,10 +545,22 @@ fn logout_asks_first_and_switch_uses_the_selected_token() {
     assert!(jobs.is_empty());
     assert!(matches!(a.overlays.last(), Some(Overlay::Confirm { .. })));
     assert!(drive(&mut a, [ch('n')]).is_empty());
-    assert_eq!(drive(&mut a, [ch('o'), ch('y')]), vec![Job::Logout]);
+    assert_eq!(
+        drive(&mut a, [ch('o'), ch('y')]),
+        vec![Job::Logout(DEFAULT_MODEL.to_string())]
+    );
     let jobs = drive(&mut a, [ch('j'), key(KeyCode::Enter)]);
-    assert_eq!(jobs, vec![Job::SwitchToken("work".to_string())]);
-    assert_eq!(drive(&mut a, [ch('r')]), vec![Job::RefreshLogin]);
+    assert_eq!(
+        jobs,
+        vec![Job::SwitchToken {
+            name: "work".to_string(),
+            repo: DEFAULT_MODEL.to_string()
+        }]
+    );
+    assert_eq!(
+        drive(&mut a, [ch('r')]),
+        vec![Job::RefreshLogin(DEFAULT_MODEL.to_string())]
+    );
 }
 
 #[test]
@@ -779,7 +800,155 @@ fn event_loop_applies_queued_actions_and_dispatches_jobs() {
     let mut jobs = Vec::new();
     let stats = dsocr::tui::event_loop(&mut term, &mut app, &rx, |j| jobs.push(j)).expect("loop");
     assert!(app.quit);
-    assert_eq!(jobs, vec![Job::RefreshLogin]);
-    assert!(stats.frames >= 2);
+    assert_eq!(jobs, vec![Job::RefreshLogin(DEFAULT_MODEL.to_string())]);
+    assert!(stats.frames >= 1);
     assert!(term.backend().to_string().contains("alice"));
+}
+
+// ---- end to end, in a real terminal -----------------------------------------------------------
+
+/// A tmux server of its own running the built `dsocr` in a 160x48 window.
+struct Tmux {
+    socket: String,
+    dir: std::path::PathBuf,
+}
+
+impl Tmux {
+    fn start(dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        let socket = format!("dsocr-e2e-{}", std::process::id());
+        let t = Tmux {
+            socket,
+            dir: dir.to_path_buf(),
+        };
+        // A shell runs dsocr, then records the terminal modes it left behind.
+        let stty = dir.join("stty-after");
+        let script = format!(
+            "{} ; stty -a > {} ; echo DSOCR-EXITED ; sleep 30",
+            env!("CARGO_BIN_EXE_dsocr"),
+            stty.display()
+        );
+        let mut args: Vec<String> = ["new-session", "-d", "-x", "160", "-y", "48"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (k, v) in env {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(script);
+        t.tmux(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux runs (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.tmux(&["send-keys", "-t", "0", k]);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "0"])
+    }
+
+    /// Wait until the screen satisfies `pred`; return that screen (panics with the last one).
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {what}; screen:\n{s}\nlog:\n{}",
+                std::fs::read_to_string(self.dir.join("state/dsocr/dsocr.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.tmux(&["kill-server"]);
+    }
+}
+
+#[test]
+fn end_to_end_in_tmux_against_the_mock_hub() {
+    use dsocr::hub::mock::{self, Access, MockConfig, MockHub};
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let config = MockConfig {
+        repos: vec![mock::demo_repo(Access::Public, 16 * 1024 * 1024)],
+        cdn_bytes_per_sec: Some(4 * 1024 * 1024),
+        ..MockConfig::default()
+    };
+    let hub = rt.block_on(MockHub::start(config)).expect("mock hub");
+    let dir = std::env::temp_dir().join(format!("dsocr-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = |p: &str| dir.join(p).display().to_string();
+    let env = [
+        ("HOME", path("home")),
+        ("HF_HOME", path("hf")),
+        ("HF_ENDPOINT", hub.endpoint.clone()),
+        ("XDG_CONFIG_HOME", path("config")),
+        ("XDG_STATE_HOME", path("state")),
+        ("XDG_CACHE_HOME", path("cache")),
+        ("TERM", "xterm-256color".to_string()),
+    ];
+    let t = Tmux::start(&dir, &env);
+    let s = t.wait_for("the dashboard", |s| {
+        s.contains("Login") && s.contains("Models")
+    });
+    assert!(s.contains(&hub.endpoint), "{s}");
+    t.wait_for("the no-token state", |s| s.contains("none found"));
+
+    // Log in: paste the token into the masked input.
+    t.keys(&["n"]);
+    t.tmux(&["send-keys", "-t", "0", "-l", mock::TOKEN_GRANTED]);
+    let s = t.wait_for("the masked input", |s| s.contains("hf_•••"));
+    assert!(
+        !s.contains(mock::TOKEN_GRANTED),
+        "the token shows in full:\n{s}"
+    );
+    t.keys(&["Enter"]);
+    let s = t.wait_for("whoami", |s| {
+        s.contains("alice") && s.contains("dsocr-mock")
+    });
+    assert!(s.contains("acme"), "{s}");
+    assert!(!s.contains(mock::TOKEN_GRANTED), "{s}");
+
+    // Download: progress shows while bytes arrive, then the cache lists the model.
+    t.keys(&["Tab", "d"]);
+    let s = t.wait_for("download progress", |s| {
+        s.contains("downloading") && (s.contains("KiB/s") || s.contains("MiB/s"))
+    });
+    assert!(s.contains("model-00001"), "{s}");
+    let s = t.wait_for("the finished download", |s| s.contains("done, verified"));
+    assert!(s.contains("100%"), "{s}");
+    t.wait_for("the cache list", |s| s.contains("complete"));
+
+    // Quit; the shell after dsocr sees a restored terminal.
+    t.keys(&["q"]);
+    t.wait_for("dsocr to exit", |s| s.contains("DSOCR-EXITED"));
+    let alt = t.tmux(&["display-message", "-p", "-t", "0", "#{alternate_on}"]);
+    assert_eq!(alt.trim(), "0", "still on the alternate screen");
+    let stty = std::fs::read_to_string(dir.join("stty-after")).expect("stty output");
+    assert!(
+        stty.contains(" icanon") && stty.contains(" echo"),
+        "raw mode left on: {stty}"
+    );
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -48,6 +48,8 @@ pub enum Action {
     Device(DeviceInfo),
     /// Token sources, stored tokens and diagnosis were read (whoami not included).
     LoginStatus(Box<LoginState>),
+    /// The diagnosis for the selected model was made (`None`: nothing wrong).
+    Diagnosis(Option<DiagnosisView>),
     /// whoami answered (Err: one-line reason).
     Whoami(Result<super::state::WhoamiView, String>),
     /// The local cache was scanned (Err: one-line reason).
@@ -60,8 +62,10 @@ pub enum Action {
         file: usize,
         /// Bytes of that file now on disk.
         done: u64,
-        /// Time since the download started.
-        elapsed: Duration,
+        /// Recent speed in bytes per second, as the hub layer measures it.
+        speed: Option<f64>,
+        /// Time left at that speed.
+        eta: Option<Duration>,
     },
     /// One file changed state.
     DownloadFile {
@@ -105,14 +109,19 @@ pub enum Action {
 pub enum Job {
     /// Probe the compute device.
     ProbeDevice,
-    /// Read token sources and stored tokens, then whoami.
-    RefreshLogin,
-    /// Validate and store a token.
-    Login(Secret),
-    /// Remove the stored token in use.
-    Logout,
-    /// Make this stored token the active one.
-    SwitchToken(String),
+    /// Read token sources and stored tokens, then whoami, then diagnose access to this repo.
+    RefreshLogin(String),
+    /// Validate and store a token, then refresh (diagnosing this repo).
+    Login(Secret, String),
+    /// Remove the stored token in use, then refresh (diagnosing this repo).
+    Logout(String),
+    /// Make this stored token the active one, then refresh (diagnosing the repo).
+    SwitchToken {
+        /// Stored token name.
+        name: String,
+        /// Repo to diagnose.
+        repo: String,
+    },
     /// Scan the local cache.
     ScanCache,
     /// Download (or resume) a repo.

@@ -9,8 +9,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent
 use super::action::{Action, Job, OcrRequest, Secret};
 use super::keymap::{Command, Key, Settings};
 use super::state::{
-    CachedRevision, Check, DownloadPhase, DownloadView, FileProgress, FileState, HeaderInfo,
-    LoginState, ModelSource, ModelsState, OcrRun, OcrState,
+    CachedRevision, Check, DEFAULT_MODEL, DownloadPhase, DownloadView, FileProgress, FileState,
+    HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState,
 };
 use crate::ocr::preprocess::Mode;
 use crate::ocr::prompt::{IMAGE_TAG, Preset};
@@ -177,7 +177,11 @@ impl App {
     pub fn startup_jobs(&mut self) -> Vec<Job> {
         self.login.whoami = Check::Checking;
         self.models.cached = Check::Checking;
-        vec![Job::ProbeDevice, Job::RefreshLogin, Job::ScanCache]
+        vec![
+            Job::ProbeDevice,
+            Job::RefreshLogin(self.diag_repo()),
+            Job::ScanCache,
+        ]
     }
 
     /// Panes in focus order.
@@ -253,6 +257,11 @@ impl App {
             UseFolder | ChooseModel => !self.download_active(),
             _ => true,
         }
+    }
+
+    /// The repo whose access the Login pane diagnoses: the selected one, or the default.
+    fn diag_repo(&self) -> String {
+        self.selected_repo().unwrap_or(DEFAULT_MODEL).to_string()
     }
 
     fn selected_repo(&self) -> Option<&str> {
@@ -386,7 +395,7 @@ impl App {
         match purpose {
             InputPurpose::Token => {
                 self.login.whoami = Check::Checking;
-                vec![Job::Login(Secret(value))]
+                vec![Job::Login(Secret(value), self.diag_repo())]
             }
             InputPurpose::ModelRepo => {
                 self.models.selected_model = ModelSource::Repo(value);
@@ -446,21 +455,24 @@ impl App {
             Login => self.open_input(InputPurpose::Token, String::new()),
             Logout => {
                 self.overlays.push(Overlay::Confirm {
-                    question: "Log out: remove the stored token in use?".to_string(),
-                    job: Job::Logout,
+                    question: "Log out: remove the active token?".to_string(),
+                    job: Job::Logout(self.diag_repo()),
                 });
                 Vec::new()
             }
             SwitchToken => match self.login.stored.get(self.login.selected) {
                 Some(t) => {
                     self.login.whoami = Check::Checking;
-                    vec![Job::SwitchToken(t.name.clone())]
+                    vec![Job::SwitchToken {
+                        name: t.name.clone(),
+                        repo: self.diag_repo(),
+                    }]
                 }
                 None => Vec::new(),
             },
             Recheck => {
                 self.login.whoami = Check::Checking;
-                vec![Job::RefreshLogin]
+                vec![Job::RefreshLogin(self.diag_repo())]
             }
             Download => {
                 let repo = self.selected_repo().unwrap_or_default().to_string();
@@ -541,8 +553,8 @@ impl App {
                     repo: repo.clone(),
                     revision: revision.clone(),
                     files: Vec::new(),
-                    elapsed: Default::default(),
-                    resumed_bytes: 0,
+                    speed: None,
+                    eta: None,
                     phase: DownloadPhase::Resolving,
                 });
                 self.push_log(format!("download {repo}@{revision}"));
@@ -563,7 +575,7 @@ impl App {
                     req.model.label()
                 ));
             }
-            Job::Logout => self.login.whoami = Check::Checking,
+            Job::Logout(_) => self.login.whoami = Check::Checking,
             _ => {}
         }
         vec![job]
@@ -677,6 +689,7 @@ impl App {
                 self.overlays.push(Overlay::Error { title, message });
             }
             Action::Device(d) => self.header.device = Check::Done(d),
+            Action::Diagnosis(d) => self.login.diagnosis = d,
             Action::LoginStatus(status) => {
                 let whoami = std::mem::take(&mut self.login.whoami);
                 self.login = *status;
@@ -704,10 +717,12 @@ impl App {
             Action::DownloadProgress {
                 file,
                 done,
-                elapsed,
+                speed,
+                eta,
             } => {
                 if let Some(d) = self.models.download.as_mut() {
-                    d.elapsed = elapsed;
+                    d.speed = speed.or(d.speed);
+                    d.eta = eta.or(d.eta);
                     if let Some(f) = d.files.get_mut(file) {
                         f.progress.done = done;
                         if f.state == FileState::Queued {
@@ -771,7 +786,6 @@ impl App {
         let Some(d) = self.models.download.as_mut() else {
             return;
         };
-        d.resumed_bytes = files.iter().map(|f| f.2).sum();
         d.files = files
             .into_iter()
             .map(|(name, total, done)| FileProgress {

@@ -128,18 +128,13 @@ pub fn osc52(text: &str) -> String {
     format!("\x1b]52;c;{b64}\x07")
 }
 
-/// Header facts from the environment.
+/// Header facts from the environment, resolved by the hub layer.
 fn header() -> HeaderInfo {
-    let endpoint = std::env::var("HF_ENDPOINT")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "https://huggingface.co".to_string());
-    let offline = std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+    let env = crate::hub::HubEnv::from_process();
     HeaderInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        endpoint,
-        offline,
+        endpoint: env.endpoint,
+        offline: env.offline,
         device: Check::Checking,
     }
 }

@@ -1,5 +1,5 @@
-//! Progress as a value: bytes done of a total, percent that never shows 100 % early, speed, ETA
-//! and the human-readable forms the panes print.
+//! Progress as a value: bytes done of a total, a percent that never shows 100 % early, and the
+//! human-readable forms the panes print.
 
 use std::time::Duration;
 
@@ -39,22 +39,6 @@ impl Progress {
     pub fn is_complete(self) -> bool {
         self.total > 0 && self.done >= self.total
     }
-
-    /// Average speed in bytes per second over `elapsed`; `None` before any time has passed.
-    pub fn speed(self, elapsed: Duration) -> Option<f64> {
-        let secs = elapsed.as_secs_f64();
-        (secs > 0.0).then(|| self.done as f64 / secs)
-    }
-
-    /// Time left at `speed` bytes per second; `None` when the speed or total is unknown.
-    pub fn eta(self, speed: Option<f64>) -> Option<Duration> {
-        let speed = speed.filter(|s| *s > 0.0)?;
-        if self.total == 0 {
-            return None;
-        }
-        let left = self.total.saturating_sub(self.done) as f64;
-        Some(Duration::from_secs_f64(left / speed))
-    }
 }
 
 /// `1.5 GiB`-style size with binary units and one decimal above bytes.
@@ -92,7 +76,6 @@ mod tests {
         assert_eq!(p.ratio(), 0.0);
         assert_eq!(p.percent(), 0);
         assert!(!p.is_complete());
-        assert_eq!(p.eta(Some(10.0)), None);
     }
 
     #[test]
@@ -101,16 +84,6 @@ mod tests {
         assert_eq!(Progress::new(1_000_000, 1_000_000).percent(), 100);
         assert!(Progress::new(1_000_000, 1_000_000).is_complete());
         assert_eq!(Progress::new(1, 3).percent(), 33);
-    }
-
-    #[test]
-    fn speed_and_eta() {
-        let p = Progress::new(50, 150);
-        let speed = p.speed(Duration::from_secs(5));
-        assert_eq!(speed, Some(10.0));
-        assert_eq!(p.eta(speed), Some(Duration::from_secs(10)));
-        assert_eq!(p.speed(Duration::ZERO), None);
-        assert_eq!(p.eta(None), None);
     }
 
     #[test]

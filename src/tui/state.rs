@@ -188,7 +188,7 @@ pub enum DownloadPhase {
 }
 
 /// A download in progress (or the last one).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DownloadView {
     /// `owner/name`.
     pub repo: String,
@@ -196,10 +196,10 @@ pub struct DownloadView {
     pub revision: String,
     /// Files and their progress.
     pub files: Vec<FileProgress>,
-    /// Time since start, as the worker last reported it.
-    pub elapsed: Duration,
-    /// Bytes that were already there when it started (resumed), excluded from the speed.
-    pub resumed_bytes: u64,
+    /// Recent speed in bytes per second, as the hub layer reports it.
+    pub speed: Option<f64>,
+    /// Time left at that speed.
+    pub eta: Option<Duration>,
     /// Where it stands.
     pub phase: DownloadPhase,
 }
@@ -210,12 +210,6 @@ impl DownloadView {
         self.files.iter().fold(Progress::default(), |acc, f| {
             Progress::new(acc.done + f.progress.done, acc.total + f.progress.total)
         })
-    }
-
-    /// Bytes per second of this run (resumed bytes do not count).
-    pub fn speed(&self) -> Option<f64> {
-        let total = self.total();
-        Progress::new(total.done.saturating_sub(self.resumed_bytes), 0).speed(self.elapsed)
     }
 
     /// Whether bytes may still arrive.

@@ -7,7 +7,7 @@ use ratatui::widgets::Paragraph;
 
 use super::{bar, field, pane_block, spinner};
 use crate::tui::app::{App, Pane};
-use crate::tui::progress::{Progress, human_bytes, human_duration};
+use crate::tui::progress::{human_bytes, human_duration};
 use crate::tui::state::{
     CachedRevision, Check, DownloadPhase, DownloadView, FileState, ModelSource,
 };
@@ -165,20 +165,22 @@ fn download_lines(app: &App, d: &DownloadView, width: usize) -> Vec<Line<'static
         )));
     }
     if !d.files.is_empty() {
-        lines.extend(total_lines(app, d.total(), d.speed(), bar_w + name_w));
+        lines.extend(total_lines(app, d, bar_w + name_w));
     }
     lines
 }
 
-fn total_lines(app: &App, total: Progress, speed: Option<f64>, bar_w: usize) -> Vec<Line<'static>> {
+fn total_lines(app: &App, d: &DownloadView, bar_w: usize) -> Vec<Line<'static>> {
+    let total = d.total();
     let theme = &app.settings.theme;
-    let speed_text = speed.map_or_else(
+    let speed_text = d.speed.map_or_else(
         || "-".to_string(),
         |s| format!("{}/s", human_bytes(s as u64)),
     );
-    let eta = total
-        .eta(speed)
-        .map_or_else(|| "-".to_string(), human_duration);
+    let eta = match (&d.phase, d.eta) {
+        (DownloadPhase::Running, Some(eta)) => human_duration(eta),
+        _ => "-".to_string(),
+    };
     vec![
         Line::from(vec![
             Span::styled("Total ", theme.title()),

@@ -1,4 +1,4 @@
-//! Background work. Hub jobs run on a tokio runtime; the model runs on its own thread (tch
+//! Background work. Hub jobs run on a tokio runtime (see [`hub`]); the model runs on its own thread (tch
 //! calls block); small file jobs run on tokio's blocking pool. Workers hold an
 //! [`ActionSender`] and never the state.
 
@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::action::{Action, ActionSender, Job};
-use super::state::{DeviceInfo, PreviewImage};
+mod hub;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::ocr::preprocess::{self, ImageError};
+use crate::tui::action::{Action, ActionSender, Job};
+use crate::tui::state::{DeviceInfo, PreviewImage};
 
 /// Largest side of the preview image kept in memory (pixels).
 const PREVIEW_MAX: u32 = 320;
@@ -17,7 +21,7 @@ const PREVIEW_MAX: u32 = 320;
 pub struct Workers {
     tx: ActionSender,
     rt: tokio::runtime::Runtime,
-    download_cancel: Arc<AtomicBool>,
+    download_cancel: CancellationToken,
     ocr_cancel: Arc<AtomicBool>,
 }
 
@@ -32,7 +36,7 @@ impl Workers {
         Ok(Self {
             tx,
             rt,
-            download_cancel: Arc::new(AtomicBool::new(false)),
+            download_cancel: CancellationToken::new(),
             ocr_cancel: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -71,42 +75,45 @@ impl Workers {
                         ),
                     });
             }
-            Job::CancelDownload => self.download_cancel.store(true, Ordering::SeqCst),
+            Job::CancelDownload => self.download_cancel.cancel(),
             Job::CancelOcr => self.ocr_cancel.store(true, Ordering::SeqCst),
             Job::Copy(_) => {} // written to the terminal by the event loop
-            Job::RefreshLogin
-            | Job::Login(_)
-            | Job::Logout
-            | Job::SwitchToken(_)
-            | Job::ScanCache
-            | Job::Download { .. }
-            | Job::Verify(_)
-            | Job::Delete { .. } => self.hub_unavailable(job),
+            Job::RefreshLogin(repo) => {
+                self.rt.spawn(hub::refresh_login(tx, repo));
+            }
+            Job::Login(secret, repo) => {
+                self.rt.spawn(hub::login(tx, secret.0, repo));
+            }
+            Job::Logout(repo) => {
+                self.rt.spawn(hub::logout(tx, repo));
+            }
+            Job::SwitchToken { name, repo } => {
+                self.rt.spawn(hub::switch(tx, name, repo));
+            }
+            Job::ScanCache => {
+                self.rt.spawn_blocking(move || hub::scan_cache(&tx));
+            }
+            Job::Verify(repo) => {
+                self.rt.spawn_blocking(move || hub::verify(&tx, &repo));
+            }
+            Job::Delete { repo, commit } => {
+                self.rt
+                    .spawn_blocking(move || hub::delete(&tx, &repo, &commit));
+            }
+            Job::Download { repo, revision } => {
+                self.download_cancel = CancellationToken::new();
+                let cancel = self.download_cancel.clone();
+                self.rt.spawn(hub::download(tx, repo, revision, cancel));
+            }
             Job::Ocr(_) => tx.send(Action::OcrFinished(Err(Some(
                 "the OCR engine is not part of this build yet; use a newer dsocr".to_string(),
             )))),
         }
     }
 
-    fn hub_unavailable(&self, job: Job) {
-        let msg = "the hub layer is not part of this build yet; use a newer dsocr".to_string();
-        match job {
-            Job::RefreshLogin => self.tx.send(Action::Whoami(Err(msg))),
-            Job::ScanCache => self.tx.send(Action::CacheScanned(Err(msg))),
-            Job::Download { .. } => self.tx.send(Action::DownloadFinished(Err(Some(
-                super::state::DiagnosisView {
-                    code: "unavailable".to_string(),
-                    cause: msg,
-                    fix: "update dsocr".to_string(),
-                },
-            )))),
-            _ => self.tx.error("Not available", msg),
-        }
-    }
-
     /// Ask every job to stop (the dashboard is closing).
     pub fn shutdown(self) {
-        self.download_cancel.store(true, Ordering::SeqCst);
+        self.download_cancel.cancel();
         self.ocr_cancel.store(true, Ordering::SeqCst);
         self.rt.shutdown_background();
     }
@@ -201,7 +208,7 @@ pub fn complete_path(input: &str) -> (String, Vec<String>) {
 }
 
 /// Write `result.md` and `boxes.json` into `dir`.
-fn save(dir: &PathBuf, text: &str, boxes: &[super::state::BoxView]) -> std::io::Result<()> {
+fn save(dir: &PathBuf, text: &str, boxes: &[crate::tui::state::BoxView]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("result.md"), text)?;
     let body = serde_json::to_string_pretty(boxes).map_err(std::io::Error::other)?;
