@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use dsocr::ocr::grounding::LabeledBox;
-use dsocr::tui::action::Action;
+use dsocr::tui::action::{Action, ActionSender};
 use dsocr::tui::app::App;
 use dsocr::tui::keymap::{ColorEnv, Settings};
 use dsocr::tui::state::{Check, DeviceInfo, HeaderInfo, PreviewImage};
@@ -185,8 +185,60 @@ fn loop_bench(
     stats
 }
 
+/// A real download: the dashboard's workers fetch a 64 MiB repo from the mock hub (CDN throttled
+/// to 32 MiB/s) into a temporary HF_HOME while the event loop runs.
+fn real_download_bench() {
+    use dsocr::hub::mock::{self, Access, MockConfig, MockHub};
+    let dir = std::env::temp_dir().join(format!("dsocr-tui-bench-{}", std::process::id()));
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let config = MockConfig {
+        repos: vec![mock::demo_repo(Access::Public, 64 << 20)],
+        cdn_bytes_per_sec: Some(32 << 20),
+        ..MockConfig::default()
+    };
+    let hub = rt.block_on(MockHub::start(config)).expect("mock hub");
+    // SAFETY: set before the dashboard's worker threads start; nothing else reads them yet.
+    unsafe {
+        std::env::set_var("HF_HOME", dir.join("hf"));
+        std::env::set_var("HF_ENDPOINT", &hub.endpoint);
+        std::env::remove_var("HF_TOKEN");
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut workers = dsocr::tui::tasks::Workers::new(ActionSender(tx.clone())).expect("workers");
+    let mut a = app();
+    let _ = a.update(key('l'));
+    for job in a.update(key('d')) {
+        workers.dispatch(job);
+    }
+    let mut term = Terminal::new(TestBackend::new(W, H)).expect("backend");
+    let start = Instant::now();
+    let stats = dsocr::tui::event_loop(&mut term, &mut a, &rx, |job| {
+        // The cache rescan follows a finished download: stop there.
+        if job == dsocr::tui::action::Job::ScanCache {
+            let _ = tx.send(key('q'));
+        }
+        workers.dispatch(job);
+    })
+    .expect("loop");
+    let done = matches!(
+        a.models.download.as_ref().map(|d| &d.phase),
+        Some(dsocr::tui::state::DownloadPhase::Done)
+    );
+    println!(
+        "real download of 64 MiB from the mock hub (done: {done}): {:?} wall, {} frames, longest draw {:?}, longest loop turn while downloading {:?}",
+        start.elapsed(),
+        stats.frames,
+        stats.max_draw,
+        stats.max_download
+    );
+    workers.shutdown();
+    drop(hub);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     render_bench();
+    real_download_bench();
     // Download: a progress event per 64 KiB chunk at 400 MB/s is ~6100 events/s.
     let mut a = app();
     let _ = a.update(key('l'));
