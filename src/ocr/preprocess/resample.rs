@@ -76,11 +76,13 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Weighted sum of `taps` over samples fetched by `sample(i)` for each of three channels.
-fn convolve(taps: &Taps, sample: impl Fn(usize) -> [u8; 3]) -> [u8; 3] {
+/// Weighted sum of `taps` over three-channel samples: sample `i` starts at byte
+/// `(taps.start + i) * stride` of `data`.
+fn convolve(taps: &Taps, data: &[u8], stride: usize) -> [u8; 3] {
     let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+    let base = taps.start * stride;
     for (i, &w) in taps.weights.iter().enumerate() {
-        let px = sample(taps.start + i);
+        let px = &data[base + i * stride..base + i * stride + 3];
         for c in 0..3 {
             acc[c] += i32::from(px[c]) * w;
         }
@@ -90,22 +92,28 @@ fn convolve(taps: &Taps, sample: impl Fn(usize) -> [u8; 3]) -> [u8; 3] {
 
 /// One separable pass along x (`horizontal`) or y, to `out` pixels along that axis.
 fn pass(src: &RgbImage, out: u32, horizontal: bool) -> RgbImage {
-    let (w, h) = src.dimensions();
-    if horizontal {
-        let taps = axis_taps(w as usize, out as usize);
-        RgbImage::from_fn(out, h, |x, y| {
-            image::Rgb(convolve(&taps[x as usize], |sx| {
-                src.get_pixel(sx as u32, y).0
-            }))
-        })
+    let (w, h) = (src.width() as usize, src.height() as usize);
+    let data = src.as_raw();
+    let row = w * 3;
+    let (ow, oh) = if horizontal {
+        (out as usize, h)
     } else {
-        let taps = axis_taps(h as usize, out as usize);
-        RgbImage::from_fn(w, out, |x, y| {
-            image::Rgb(convolve(&taps[y as usize], |sy| {
-                src.get_pixel(x, sy as u32).0
-            }))
-        })
+        (w, out as usize)
+    };
+    let taps = axis_taps(if horizontal { w } else { h }, out as usize);
+    let mut buf = vec![0u8; ow * oh * 3];
+    for (y, out_row) in buf.chunks_exact_mut(ow * 3).enumerate() {
+        for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
+            let value = if horizontal {
+                convolve(&taps[x], &data[y * row..(y + 1) * row], 3)
+            } else {
+                convolve(&taps[y], &data[x * 3..], row)
+            };
+            px.copy_from_slice(&value);
+        }
     }
+    RgbImage::from_raw(ow as u32, oh as u32, buf)
+        .unwrap_or_else(|| unreachable!("buffer sized for the image"))
 }
 
 /// Whether Pillow runs the vertical pass first: when the height shrinks by more than twice as
