@@ -1,5 +1,6 @@
-//! Vision checks against values computed by the reference (PyTorch): the fixture cases on the
-//! tiny model, and torch's own interpolation of small tables.
+//! Vision checks against values computed by the reference (PyTorch): a bf16 run of a fixture
+//! case, large mode on the tiny model, and torch's own interpolation of small tables. The f32
+//! stages of every fixture case are checked by the parity harness (tests/engine.rs).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,11 +59,7 @@ fn tiny_model_in(kind: Kind) -> VisionModel {
     VisionModel::load(&cfg, &w).expect("vision model")
 }
 
-fn check_case(name: &str) {
-    check_case_in(name, Kind::Float, PARITY_TOL);
-}
-
-fn check_case_in(name: &str, kind: Kind, tol: f64) {
+fn check_case(name: &str, kind: Kind, tol: f64) {
     let dir = fixtures().join("cases").join(name);
     let case: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).expect("case.json"))
@@ -118,31 +115,6 @@ fn check_case_in(name: &str, kind: Kind, tol: f64) {
     }
 }
 
-#[test]
-fn case_base() {
-    check_case("base");
-}
-
-#[test]
-fn case_tiny_interpolates_down() {
-    check_case("tiny");
-}
-
-#[test]
-fn case_small() {
-    check_case("small");
-}
-
-#[test]
-fn case_gundam_1x1() {
-    check_case("gundam-1x1");
-}
-
-#[test]
-fn case_gundam_2x3_tiles() {
-    check_case("gundam-2x3");
-}
-
 /// Large mode (1280 px, no tiles): positions interpolated up (64 -> 80 grid), windows padded
 /// (80 -> 84), global rel-pos tables stretched (127 -> 159). The input is an integer pattern;
 /// the expected values come from the reference code on the tiny model (tests/fixtures/vision/).
@@ -183,7 +155,7 @@ fn large_mode_matches_the_reference() {
 fn bf16_tracks_the_f32_reference() {
     // bf16 keeps ~3 significant digits; through SAM, CLIP and the projector the tiny model
     // drifts by ~1.5% of the largest value, a wrong op would drift by far more.
-    check_case_in("gundam-2x3", Kind::BFloat16, BF16_TOL);
+    check_case("gundam-2x3", Kind::BFloat16, BF16_TOL);
 }
 
 fn json_tensor(v: &serde_json::Value, key: &str, shape: &[i64]) -> Tensor {
