@@ -1,12 +1,466 @@
-//! `dsocr bench`.
+//! `dsocr bench`: times weight loading, preprocessing, vision, prefill and decode on one page and
+//! reports peak memory, with the machine, threads, device and dtype.
+//!
+//! With `--seeded SEED` no weights are needed: the full-size architecture (the real checkpoint's
+//! `config.json`, embedded in the binary) gets the fixtures' seeded random weights. Decoding
+//! ignores the EOS token so that every repeat times exactly `--new-tokens` tokens.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, bail};
 use clap::Args;
+use image::{Rgb, RgbImage};
+use serde::Serialize;
+use tch::{Device, Kind};
+
+use crate::ocr::Config;
+use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
+use crate::ocr::generate::{GenerateOptions, generate_with_images};
+use crate::ocr::model::{DeepseekOcr, ImageInput, PreparedInput};
+use crate::ocr::preprocess::{Mode, Views, load_image, preprocess};
+use crate::ocr::prompt::{PromptTokenizer, SpecialIds};
+
+/// The real checkpoint's `config.json` (DeepSeek-OCR), for `--seeded`.
+const REAL_CONFIG: &str = include_str!("../../tests/fixtures/real-checkpoint/config.json");
+
+/// The prompt of the benchmark (the reference's "Free OCR." prompt).
+const PROMPT: &str = "<image>\nFree OCR.";
+
+/// Ids of the text after the image run, `"\nFree OCR."`, as the DeepSeek-OCR tokenizer gives
+/// them (tests/fixtures/full-seeded-base-1x1/case.json); used when no tokenizer.json is at hand.
+const PROMPT_TAIL_IDS: [i64; 4] = [201, 21431, 126041, 16];
+
+/// Most tiles of a Gundam page (the reference's `dynamic_preprocess` bound).
+const MAX_TILES: u32 = 9;
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Model folder (config.json + *.safetensors [+ tokenizer.json])
+    #[arg(long, conflicts_with = "seeded")]
+    model: Option<PathBuf>,
+    /// Full-size model with the fixtures' seeded random weights (no download needed)
+    #[arg(long)]
+    seeded: Option<i64>,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// bf16, f16 or f32 (default: bf16)
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// tiny, small, base, large or gundam
+    #[arg(long, default_value = "base")]
+    mode: String,
+    /// Page image to preprocess (default: a generated 1275x1650 page)
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Tokens generated per repeat (EOS is ignored)
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// How many times vision, prefill and decode run (after loading once)
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// CPU threads for libtorch (default: libtorch's choice)
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Print the report as one JSON object
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`dsocr bench` is not implemented in this version yet")
+/// Min, median and max of a series.
+#[derive(Debug, Serialize)]
+struct Stats {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
+        Self {
+            min: at(0),
+            median: at(v.len() / 2),
+            max: at(v.len().saturating_sub(1)),
+        }
+    }
+}
+
+/// The machine the benchmark ran on.
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpu: String,
+    cores: usize,
+    cpu_bf16: bool,
+    threads: i32,
+    device: String,
+    gpu: Option<String>,
+}
+
+/// The whole report (`--json` prints it as is).
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: Machine,
+    weights: String,
+    dtype: String,
+    mode: String,
+    image: String,
+    prompt_tokens: usize,
+    image_tokens: usize,
+    new_tokens: usize,
+    repeat: usize,
+    load_s: f64,
+    preprocess_s: f64,
+    vision_s: Stats,
+    prefill_s: Stats,
+    prefill_incl_vision_s: Stats,
+    decode_tokens_per_s: Stats,
+    peak_rss_gb: Option<f64>,
+    gpu_memory_gb: Option<f64>,
+}
+
+/// One timed run of vision, prefill and decode.
+struct Run {
+    vision: f64,
+    prefill: f64,
+    decode_tps: f64,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.repeat == 0 || args.new_tokens < 2 {
+        bail!("--repeat must be at least 1 and --new-tokens at least 2");
+    }
+    if let Some(n) = args.threads {
+        if n < 1 {
+            bail!("--threads must be at least 1");
+        }
+        tch::set_num_threads(n);
+    }
+    let device = parse_device(&args.device)?;
+    let kind = parse_kind(&args.dtype)?;
+    let mode: Mode = args.mode.parse().map_err(anyhow::Error::msg)?;
+    let _no_grad = tch::no_grad_guard();
+
+    let start = Instant::now();
+    let (model, weights) = load_model(&args, device, kind)?;
+    sync(device);
+    let load_s = start.elapsed().as_secs_f64();
+
+    let (page, image_name) = page_image(args.image.as_deref())?;
+    let start = Instant::now();
+    let views = preprocess(&page, mode, MAX_TILES);
+    let input = prepared_input(&model, &views, args.model.as_deref())?;
+    let preprocess_s = start.elapsed().as_secs_f64();
+
+    let runs = (0..args.repeat)
+        .map(|i| {
+            let r = timed_run(&model, &input, args.new_tokens)?;
+            if !args.json {
+                eprintln!(
+                    "repeat {}/{}: vision {:.2} s, prefill {:.2} s, decode {:.2} tokens/s",
+                    i + 1,
+                    args.repeat,
+                    r.vision,
+                    r.prefill,
+                    r.decode_tps
+                );
+            }
+            Ok(r)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let series = |f: &dyn Fn(&Run) -> f64| Stats::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let report = Report {
+        machine: machine(device),
+        weights,
+        dtype: kind_name(kind).into(),
+        mode: mode.name().into(),
+        image: image_name,
+        prompt_tokens: input.input_ids.len(),
+        image_tokens: views.num_image_tokens,
+        new_tokens: args.new_tokens,
+        repeat: args.repeat,
+        load_s,
+        preprocess_s,
+        vision_s: series(&|r| r.vision),
+        prefill_s: series(&|r| r.prefill),
+        prefill_incl_vision_s: series(&|r| r.vision + r.prefill),
+        decode_tokens_per_s: series(&|r| r.decode_tps),
+        peak_rss_gb: peak_rss_gb(),
+        gpu_memory_gb: gpu_memory_gb(device),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The model and a description of its weights.
+fn load_model(
+    args: &BenchArgs,
+    device: Device,
+    kind: Kind,
+) -> anyhow::Result<(DeepseekOcr, String)> {
+    match (&args.model, args.seeded) {
+        (Some(dir), _) => {
+            let model = DeepseekOcr::load(dir, device, kind)?;
+            Ok((model, dir.display().to_string()))
+        }
+        (None, Some(seed)) => {
+            let cfg = Config::from_json(REAL_CONFIG)
+                .map_err(|e| anyhow::anyhow!("embedded config.json: {e}"))?;
+            let model = DeepseekOcr::seeded(cfg, seed, device, kind)?;
+            Ok((model, format!("seeded full-size (seed {seed})")))
+        }
+        (None, None) => bail!("give --model DIR (a downloaded model) or --seeded SEED"),
+    }
+}
+
+/// The page to preprocess: `path`, or a generated A4-like page (1275x1650) of text-like lines.
+fn page_image(path: Option<&Path>) -> anyhow::Result<(RgbImage, String)> {
+    if let Some(p) = path {
+        return Ok((load_image(p)?, p.display().to_string()));
+    }
+    let page = RgbImage::from_fn(1275, 1650, |x, y| {
+        let line = (y / 30) % 2 == 1 && (100..1175).contains(&x) && (100..1550).contains(&y);
+        let ink = line && ((x / 9 + y / 30) % 7 != 0);
+        if ink {
+            Rgb([20, 20, 20])
+        } else {
+            Rgb([250, 250, 246])
+        }
+    });
+    Ok((page, "generated 1275x1650 page".into()))
+}
+
+/// The benchmark prompt for `views`: tokenised by the model's tokenizer.json when the model
+/// folder has one, else with the known ids of the prompt text.
+fn prepared_input(
+    model: &DeepseekOcr,
+    views: &Views,
+    dir: Option<&Path>,
+) -> anyhow::Result<PreparedInput> {
+    let bos = model.config.language_config.bos_token_id;
+    let image = model.config.image_token_id();
+    let run = views.num_image_tokens;
+    let tokenizer = dir
+        .map(|d| d.join("tokenizer.json"))
+        .filter(|p| p.is_file());
+    let (input_ids, image_mask) = match tokenizer {
+        Some(path) => {
+            let t = PromptTokenizer::from_file(&path)?;
+            let ids = t.build(PROMPT, &[run], SpecialIds { bos, image })?;
+            (ids.input_ids, ids.images_seq_mask)
+        }
+        None => {
+            let mut ids = vec![bos];
+            ids.extend(std::iter::repeat_n(image, run));
+            ids.extend(PROMPT_TAIL_IDS);
+            let mask = ids.iter().enumerate().map(|(i, _)| (1..=run).contains(&i));
+            (ids.clone(), mask.collect())
+        }
+    };
+    let [across, down] = views.spatial_crop;
+    Ok(PreparedInput {
+        input_ids,
+        image_mask,
+        images: vec![ImageInput {
+            global: views.global_tensor(Kind::Float, Device::Cpu),
+            tiles: views.tiles_tensor(Kind::Float, Device::Cpu),
+            spatial_crop: [i64::from(across), i64::from(down)],
+        }],
+    })
+}
+
+/// Vision, prefill and `new_tokens` greedy tokens (EOS ignored).
+fn timed_run(model: &DeepseekOcr, input: &PreparedInput, new_tokens: usize) -> anyhow::Result<Run> {
+    let start = Instant::now();
+    let images = model.encode_images(input).context("vision")?;
+    sync(model.device);
+    let vision = start.elapsed();
+    let opts = GenerateOptions {
+        max_new_tokens: new_tokens,
+        eos_token_id: Some(-1),
+        no_repeat_ngram: None,
+        record_logits: false,
+    };
+    let out = generate_with_images(
+        model,
+        input,
+        &images,
+        &opts,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .context("generation")?;
+    // The first token comes from the prefill logits; each further one is a decode step.
+    let steps = out.tokens.len().saturating_sub(1);
+    Ok(Run {
+        vision: secs(vision),
+        prefill: secs(out.timings.prefill),
+        decode_tps: out.timings.tokens_per_second(steps),
+    })
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Wait for queued CUDA work (timings would otherwise stop before the GPU finishes).
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// CPU model, cores and threads, and the GPU's name on CUDA.
+fn machine(device: Device) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cpu_bf16 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| {
+            l.split_whitespace()
+                .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+        });
+    let gpu = matches!(device, Device::Cuda(_))
+        .then(|| nvidia_smi(&["--query-gpu=name", "--format=csv,noheader"]))
+        .flatten();
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        cpu_bf16,
+        threads: tch::get_num_threads(),
+        device: device_name(device),
+        gpu,
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM`), in GB (10^9 bytes).
+fn peak_rss_gb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024.0 / 1e9)
+}
+
+/// GPU memory held by this process at the end (libtorch's caching allocator keeps what it once
+/// reserved, so this is its peak reservation), in GB, from `nvidia-smi`.
+fn gpu_memory_gb(device: Device) -> Option<f64> {
+    if !matches!(device, Device::Cuda(_)) {
+        return None;
+    }
+    let out = nvidia_smi(&[
+        "--query-compute-apps=pid,used_memory",
+        "--format=csv,noheader,nounits",
+    ])?;
+    let pid = std::process::id().to_string();
+    out.lines()
+        .filter_map(|l| l.split_once(','))
+        .filter(|(p, _)| p.trim() == pid)
+        .filter_map(|(_, mib)| mib.trim().parse::<f64>().ok())
+        .map(|mib| mib * 1024.0 * 1024.0 / 1e9)
+        .reduce(f64::max)
+}
+
+fn nvidia_smi(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn print_table(r: &Report) {
+    let m = &r.machine;
+    println!(
+        "machine: {} ({} cores, bf16 instructions: {}), {} threads, device {}{}",
+        m.cpu,
+        m.cores,
+        if m.cpu_bf16 { "yes" } else { "no" },
+        m.threads,
+        m.device,
+        m.gpu
+            .as_deref()
+            .map(|g| format!(" ({g})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "weights: {}, dtype {}, mode {}, image: {}",
+        r.weights, r.dtype, r.mode, r.image
+    );
+    println!(
+        "prompt: {} tokens ({} image tokens), {} new tokens, {} repeats",
+        r.prompt_tokens, r.image_tokens, r.new_tokens, r.repeat
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10}",
+        "stage", "min", "median", "max"
+    );
+    println!("{:<22} {:>10.2}", "load (s)", r.load_s);
+    println!("{:<22} {:>10.3}", "preprocess (s)", r.preprocess_s);
+    for (name, s) in [
+        ("vision (s)", &r.vision_s),
+        ("prefill (s)", &r.prefill_s),
+        ("prefill+vision (s)", &r.prefill_incl_vision_s),
+        ("decode (tokens/s)", &r.decode_tokens_per_s),
+    ] {
+        println!(
+            "{name:<22} {:>10.2} {:>10.2} {:>10.2}",
+            s.min, s.median, s.max
+        );
+    }
+    let gb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2} GB"));
+    println!("peak RSS: {}", gb(r.peak_rss_gb));
+    if matches!(r.machine.device.as_str(), d if d.starts_with("cuda")) {
+        println!("GPU memory (process): {}", gb(r.gpu_memory_gb));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_are_min_median_max() {
+        let s = Stats::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
+        let one = Stats::of(&[5.0]);
+        assert_eq!((one.min, one.median, one.max), (5.0, 5.0, 5.0));
+    }
+
+    #[test]
+    fn embedded_config_is_the_full_size_model() {
+        let cfg = Config::from_json(REAL_CONFIG).expect("embedded config parses");
+        assert_eq!(cfg.language_config.vocab_size, 129280);
+        assert_eq!(cfg.image_token_id(), 128815);
+    }
+
+    #[test]
+    fn generated_page_has_ink_and_paper() {
+        let (page, _) = page_image(None).expect("page");
+        assert_eq!(page.dimensions(), (1275, 1650));
+        let dark = page.pixels().filter(|p| p.0[0] < 128).count();
+        assert!(dark > 10_000 && dark < 1275 * 1650 / 2, "{dark}");
+    }
 }

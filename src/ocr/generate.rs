@@ -217,6 +217,10 @@ pub fn generate_with_images(
     let mut logits = model
         .decoder
         .logits(&hidden.narrow(0, hidden.size()[0] - 1, 1));
+    if let tch::Device::Cuda(i) = model.device {
+        // CUDA runs asynchronously: wait, so that the prefill time is the prefill's.
+        tch::Cuda::synchronize(i as i64);
+    }
     out.timings.prefill = start.elapsed();
 
     on_event(GenerateEvent::Phase(Phase::Decode));
