@@ -756,6 +756,7 @@ fn bf16_follows_f32_on_the_tiny_cases() {
         );
     }
 }
+
 /// Tolerance of a bf16 run against the reference's f32 logits: `max|a - b| / max(1, max|b|)`.
 /// bf16 keeps 8 significant bits (relative rounding 2^-9 ~ 2e-3 per value); activations are
 /// rounded after every matmul, residual add and norm, and the errors add up through SAM, CLIP,
@@ -828,9 +829,11 @@ fn teacher_forced(
     };
     for (i, (&got, &want)) in ours_ids.iter().zip(forced).enumerate() {
         // Without the reference's logits at a step, any flip counts as unexplained.
-        let margin = (i < top.size()[0] as usize)
-            .then(|| top.double_value(&[i as i64, 0]) - top.double_value(&[i as i64, 1]))
-            .unwrap_or(f64::INFINITY);
+        let margin = if i < top.size()[0] as usize {
+            top.double_value(&[i as i64, 0]) - top.double_value(&[i as i64, 1])
+        } else {
+            f64::INFINITY
+        };
         if got == want {
             check.agree += 1;
         } else if margin > 2.0 * abs_err {
