@@ -106,7 +106,7 @@ impl Workers {
                 self.rt.spawn(hub::download(tx, repo, revision, cancel));
             }
             Job::Ocr(_) => tx.send(Action::OcrFinished(Err(Some(
-                "the OCR engine is not part of this build yet; use a newer dsocr".to_string(),
+                "OCR is not connected to the dashboard yet: run `dsocr ocr IMAGE` in a shell".to_string(),
             )))),
         }
     }
