@@ -464,6 +464,8 @@ fn seeded_weights_follow_the_fixture_rule() {
     // Draws for a small config, replayed here by hand: sorted names, one generator.
     let cfg = Config::from_file(&fixtures().join("tiny-model/config.json")).expect("config");
     let w = Weights::seeded(&cfg, 7, Kind::Float, Device::Cpu).expect("seeded");
+    // Other tests of this binary draw from the same global generator at the same time.
+    let rng = dsocr::ocr::weights::lock_global_rng();
     tch::manual_seed(7);
     for (name, shape) in expected_shapes(&cfg) {
         let z = Tensor::randn(&shape, (Kind::Float, Device::Cpu));
@@ -479,6 +481,7 @@ fn seeded_weights_follow_the_fixture_rule() {
         };
         assert!(got.equal(&want), "{name} differs from the seeded rule");
     }
+    drop(rng);
     let bf16 = Weights::seeded(&cfg, 7, Kind::BFloat16, Device::Cpu).expect("seeded bf16");
     let a = bf16.get("lm_head.weight").expect("lm_head");
     let b = w

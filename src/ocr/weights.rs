@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
@@ -28,6 +28,18 @@ pub type ShapeMap = BTreeMap<String, Vec<i64>>;
 #[derive(Clone, Default)]
 pub struct KeepAlive {
     _maps: Vec<Arc<Mmap>>,
+}
+
+/// libtorch's default CPU generator is shared by the whole process: a seeded draw interleaved
+/// with another thread's draws yields other numbers. Whoever seeds it and draws a reproducible
+/// sequence holds this lock for the whole sequence ([`Weights::seeded`] does).
+static GLOBAL_RNG: Mutex<()> = Mutex::new(());
+
+/// Take the process-wide lock on libtorch's default generator (see [`Weights::seeded`]).
+pub fn lock_global_rng() -> MutexGuard<'static, ()> {
+    GLOBAL_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Tensors of one checkpoint, keyed by checkpoint name (`model.sam_model.blocks.0.attn.qkv.weight`).
@@ -291,7 +303,10 @@ impl Weights {
     /// [`expected_shapes`] in sorted-name order drawn as `z = randn(shape, f32)` and mapped:
     /// a 1-D `*weight` -> `1 + 0.1 z`; other 1-D -> `0.02 z`; `model.embed_tokens.weight` -> `z`;
     /// anything else -> `z / sqrt(prod(shape[1:]))`. Then converted to `kind` on `device`.
+    ///
+    /// Holds [`lock_global_rng`] while drawing, so concurrent seeded loads give the same numbers.
     pub fn seeded(cfg: &Config, seed: i64, kind: Kind, device: Device) -> Result<Self> {
+        let _rng = lock_global_rng();
         tch::manual_seed(seed);
         let shapes = expected_shapes(cfg);
         let mut tensors = HashMap::with_capacity(shapes.len());

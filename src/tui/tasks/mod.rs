@@ -106,7 +106,8 @@ impl Workers {
                 self.rt.spawn(hub::download(tx, repo, revision, cancel));
             }
             Job::Ocr(_) => tx.send(Action::OcrFinished(Err(Some(
-                "OCR is not connected to the dashboard yet: run `dsocr ocr IMAGE` in a shell".to_string(),
+                "OCR is not connected to the dashboard yet: run `dsocr ocr IMAGE` in a shell"
+                    .to_string(),
             )))),
         }
     }
