@@ -572,21 +572,20 @@ fn prompt_image_tokens_must_match_the_features() {
     if let Some(i) = input.image_mask.iter().position(|&m| m) {
         input.image_mask[i] = false;
     }
-    let err = model
-        .input_embeds(&input, &images)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let error_of = |input: &_| {
+        model
+            .input_embeds(input, &images)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let err = error_of(&input);
     assert!(
         err.contains("272 image tokens") && err.contains("273"),
         "{err}"
     );
     input.input_ids[0] = 100_000;
-    let err = model
-        .input_embeds(&input, &images)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let err = error_of(&input);
     assert!(
         err.contains("100000") && err.contains("vocabulary"),
         "{err}"

@@ -60,6 +60,22 @@ impl Home {
         cmd.args(args);
         cmd
     }
+    /// Run `dsocr ARGS` with `input` on its standard input; its output once it exits.
+    async fn dsocr_with_stdin(&self, args: &[&str], input: &str) -> std::process::Output {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = self.dsocr(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn dsocr");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .expect("write stdin");
+        drop(stdin);
+        child.wait_with_output().await.expect("dsocr output")
+    }
     fn python(&self, code: &str) -> tokio::process::Command {
         let python = std::env::var("DSOCR_PYTHON").unwrap_or_else(|_| {
             panic!("DSOCR_PYTHON is not set: source scripts/env.sh (it installs huggingface_hub in the venv and exports DSOCR_PYTHON) before running the hub tests")
@@ -837,42 +853,24 @@ async fn cli_doctor_json_and_exit_code() {
 async fn cli_login_whoami_auth_logout() {
     let hub = hub(Access::Public).await;
     let home = Home::new(&hub.endpoint);
-    let mut login = home.dsocr(&["login", "--token-stdin"]);
-    login
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().expect("login");
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(format!("{}\n", mock::TOKEN_INVALID).as_bytes())
-            .await
-            .expect("write");
-    }
-    let out = child.wait_with_output().await.expect("login output");
+    let out = home
+        .dsocr_with_stdin(
+            &["login", "--token-stdin"],
+            &format!("{}\n", mock::TOKEN_INVALID),
+        )
+        .await;
     assert_eq!(out.status.code(), Some(1), "an invalid token is refused");
     assert!(
         !home.env().token_path.exists(),
         "nothing saved for a refused token"
     );
 
-    let mut login = home.dsocr(&["login", "--token-stdin"]);
-    login
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().expect("login");
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(format!("{}\n", mock::TOKEN_GRANTED).as_bytes())
-            .await
-            .expect("write");
-    }
-    let out = child.wait_with_output().await.expect("login output");
+    let out = home
+        .dsocr_with_stdin(
+            &["login", "--token-stdin"],
+            &format!("{}\n", mock::TOKEN_GRANTED),
+        )
+        .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
@@ -1033,21 +1031,13 @@ print(list(scan_cache_dir().repos)[0].size_on_disk)
 async fn tokens_interoperate_with_python_both_ways() {
     let hub = hub(Access::Public).await;
     let home = Home::new(&hub.endpoint);
-    let mut login = home.dsocr(&["login", "--token-stdin", "--name", "from-dsocr"]);
-    login
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().expect("login");
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(mock::TOKEN_GRANTED.as_bytes())
-            .await
-            .expect("write");
-    }
-    assert_eq!(child.wait().await.expect("login").code(), Some(0));
+    let out = home
+        .dsocr_with_stdin(
+            &["login", "--token-stdin", "--name", "from-dsocr"],
+            mock::TOKEN_GRANTED,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0));
     let out = python_ok(
         &home,
         r#"
