@@ -10,14 +10,8 @@ use dsocr::ocr::prompt::{PromptTokenizer, SpecialIds};
 use image::RgbImage;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+mod common;
+use common::{fixtures, make_model, read_json};
 
 fn u32s(v: &Value) -> Vec<u32> {
     v.as_array()
@@ -448,39 +442,6 @@ fn grounding_matches_the_reference() {
 // ---------------------------------------------------------------------------------------------
 // End to end: the built `dsocr ocr` binary on a model folder made here.
 
-/// A model folder: the tiny architecture with the real vocabulary size (so the fixture
-/// tokenizer's ids fit), the fixture tokenizer and seeded weights written as safetensors.
-fn make_model(dir: &Path) {
-    use dsocr::ocr::{Config, weights::Weights};
-    std::fs::create_dir_all(dir).expect("model dir");
-    let mut cfg = read_json(&fixtures().join("tiny-model/config.json"));
-    let real = read_json(&fixtures().join("real-checkpoint/config.json"));
-    cfg["language_config"]["vocab_size"] = real["language_config"]["vocab_size"].clone();
-    // The real model has no image_token_id key: `<image>` (128815) is used.
-    cfg.as_object_mut()
-        .expect("object")
-        .remove("image_token_id");
-    let text = serde_json::to_string_pretty(&cfg).expect("json");
-    std::fs::write(dir.join("config.json"), &text).expect("config");
-    std::fs::copy(
-        fixtures().join("tokenizer/tokenizer.json"),
-        dir.join("tokenizer.json"),
-    )
-    .expect("tokenizer");
-    let config = Config::from_json(&text).expect("valid config");
-    let weights = Weights::seeded(&config, 1234, tch::Kind::BFloat16, tch::Device::Cpu)
-        .expect("seeded weights");
-    let tensors: Vec<(String, tch::Tensor)> = weights
-        .shapes()
-        .into_keys()
-        .map(|name| {
-            let t = weights.get(&name).expect("tensor");
-            (name, t)
-        })
-        .collect();
-    tch::Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).expect("write");
-}
-
 struct Run {
     code: i32,
     stdout: String,
@@ -679,5 +640,96 @@ fn ocr_command_end_to_end() {
         assert_ne!(run.code, 0, "{args:?}");
         assert!(run.stderr.contains(expect), "{args:?}: {}", run.stderr);
     }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The library session the CLI and the dashboard share.
+
+#[test]
+fn session_streams_phases_and_text_and_cancels_between_tokens() {
+    use dsocr::ocr::OcrError;
+    use dsocr::ocr::session::{Event, Phase, RunOptions, Session};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let root = scratch("session");
+    let model = root.join("model");
+    make_model(&model);
+    let session = Session::load(&model, tch::Device::Cpu, tch::Kind::Float).expect("session loads");
+    let page = fixtures().join("preprocess/sources/letter-1275x1650.png");
+    let opts = RunOptions {
+        mode: Mode::Base,
+        max_new_tokens: 10,
+        ..RunOptions::default()
+    };
+
+    // A whole run: phases in order, one text event per token, pieces adding up to the output.
+    let cancel = AtomicBool::new(false);
+    let mut events = Vec::new();
+    let out = session
+        .run(&page, &opts, &cancel, |e| events.push(e))
+        .expect("run");
+    let phases: Vec<Phase> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Phase(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Preprocess,
+            Phase::Vision,
+            Phase::Prefill,
+            Phase::Decode
+        ]
+    );
+    let prepared = events.iter().find_map(|e| match e {
+        Event::Prepared(p) => Some(*p),
+        _ => None,
+    });
+    let prepared = prepared.expect("a Prepared event");
+    assert_eq!((prepared.width, prepared.height), (1275, 1650));
+    assert_eq!(prepared.image_tokens, 273);
+    let texts: Vec<(String, usize)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Text { piece, tokens, .. } => Some((piece.clone(), *tokens)),
+            _ => None,
+        })
+        .collect();
+    let counts: Vec<usize> = texts.iter().map(|t| t.1).collect();
+    assert_eq!(&counts[..10], &(1..=10).collect::<Vec<_>>()[..]);
+    assert_eq!(out.generation.tokens.len(), 10);
+    assert!(out.hit_token_limit());
+    let streamed: String = texts.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(streamed, out.raw, "streamed pieces != the one-shot decode");
+    let written = out.write(&root.join("out")).expect("write");
+    assert_eq!(written.generated_tokens, 10);
+    assert_eq!(
+        std::fs::read_to_string(root.join("out/result_raw.txt")).expect("raw"),
+        out.raw
+    );
+
+    // Cancelled after the third token: no fourth token, a typed Cancelled.
+    let cancel = AtomicBool::new(false);
+    let mut tokens = 0;
+    let result = session.run(&page, &opts, &cancel, |e| {
+        if let Event::Text { tokens: n, .. } = e {
+            tokens = n;
+            if n == 3 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    assert!(matches!(result, Err(OcrError::Cancelled)), "{result:?}");
+    assert_eq!(tokens, 3);
+
+    // Cancelled before it starts: nothing runs.
+    let mut events = 0;
+    let result = session.run(&page, &opts, &cancel, |_| events += 1);
+    assert!(matches!(result, Err(OcrError::Cancelled)));
+    assert_eq!(events, 0);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -12,6 +12,12 @@ pub enum OcrError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}; check the folder exists and is writable")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid model config {path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("weights file {path}: {message}")]

@@ -4,7 +4,8 @@
 //! `vision` (SAM ViT-B + CLIP-L + projector + image-token layout) and `decoder` (DeepSeek-V2 MoE
 //! language model with a KV cache) -> `model` (the two joined: prefill with image features
 //! scattered into the embeddings) -> `generate` (greedy decoding, no-repeat-ngram, cancel,
-//! streaming callback).
+//! streaming callback) -> `session` (model + tokenizer loaded once; one image: preprocess,
+//! generate with streamed text and a cancel flag, grounding, output files).
 
 pub mod config;
 pub mod decoder;
@@ -15,6 +16,7 @@ pub mod grounding;
 pub mod model;
 pub mod preprocess;
 pub mod prompt;
+pub mod session;
 pub mod vision;
 pub mod weights;
 

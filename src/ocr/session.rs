@@ -1,0 +1,535 @@
+//! One loaded model and its tokenizer, and the per-image run every front end uses: load and
+//! preprocess the image, build the prompt, generate with a cancel flag while streaming text
+//! through a callback, then parse the grounding spans; [`OcrOutput::write`] writes the
+//! reference's output files.
+//!
+//! ```no_run
+//! # use std::sync::atomic::AtomicBool;
+//! # use dsocr::ocr::session::{Event, RunOptions, Session};
+//! # fn demo() -> dsocr::ocr::Result<()> {
+//! let session = Session::load(
+//!     "DeepSeek-OCR".as_ref(),
+//!     tch::Device::Cpu,
+//!     tch::Kind::Float,
+//! )?;
+//! let cancel = AtomicBool::new(false);
+//! let out = session.run("page.png".as_ref(), &RunOptions::default(), &cancel, |ev| {
+//!     if let Event::Text { piece, .. } = ev {
+//!         print!("{piece}");
+//!     }
+//! })?;
+//! out.write("out/page".as_ref())?;
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use serde::Serialize;
+use tch::{Device, Kind};
+
+use super::error::{OcrError, Result};
+use super::generate::{
+    GenerateEvent, GenerateOptions, GenerateOutput, NoRepeatNgram, StopReason, generate,
+};
+use super::grounding::{self, LabeledBox};
+use super::model::{DeepseekOcr, ImageInput, PreparedInput};
+use super::preprocess::{self, DEFAULT_MAX_TILES, Mode};
+use super::prompt::{EOS_TEXT, Preset, PromptTokenizer, SpecialIds, StreamDecoder};
+
+/// A phase of one image's run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Decoding the image file and building the model's views and the prompt.
+    Preprocess,
+    /// The vision encoders.
+    Vision,
+    /// The prompt through the language model.
+    Prefill,
+    /// Token by token.
+    Decode,
+}
+
+/// What the image and prompt became before the model ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    /// Size of the (oriented) image in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `[tiles across, tiles down]`.
+    pub spatial_crop: [u32; 2],
+    /// Length of the image's placeholder run.
+    pub image_tokens: usize,
+    /// Length of the whole prompt in tokens.
+    pub prompt_tokens: usize,
+    /// Time spent loading and preprocessing.
+    pub elapsed: Duration,
+}
+
+/// What [`Session::run`] reports while it works.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A phase begins.
+    Phase(Phase),
+    /// Preprocessing is done.
+    Prepared(Prepared),
+    /// A token was generated. `piece` is the text it completed (empty while a character is
+    /// still incomplete; the end-of-sentence marker is never streamed, as in the reference).
+    /// The last event of a run may carry text without a new token (the decoder's remainder).
+    Text {
+        /// New text.
+        piece: String,
+        /// Tokens generated so far.
+        tokens: usize,
+        /// Time since decoding began.
+        decode_elapsed: Duration,
+    },
+}
+
+/// How to run one image.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Resolution mode.
+    pub mode: Mode,
+    /// Most tiles in Gundam mode.
+    pub max_tiles: u32,
+    /// The prompt (with `<image>`).
+    pub prompt: String,
+    /// Stop after this many new tokens.
+    pub max_new_tokens: usize,
+    /// The repetition rule (`None`: plain greedy).
+    pub no_repeat_ngram: Option<NoRepeatNgram>,
+    /// Leave special tokens (grounding tags) out of the streamed text.
+    pub skip_special: bool,
+}
+
+impl Default for RunOptions {
+    /// Gundam mode, the document preset, 8192 tokens, the official repetition rule, tags kept.
+    fn default() -> Self {
+        Self {
+            mode: Mode::Gundam,
+            max_tiles: DEFAULT_MAX_TILES,
+            prompt: Preset::Document.prompt(),
+            max_new_tokens: 8192,
+            no_repeat_ngram: Some(NoRepeatNgram::default()),
+            skip_special: false,
+        }
+    }
+}
+
+/// A model and tokenizer loaded once, run on any number of images.
+pub struct Session {
+    model: DeepseekOcr,
+    tokenizer: PromptTokenizer,
+    dir: PathBuf,
+}
+
+impl Session {
+    /// Check that `dir` holds a model (config.json, tokenizer.json, *.safetensors), then load
+    /// the tokenizer and the weights in `kind` on `device`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        check_model_dir(dir)?;
+        let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let model = DeepseekOcr::load(dir, device, kind)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The model folder this session was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The loaded model.
+    pub fn model(&self) -> &DeepseekOcr {
+        &self.model
+    }
+
+    /// The loaded tokenizer.
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
+    /// OCR one image: preprocess, vision, prefill and greedy decoding, reporting phases and
+    /// streamed text to `on_event`. `cancel` is checked between phases and before every token;
+    /// once it is set the run stops and returns [`OcrError::Cancelled`].
+    pub fn run(
+        &self,
+        image: &Path,
+        opts: &RunOptions,
+        cancel: &AtomicBool,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<OcrOutput> {
+        let cancelled = || cancel.load(Ordering::Relaxed);
+        if cancelled() {
+            return Err(OcrError::Cancelled);
+        }
+        on_event(Event::Phase(Phase::Preprocess));
+        let start = Instant::now();
+        let original = preprocess::load_image(image)?;
+        let views = preprocess::preprocess(&original, opts.mode, opts.max_tiles);
+        let input = self.prepare(&views, &opts.prompt)?;
+        on_event(Event::Prepared(Prepared {
+            width: original.width(),
+            height: original.height(),
+            spatial_crop: views.spatial_crop,
+            image_tokens: views.num_image_tokens,
+            prompt_tokens: input.input_ids.len(),
+            elapsed: start.elapsed(),
+        }));
+        if cancelled() {
+            return Err(OcrError::Cancelled);
+        }
+        let gen_opts = GenerateOptions {
+            max_new_tokens: opts.max_new_tokens,
+            no_repeat_ngram: opts.no_repeat_ngram.clone(),
+            ..GenerateOptions::default()
+        };
+        let mut streamer = Streamer::new(
+            self.tokenizer.stream(opts.skip_special),
+            self.model.config.language_config.eos_token_id,
+        );
+        let generation = generate(
+            &self.model,
+            &input,
+            &gen_opts,
+            cancel,
+            |event| match event {
+                GenerateEvent::Phase(p) => on_event(Event::Phase(match p {
+                    super::generate::Phase::Vision => Phase::Vision,
+                    super::generate::Phase::Prefill => Phase::Prefill,
+                    super::generate::Phase::Decode => {
+                        streamer.decode_start = Some(Instant::now());
+                        Phase::Decode
+                    }
+                })),
+                GenerateEvent::Token(id) => {
+                    if let Some(ev) = streamer.token(id) {
+                        on_event(ev);
+                    }
+                }
+            },
+        )?;
+        if generation.stop == StopReason::Cancelled {
+            return Err(OcrError::Cancelled);
+        }
+        if let Some(ev) = streamer.finish()? {
+            on_event(ev);
+        }
+        self.finish(image, original, opts.mode, &views, generation)
+    }
+
+    /// Prompt ids and pixel tensors for one image's views.
+    fn prepare(&self, views: &preprocess::Views, prompt: &str) -> Result<PreparedInput> {
+        let config = &self.model.config;
+        let special = SpecialIds {
+            bos: config.language_config.bos_token_id,
+            image: config.image_token_id(),
+        };
+        let ids = self
+            .tokenizer
+            .build(prompt, &[views.num_image_tokens], special)?;
+        Ok(PreparedInput {
+            input_ids: ids.input_ids,
+            image_mask: ids.images_seq_mask,
+            images: vec![ImageInput {
+                global: views.global_tensor(Kind::Float, Device::Cpu),
+                tiles: views.tiles_tensor(Kind::Float, Device::Cpu),
+                spatial_crop: views.spatial_crop.map(i64::from),
+            }],
+        })
+    }
+
+    /// Decode the tokens and parse the grounding spans as the reference does.
+    fn finish(
+        &self,
+        image: &Path,
+        original: RgbImage,
+        mode: Mode,
+        views: &preprocess::Views,
+        generation: GenerateOutput,
+    ) -> Result<OcrOutput> {
+        let ids: Vec<u32> = generation
+            .tokens
+            .iter()
+            .filter_map(|&t| u32::try_from(t).ok())
+            .collect();
+        let raw = self.tokenizer.decode(&ids, false)?;
+        // As the reference: drop the EOS marker, strip, then parse spans and clean up.
+        let text = raw.strip_suffix(EOS_TEXT).unwrap_or(&raw).trim();
+        let spans = grounding::find_spans(text);
+        let markdown = grounding::markdown(text, &spans);
+        let boxes = grounding::boxes(&spans, original.width(), original.height());
+        Ok(OcrOutput {
+            image: image.to_path_buf(),
+            original,
+            mode,
+            spatial_crop: views.spatial_crop,
+            image_tokens: views.num_image_tokens,
+            raw,
+            markdown,
+            boxes,
+            generation,
+        })
+    }
+}
+
+/// A missing piece of a model folder is an error that names it.
+fn check_model_dir(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| OcrError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let has_weights = entries
+        .filter_map(std::result::Result::ok)
+        .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"));
+    for (ok, what) in [
+        (dir.join("config.json").is_file(), "config.json"),
+        (dir.join("tokenizer.json").is_file(), "tokenizer.json"),
+        (has_weights, "*.safetensors weights"),
+    ] {
+        if !ok {
+            return Err(OcrError::Invalid(format!(
+                "the model folder {} has no {what}; it needs config.json, tokenizer.json and \
+                 *.safetensors",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Turns generated ids into [`Event::Text`]s; keeps the first decoding error for the end.
+struct Streamer<'a> {
+    stream: StreamDecoder<'a>,
+    eos: i64,
+    tokens: usize,
+    decode_start: Option<Instant>,
+    error: Option<OcrError>,
+}
+
+impl<'a> Streamer<'a> {
+    fn new(stream: StreamDecoder<'a>, eos: i64) -> Self {
+        Self {
+            stream,
+            eos,
+            tokens: 0,
+            decode_start: None,
+            error: None,
+        }
+    }
+
+    fn event(&self, piece: String) -> Event {
+        Event::Text {
+            piece,
+            tokens: self.tokens,
+            decode_elapsed: self.decode_start.map_or(Duration::ZERO, |s| s.elapsed()),
+        }
+    }
+
+    fn token(&mut self, id: i64) -> Option<Event> {
+        self.tokens += 1;
+        // The reference's streamer does not print the end-of-sentence marker.
+        if id == self.eos || self.error.is_some() {
+            return Some(self.event(String::new()));
+        }
+        let piece = match u32::try_from(id) {
+            Ok(id) => self.stream.push(id).map_err(OcrError::from),
+            Err(_) => Err(OcrError::Invalid(format!(
+                "the model produced an invalid token id {id}"
+            ))),
+        };
+        match piece {
+            Ok(p) => Some(self.event(p.unwrap_or_default())),
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+
+    /// The decoder's remainder as a last event, or the first error.
+    fn finish(mut self) -> Result<Option<Event>> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        Ok(self.stream.finish()?.map(|rest| self.event(rest)))
+    }
+}
+
+/// The result of one image.
+#[derive(Debug)]
+pub struct OcrOutput {
+    /// The input file.
+    pub image: PathBuf,
+    /// The image as loaded (oriented, RGB).
+    pub original: RgbImage,
+    /// The resolution mode used.
+    pub mode: Mode,
+    /// `[tiles across, tiles down]`.
+    pub spatial_crop: [u32; 2],
+    /// Length of the image's placeholder run.
+    pub image_tokens: usize,
+    /// Every generated token decoded with special tokens (EOS marker included).
+    pub raw: String,
+    /// The reference's cleaned-up markdown.
+    pub markdown: String,
+    /// Grounding boxes scaled to the original image.
+    pub boxes: Vec<LabeledBox>,
+    /// Tokens, why generation stopped, and the phase timings.
+    pub generation: GenerateOutput,
+}
+
+impl OcrOutput {
+    /// Decode speed: tokens after the first (which comes from the prefill) per decode second.
+    pub fn tokens_per_second(&self) -> f64 {
+        let n = self.generation.tokens.len();
+        self.generation
+            .timings
+            .tokens_per_second(n.saturating_sub(1))
+    }
+
+    /// Whether generation hit the token limit without end of sentence (usually a loop).
+    pub fn hit_token_limit(&self) -> bool {
+        self.generation.stop == StopReason::MaxTokens
+    }
+
+    /// The report for outputs in `out_dir`; `crops` holds, for each `image` box in order, the
+    /// number of its crop file (`None`: empty crop, no file).
+    fn report(&self, out_dir: &Path, crops: &[Option<usize>]) -> Report {
+        let timings = &self.generation.timings;
+        let mut crops = crops.iter().copied();
+        let boxes = self
+            .boxes
+            .iter()
+            .map(|b| BoxReport {
+                bbox: b.clone(),
+                crop: (b.label == "image")
+                    .then(|| crops.next().flatten())
+                    .flatten()
+                    .map(|i| format!("images/{i}.jpg")),
+            })
+            .collect();
+        Report {
+            image: self.image.clone(),
+            output_dir: out_dir.to_path_buf(),
+            width: self.original.width(),
+            height: self.original.height(),
+            mode: self.mode.to_string(),
+            spatial_crop: self.spatial_crop,
+            image_tokens: self.image_tokens,
+            prompt_tokens: self.generation.prompt_tokens,
+            generated_tokens: self.generation.tokens.len(),
+            stop: match self.generation.stop {
+                StopReason::Eos => "eos",
+                StopReason::MaxTokens => "max_tokens",
+                StopReason::Cancelled => "cancelled",
+            },
+            hit_token_limit: self.hit_token_limit(),
+            vision_s: timings.vision.as_secs_f64(),
+            prefill_s: timings.prefill.as_secs_f64(),
+            decode_s: timings.decode.as_secs_f64(),
+            tokens_per_s: self.tokens_per_second(),
+            markdown: self.markdown.clone(),
+            boxes,
+        }
+    }
+
+    /// Write the reference's outputs into `out_dir` (created if needed): `result_raw.txt`,
+    /// `result.mmd`, `result_with_boxes.jpg`, `images/N.jpg` (one per `image` box) and
+    /// `boxes.json` (the returned [`Report`]).
+    pub fn write(&self, out_dir: &Path) -> Result<Report> {
+        let images_dir = out_dir.join("images");
+        std::fs::create_dir_all(&images_dir).map_err(|e| write_error(&images_dir, e))?;
+        let write = |name: &str, bytes: &[u8]| {
+            let path = out_dir.join(name);
+            std::fs::write(&path, bytes).map_err(|e| write_error(&path, e))
+        };
+        write("result_raw.txt", self.raw.as_bytes())?;
+        write("result.mmd", self.markdown.as_bytes())?;
+        let mut crops = Vec::new();
+        for (i, crop) in grounding::image_crops(&self.original, &self.boxes) {
+            if let Some(crop) = &crop {
+                save_jpeg(crop, &out_dir.join(format!("images/{i}.jpg")))?;
+            }
+            crops.push(crop.map(|_| i));
+        }
+        save_jpeg(
+            &grounding::annotate(&self.original, &self.boxes),
+            &out_dir.join("result_with_boxes.jpg"),
+        )?;
+        let report = self.report(out_dir, &crops);
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| write_error(&out_dir.join("boxes.json"), std::io::Error::other(e)))?;
+        write("boxes.json", json.as_bytes())?;
+        Ok(report)
+    }
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> OcrError {
+    OcrError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn save_jpeg(img: &RgbImage, path: &Path) -> Result<()> {
+    img.save_with_format(path, image::ImageFormat::Jpeg)
+        .map_err(|e| write_error(path, std::io::Error::other(e)))
+}
+
+/// One image's result as `boxes.json` holds it (and `dsocr ocr --format json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The input file.
+    pub image: PathBuf,
+    /// Where the outputs went.
+    pub output_dir: PathBuf,
+    /// Image width in pixels.
+    pub width: u32,
+    /// Image height in pixels.
+    pub height: u32,
+    /// Resolution mode.
+    pub mode: String,
+    /// `[tiles across, tiles down]`.
+    pub spatial_crop: [u32; 2],
+    /// Length of the image's placeholder run.
+    pub image_tokens: usize,
+    /// Length of the prompt in tokens.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// `eos`, `max_tokens` or `cancelled`.
+    pub stop: &'static str,
+    /// True when generation hit the token limit without EOS (usually a repetition loop).
+    pub hit_token_limit: bool,
+    /// Vision time in seconds.
+    pub vision_s: f64,
+    /// Prefill time in seconds.
+    pub prefill_s: f64,
+    /// Decode time in seconds.
+    pub decode_s: f64,
+    /// Decode speed.
+    pub tokens_per_s: f64,
+    /// The cleaned-up markdown.
+    pub markdown: String,
+    /// Every grounding box.
+    pub boxes: Vec<BoxReport>,
+}
+
+/// A box plus the crop file written for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoxReport {
+    /// The box.
+    #[serde(flatten)]
+    pub bbox: LabeledBox,
+    /// `images/N.jpg` for `image` boxes with a non-empty crop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop: Option<String>,
+}
