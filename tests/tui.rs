@@ -12,6 +12,8 @@ use dsocr::tui::state::*;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
+mod common;
+
 const TOKEN: &str = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 
 fn colors() -> ColorEnv {
@@ -656,6 +658,9 @@ fn ocr_run_request_and_streaming() {
             image: "scan.jpg".into(),
             mode: dsocr::ocr::preprocess::Mode::Gundam,
             prompt: "<image>\n<|grounding|>OCR this image.".to_string(),
+            max_new_tokens: 8192,
+            device: "auto".to_string(),
+            dtype: None,
         })]
     );
     assert_eq!(a.ocr.run, OcrRun::Running(OcrPhase::Load));
@@ -782,6 +787,35 @@ fn config_file_rebinds_keys() {
     );
     assert!(a.quit);
     assert!(a.available(Command::Help));
+
+    // [ocr] settings reach the run request.
+    let mut a = app();
+    a.settings = Settings::from_toml(
+        "[ocr]\ndevice = \"cpu\"\ndtype = \"bf16\"\nmax_new_tokens = 64\n",
+        colors(),
+    );
+    assert!(a.settings.warnings.is_empty(), "{:?}", a.settings.warnings);
+    a.ocr.input = "page.png".to_string();
+    a.focus = Pane::Ocr;
+    match drive(&mut a, [ch('r')]).as_slice() {
+        [Job::Ocr(req)] => {
+            assert_eq!(
+                (
+                    req.device.as_str(),
+                    req.dtype.as_deref(),
+                    req.max_new_tokens
+                ),
+                ("cpu", Some("bf16"), 64)
+            );
+        }
+        other => panic!("expected one OCR job, got {other:?}"),
+    }
+    let bad = Settings::from_toml("[ocr]\nthreads = 3\n", colors());
+    assert!(
+        bad.warnings.iter().any(|w| w.contains("threads")),
+        "{:?}",
+        bad.warnings
+    );
 }
 
 #[test]
@@ -803,6 +837,131 @@ fn event_loop_applies_queued_actions_and_dispatches_jobs() {
     assert_eq!(jobs, vec![Job::RefreshLogin(DEFAULT_MODEL.to_string())]);
     assert!(stats.frames >= 1);
     assert!(term.backend().to_string().contains("alice"));
+}
+
+// ---- the real model thread ------------------------------------------------------------------
+
+/// Actions from the workers until (and including) the next `OcrFinished`.
+fn until_finished(rx: &mpsc::Receiver<Action>) -> Vec<Action> {
+    let mut got = Vec::new();
+    loop {
+        let a = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("no OcrFinished ({e}); got {got:?}"));
+        let done = matches!(a, Action::OcrFinished(_));
+        got.push(a);
+        if done {
+            return got;
+        }
+    }
+}
+
+fn phases(actions: &[Action]) -> Vec<OcrPhase> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::OcrPhase(p) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn model_thread_streams_reuses_the_session_and_cancels() {
+    let dir = std::env::temp_dir().join(format!("dsocr-tui-model-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = dir.join("model");
+    common::make_model(&model);
+    let (tx, rx) = mpsc::channel();
+    let mut workers =
+        dsocr::tui::tasks::Workers::new(dsocr::tui::action::ActionSender(tx)).expect("workers");
+    let request = |max_new_tokens| OcrRequest {
+        model: ModelSource::Folder(model.clone()),
+        image: common::fixtures().join("preprocess/sources/letter-1275x1650.png"),
+        mode: dsocr::ocr::preprocess::Mode::Base,
+        prompt: "<image>\nFree OCR.".to_string(),
+        max_new_tokens,
+        device: "cpu".to_string(),
+        dtype: None,
+    };
+
+    // First run: loads, then every phase in order, one text action per token.
+    workers.dispatch(Job::Ocr(request(8)));
+    let got = until_finished(&rx);
+    assert_eq!(
+        phases(&got),
+        [
+            OcrPhase::Load,
+            OcrPhase::Preprocess,
+            OcrPhase::Vision,
+            OcrPhase::Prefill,
+            OcrPhase::Decode
+        ]
+    );
+    let tokens: Vec<usize> = got
+        .iter()
+        .filter_map(|a| match a {
+            Action::OcrText { tokens, .. } => Some(*tokens),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens.first(), Some(&1));
+    assert_eq!(tokens.last(), Some(&8), "{tokens:?}");
+    assert!(
+        matches!(got.last(), Some(Action::OcrFinished(Ok(_)))),
+        "{got:?}"
+    );
+    // The app shows it: text, 8 tokens, a speed, done.
+    let mut a = logged_in();
+    a.ocr.input = "page.png".to_string();
+    a.focus = Pane::Ocr;
+    drive(&mut a, [ch('r')]);
+    drive(&mut a, got);
+    assert_eq!(a.ocr.run, OcrRun::Done);
+    assert_eq!(a.ocr.tokens, 8);
+    assert!(!a.ocr.output.is_empty());
+    assert!(a.ocr.tokens_per_sec().is_some_and(|s| s > 0.0));
+
+    // Second run on the same model: no load phase.
+    workers.dispatch(Job::Ocr(request(4)));
+    let got = until_finished(&rx);
+    assert_eq!(phases(&got)[0], OcrPhase::Preprocess, "{got:?}");
+
+    // A long run cancelled once text streams: stops with a typed cancel, promptly.
+    workers.dispatch(Job::Ocr(request(4000)));
+    loop {
+        let a = rx.recv_timeout(Duration::from_secs(120)).expect("actions");
+        if matches!(a, Action::OcrText { tokens: 3.., .. }) {
+            break;
+        }
+    }
+    workers.dispatch(Job::CancelOcr);
+    let got = until_finished(&rx);
+    assert!(
+        matches!(got.last(), Some(Action::OcrFinished(Err(None)))),
+        "{got:?}"
+    );
+    let streamed_after = got
+        .iter()
+        .filter(|a| matches!(a, Action::OcrText { .. }))
+        .count();
+    assert!(
+        streamed_after < 100,
+        "{streamed_after} tokens after the cancel"
+    );
+
+    // A repo that is not cached: a message that says what to do.
+    let mut missing = request(4);
+    missing.model = ModelSource::Repo("nobody/no-such-model".to_string());
+    workers.dispatch(Job::Ocr(missing));
+    match until_finished(&rx).last() {
+        Some(Action::OcrFinished(Err(Some(m)))) => {
+            assert!(m.contains("press d in Models"), "{m}")
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    workers.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- end to end, in a real terminal -----------------------------------------------------------

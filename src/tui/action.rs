@@ -174,6 +174,12 @@ pub struct OcrRequest {
     pub mode: crate::ocr::preprocess::Mode,
     /// Prompt text (with `<image>`).
     pub prompt: String,
+    /// Stop after this many new tokens.
+    pub max_new_tokens: usize,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `bf16`, `f16` or `f32`; `None`: bf16 on CUDA, f32 on CPU.
+    pub dtype: Option<String>,
 }
 
 /// The sending half that workers hold. A send to a closed dashboard is dropped silently: the

@@ -287,6 +287,9 @@ impl App {
             },
             Action::Tick => {
                 self.ticks = self.ticks.wrapping_add(1);
+                if let (true, Some(started)) = (self.ocr.is_running(), self.ocr.started) {
+                    self.ocr.elapsed = self.ocr.elapsed.max(started.elapsed());
+                }
                 Vec::new()
             }
             other => self.on_result(other),
@@ -527,6 +530,9 @@ impl App {
                 image: PathBuf::from(self.ocr.input.trim()),
                 mode: self.ocr.mode(),
                 prompt: self.prompt(),
+                max_new_tokens: self.settings.ocr.max_new_tokens,
+                device: self.settings.ocr.device.clone(),
+                dtype: self.settings.ocr.dtype.clone(),
             })),
             CancelOcr => vec![Job::CancelOcr],
             Copy => {
@@ -568,6 +574,7 @@ impl App {
                 self.ocr.scroll = 0;
                 self.ocr.elapsed = Default::default();
                 self.ocr.decode_elapsed = Default::default();
+                self.ocr.started = Some(std::time::Instant::now());
                 self.push_log(format!(
                     "ocr {} ({}, {})",
                     req.image.display(),
@@ -822,6 +829,7 @@ impl App {
     }
 
     fn on_ocr_finished(&mut self, result: Result<Vec<super::state::BoxView>, Option<String>>) {
+        self.ocr.started = None;
         match result {
             Ok(boxes) => {
                 self.push_log(format!(

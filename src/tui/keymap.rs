@@ -497,6 +497,31 @@ struct ConfigFile {
     keys: HashMap<Command, Vec<String>>,
     #[serde(default)]
     colors: HashMap<String, String>,
+    #[serde(default)]
+    ocr: OcrSettings,
+}
+
+/// `[ocr]` in the config file: how the dashboard runs the model.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OcrSettings {
+    /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `bf16`, `f16` or `f32`; `None`: bf16 on CUDA, f32 on CPU.
+    pub dtype: Option<String>,
+    /// Stop a run after this many new tokens.
+    pub max_new_tokens: usize,
+}
+
+impl Default for OcrSettings {
+    /// `auto`, the device's default dtype, 8192 tokens (as `dsocr ocr`).
+    fn default() -> Self {
+        Self {
+            device: "auto".to_string(),
+            dtype: None,
+            max_new_tokens: 8192,
+        }
+    }
 }
 
 /// What the dashboard runs with: bindings, colours, and the problems found in the user's file.
@@ -506,6 +531,8 @@ pub struct Settings {
     pub keymap: Keymap,
     /// Colours.
     pub theme: Theme,
+    /// How OCR runs.
+    pub ocr: OcrSettings,
     /// One line per problem in the config file (the rest of the file still applies).
     pub warnings: Vec<String>,
 }
@@ -568,6 +595,7 @@ impl Settings {
                 ConfigFile::default()
             }
         };
+        settings.ocr = file.ocr;
         for (cmd, keys) in file.keys {
             let mut parsed = Vec::new();
             for k in keys {

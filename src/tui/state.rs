@@ -2,7 +2,7 @@
 //! Rendering reads these types only; nothing here does I/O.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::progress::Progress;
 use crate::ocr::preprocess::Mode;
@@ -269,7 +269,9 @@ impl Default for ModelsState {
 pub enum OcrPhase {
     /// Loading the weights.
     Load,
-    /// Image preprocessing and the vision towers.
+    /// Reading the image, building its views and the prompt.
+    Preprocess,
+    /// The vision encoders.
     Vision,
     /// Prompt prefill.
     Prefill,
@@ -282,6 +284,7 @@ impl OcrPhase {
     pub fn label(self) -> &'static str {
         match self {
             Self::Load => "load",
+            Self::Preprocess => "preprocess",
             Self::Vision => "vision",
             Self::Prefill => "prefill",
             Self::Decode => "decode",
@@ -341,6 +344,8 @@ pub struct OcrState {
     pub elapsed: Duration,
     /// Time spent decoding (for tokens/s).
     pub decode_elapsed: Duration,
+    /// When the running job was started (keeps the elapsed time moving between events).
+    pub started: Option<Instant>,
     /// Grounding boxes of the finished run.
     pub boxes: Vec<BoxView>,
     /// Selected box.
@@ -366,6 +371,7 @@ impl Default for OcrState {
             tokens: 0,
             elapsed: Duration::ZERO,
             decode_elapsed: Duration::ZERO,
+            started: None,
             boxes: Vec::new(),
             box_cursor: 0,
             preview: None,

@@ -3,10 +3,9 @@
 //! [`ActionSender`] and never the state.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 mod hub;
+mod model;
 
 use tokio_util::sync::CancellationToken;
 
@@ -22,11 +21,11 @@ pub struct Workers {
     tx: ActionSender,
     rt: tokio::runtime::Runtime,
     download_cancel: CancellationToken,
-    ocr_cancel: Arc<AtomicBool>,
+    model: model::ModelWorker,
 }
 
 impl Workers {
-    /// Start the runtime.
+    /// Start the runtime and the model thread.
     pub fn new(tx: ActionSender) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -34,10 +33,10 @@ impl Workers {
             .enable_all()
             .build()?;
         Ok(Self {
+            model: model::ModelWorker::spawn(tx.clone())?,
             tx,
             rt,
             download_cancel: CancellationToken::new(),
-            ocr_cancel: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -76,7 +75,7 @@ impl Workers {
                     });
             }
             Job::CancelDownload => self.download_cancel.cancel(),
-            Job::CancelOcr => self.ocr_cancel.store(true, Ordering::SeqCst),
+            Job::CancelOcr => self.model.cancel(),
             Job::Copy(_) => {} // written to the terminal by the event loop
             Job::RefreshLogin(repo) => {
                 self.rt.spawn(hub::refresh_login(tx, repo));
@@ -105,17 +104,15 @@ impl Workers {
                 let cancel = self.download_cancel.clone();
                 self.rt.spawn(hub::download(tx, repo, revision, cancel));
             }
-            Job::Ocr(_) => tx.send(Action::OcrFinished(Err(Some(
-                "OCR is not connected to the dashboard yet: run `dsocr ocr IMAGE` in a shell"
-                    .to_string(),
-            )))),
+            Job::Ocr(request) => self.model.run(request, &tx),
         }
     }
 
-    /// Ask every job to stop (the dashboard is closing).
+    /// Ask every job to stop (the dashboard is closing). The model thread is not waited for:
+    /// it stops at the next token, or with the process.
     pub fn shutdown(self) {
         self.download_cancel.cancel();
-        self.ocr_cancel.store(true, Ordering::SeqCst);
+        self.model.cancel();
         self.rt.shutdown_background();
     }
 }

@@ -1,0 +1,226 @@
+//! The model thread: it owns the loaded [`Session`] (loaded once, kept while the model folder,
+//! device and dtype stay the same), takes run requests from a channel and reports through
+//! [`Action`]s. libtorch calls block, so this is a plain thread, never the event loop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind};
+
+use crate::hub::HubEnv;
+use crate::hub::cache::RepoPaths;
+use crate::ocr::OcrError;
+use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
+use crate::ocr::session::{self, Event, RunOptions, Session};
+use crate::tui::action::{Action, ActionSender, OcrRequest};
+use crate::tui::state::{ModelSource, OcrPhase};
+
+/// The handle the workers keep: a request queue and the cancel flag of the running job.
+pub struct ModelWorker {
+    requests: Sender<OcrRequest>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl ModelWorker {
+    /// Start the model thread; it ends when this handle is dropped and its job is done.
+    pub fn spawn(tx: ActionSender) -> std::io::Result<Self> {
+        let (requests, rx) = channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        std::thread::Builder::new()
+            .name("dsocr-model".to_string())
+            .spawn(move || serve(&rx, &tx, &flag))?;
+        Ok(Self { requests, cancel })
+    }
+
+    /// Queue a run. The cancel flag is cleared here, before the request is sent, so a cancel
+    /// that follows the request always reaches the run.
+    pub fn run(&self, request: OcrRequest, tx: &ActionSender) {
+        self.cancel.store(false, Ordering::SeqCst);
+        if self.requests.send(request).is_err() {
+            tx.send(Action::OcrFinished(Err(Some(
+                "the model thread has stopped; see the log file, then restart dsocr".to_string(),
+            ))));
+        }
+    }
+
+    /// Ask the running job to stop (checked before every token).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What a loaded session was loaded for.
+#[derive(Debug, Clone, PartialEq)]
+struct LoadKey {
+    dir: PathBuf,
+    device: Device,
+    kind: Kind,
+}
+
+fn serve(rx: &Receiver<OcrRequest>, tx: &ActionSender, cancel: &AtomicBool) {
+    let mut loaded: Option<(LoadKey, Session)> = None;
+    while let Ok(request) = rx.recv() {
+        let start = Instant::now();
+        let result = run_request(&mut loaded, &request, tx, cancel, start);
+        tx.send(Action::OcrFinished(match result {
+            Ok(boxes) => Ok(boxes),
+            Err(Failure::Cancelled) => Err(None),
+            Err(Failure::Message(m)) => {
+                tracing::warn!("OCR failed: {m}");
+                Err(Some(m))
+            }
+        }));
+    }
+}
+
+/// Why a run did not finish.
+#[derive(Debug)]
+enum Failure {
+    Cancelled,
+    /// What failed and what to do.
+    Message(String),
+}
+
+impl From<OcrError> for Failure {
+    fn from(e: OcrError) -> Self {
+        match e {
+            OcrError::Cancelled => Self::Cancelled,
+            other => Self::Message(other.to_string()),
+        }
+    }
+}
+
+fn run_request(
+    loaded: &mut Option<(LoadKey, Session)>,
+    request: &OcrRequest,
+    tx: &ActionSender,
+    cancel: &AtomicBool,
+    start: Instant,
+) -> Result<Vec<crate::tui::state::BoxView>, Failure> {
+    let key = load_key(request).map_err(Failure::Message)?;
+    if loaded.as_ref().is_none_or(|(k, _)| *k != key) {
+        // Free the old model before loading the new one.
+        *loaded = None;
+        tx.send(Action::OcrPhase(OcrPhase::Load));
+        tx.send(Action::Log(format!(
+            "loading {} on {} ({})",
+            key.dir.display(),
+            device_name(key.device),
+            kind_name(key.kind)
+        )));
+        let session = Session::load(&key.dir, key.device, key.kind).map_err(|e| {
+            Failure::Message(format!(
+                "{e}; choose another model in Models (f: local folder, m: repo)"
+            ))
+        })?;
+        tx.send(Action::Log(format!(
+            "model loaded in {:.1} s",
+            start.elapsed().as_secs_f64()
+        )));
+        *loaded = Some((key, session));
+    }
+    let Some((_, session)) = loaded.as_ref() else {
+        return Err(Failure::Message("the model is not loaded".to_string()));
+    };
+    let opts = RunOptions {
+        mode: request.mode,
+        prompt: request.prompt.clone(),
+        max_new_tokens: request.max_new_tokens,
+        ..RunOptions::default()
+    };
+    let mut last = (0, Duration::ZERO);
+    let output = session.run(&request.image, &opts, cancel, |event| match event {
+        Event::Phase(p) => tx.send(Action::OcrPhase(phase(p))),
+        Event::Prepared(p) => tx.send(Action::Log(format!(
+            "{}x{} page, {} image tokens, {} prompt tokens",
+            p.width, p.height, p.image_tokens, p.prompt_tokens
+        ))),
+        Event::Text {
+            piece,
+            tokens,
+            decode_elapsed,
+        } => {
+            last = (tokens, decode_elapsed);
+            tx.send(Action::OcrText {
+                text: piece,
+                tokens,
+                elapsed: start.elapsed(),
+                decode_elapsed,
+            });
+        }
+    })?;
+    // The final figures: the whole run's time.
+    tx.send(Action::OcrText {
+        text: String::new(),
+        tokens: last.0,
+        elapsed: start.elapsed(),
+        decode_elapsed: last.1,
+    });
+    tx.send(Action::Log(format!(
+        "{} tokens, vision {:.2} s, prefill {:.2} s, decode {:.1} tokens/s, stop: {:?}",
+        output.generation.tokens.len(),
+        output.generation.timings.vision.as_secs_f64(),
+        output.generation.timings.prefill.as_secs_f64(),
+        output.tokens_per_second(),
+        output.generation.stop
+    )));
+    Ok(output.boxes)
+}
+
+fn phase(p: session::Phase) -> OcrPhase {
+    match p {
+        session::Phase::Preprocess => OcrPhase::Preprocess,
+        session::Phase::Vision => OcrPhase::Vision,
+        session::Phase::Prefill => OcrPhase::Prefill,
+        session::Phase::Decode => OcrPhase::Decode,
+    }
+}
+
+/// The model folder, device and dtype a request needs.
+fn load_key(request: &OcrRequest) -> Result<LoadKey, String> {
+    let dir = model_dir(&request.model)?;
+    let device = parse_device(&request.device)
+        .map_err(|e| format!("{e} (the [ocr] device setting in the config file)"))?;
+    let kind = match &request.dtype {
+        Some(d) => parse_kind(d)
+            .map_err(|e| format!("{e} (the [ocr] dtype setting in the config file)"))?,
+        None if device == Device::Cpu => Kind::Float,
+        None => Kind::BFloat16,
+    };
+    Ok(LoadKey { dir, device, kind })
+}
+
+/// A local folder as chosen, or the `main` snapshot of a repo in the local Hugging Face cache.
+fn model_dir(source: &ModelSource) -> Result<PathBuf, String> {
+    match source {
+        ModelSource::Folder(dir) => folder(dir),
+        ModelSource::Repo(repo) => {
+            let missing = || {
+                format!(
+                    "{repo} is not in the local Hugging Face cache: press d in Models to \
+                     download it, or f to use a local model folder"
+                )
+            };
+            let env = HubEnv::from_process();
+            let paths = RepoPaths::new(&env.hub_cache, repo).map_err(|_| missing())?;
+            let commit = paths.resolve_revision("main").ok_or_else(missing)?;
+            Ok(paths.snapshot_dir(&commit))
+        }
+    }
+}
+
+fn folder(dir: &Path) -> Result<PathBuf, String> {
+    if dir.is_dir() {
+        Ok(dir.to_path_buf())
+    } else {
+        Err(format!(
+            "the model folder {} does not exist; press f in Models to choose the folder that \
+             holds config.json, tokenizer.json and *.safetensors",
+            dir.display()
+        ))
+    }
+}
