@@ -1,5 +1,6 @@
 //! The dashboard, headless: snapshots of each pane in its states (ratatui `TestBackend`), every
-//! state drawn at sizes from 10x4 to 300x100, and the app driven by actions.
+//! state drawn at sizes from 10x4 to 300x100, the app driven by actions, the real model thread
+//! on a seeded tiny model, and the built `dsocr` in tmux (mock hub login, download, OCR).
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -1043,6 +1044,38 @@ impl Drop for Tmux {
     }
 }
 
+/// The tokens/s figure on a status line (`... 12 tok  35.2 tok/s ...`).
+fn speed(line: &str) -> Option<f64> {
+    let before = &line[..line.find(" tok/s")?];
+    before.split_whitespace().last()?.parse().ok()
+}
+
+/// A word (3 to 20 printable ASCII characters, between spaces) of the text the dashboard's
+/// default run (base mode, document prompt) streams first, computed with the library.
+fn first_word(model: &std::path::Path, page: &std::path::Path) -> String {
+    use dsocr::ocr::session::{Event, RunOptions, Session};
+    let session = Session::load(model, tch::Device::Cpu, tch::Kind::Float).expect("model loads");
+    let opts = RunOptions {
+        mode: dsocr::ocr::preprocess::Mode::Base,
+        prompt: dsocr::ocr::prompt::Preset::Document.prompt(),
+        max_new_tokens: 40,
+        ..RunOptions::default()
+    };
+    let mut text = String::new();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    session
+        .run(page, &opts, &cancel, |e| {
+            if let Event::Text { piece, .. } = e {
+                text.push_str(&piece);
+            }
+        })
+        .expect("library run");
+    text.split_whitespace()
+        .find(|w| (3..=20).contains(&w.len()) && w.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| panic!("no plain word in the first 40 tokens: {text:?}"))
+        .to_string()
+}
+
 #[test]
 fn end_to_end_in_tmux_against_the_mock_hub() {
     use dsocr::hub::mock::{self, Access, MockConfig, MockHub};
@@ -1066,6 +1099,18 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
         ("XDG_CACHE_HOME", path("cache")),
         ("TERM", "xterm-256color".to_string()),
     ];
+    // The OCR model: a seeded tiny model; what it writes first, from the library directly.
+    let model = dir.join("model");
+    common::make_model(&model);
+    let page = common::fixtures().join("preprocess/sources/letter-1275x1650.png");
+    let expected_word = first_word(&model, &page);
+    let config = dir.join("config/dsocr");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join("config.toml"),
+        "[ocr]\ndevice = \"cpu\"\nmax_new_tokens = 4000\n",
+    )
+    .expect("config file");
     let t = Tmux::start(&dir, &env);
     let s = t.wait_for("the dashboard", |s| {
         s.contains("Login") && s.contains("Models")
@@ -1097,6 +1142,31 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
     let s = t.wait_for("the finished download", |s| s.contains("done, verified"));
     assert!(s.contains("100%"), "{s}");
     t.wait_for("the cache list", |s| s.contains("complete"));
+
+    // OCR on a local model folder: phase, tokens/s and the streamed text show while it runs;
+    // `x` stops it.
+    t.keys(&["f"]);
+    t.tmux(&["send-keys", "-t", "0", "-l", &model.display().to_string()]);
+    t.keys(&["Enter", "Tab", "i"]);
+    t.tmux(&["send-keys", "-t", "0", "-l", &page.display().to_string()]);
+    t.keys(&["Enter"]);
+    let s = t.wait_for("the input and its preview", |s| {
+        s.contains("letter-1275x1650.png")
+    });
+    assert!(
+        !s.contains(&expected_word),
+        "{expected_word:?} shows before the run:\n{s}"
+    );
+    t.keys(&["r"]);
+    let s = t.wait_for("decoding with a speed", |s| {
+        s.lines()
+            .any(|l| l.contains(" decode ") && speed(l).is_some_and(|v| v > 0.0))
+    });
+    assert!(s.contains("tok/s"), "{s}");
+    let s = t.wait_for("the streamed text", |s| s.contains(&expected_word));
+    assert!(!s.contains("OCR failed"), "{s}");
+    t.keys(&["x"]);
+    t.wait_for("the cancelled run", |s| s.contains("cancelled"));
 
     // Quit; the shell after dsocr sees a restored terminal.
     t.keys(&["q"]);
