@@ -1,6 +1,7 @@
 //! Dashboard benchmark (not a test): the time to draw a full 200x60 frame, and the longest the
-//! event loop stays busy in one turn while a download floods it with progress events and while
-//! OCR streams tokens.
+//! event loop stays busy in one turn while a download floods it with progress events, while
+//! OCR streams tokens, and while the dashboard's model thread runs real inference (a seeded
+//! tiny model, made the way the tests make it).
 //!
 //! `cargo run --release --example tui_bench`
 
@@ -18,6 +19,9 @@ use dsocr::tui::keymap::{ColorEnv, Settings};
 use dsocr::tui::state::{Check, DeviceInfo, HeaderInfo, PreviewImage};
 use ratatui::Terminal;
 use ratatui::backend::{CrosstermBackend, TestBackend};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const W: u16 = 200;
 const H: u16 = 60;
@@ -236,9 +240,62 @@ fn real_download_bench() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Real inference: the dashboard's workers load a seeded tiny model (tiny dimensions, the real
+/// vocabulary) and OCR a 1275x1650 page in base mode, 300 new tokens, on the CPU, while the event
+/// loop runs; a relay stops the loop when the run finishes.
+fn real_inference_bench() {
+    use dsocr::tui::state::{ModelSource, OcrRun};
+    let dir = std::env::temp_dir().join(format!("dsocr-tui-bench-ocr-{}", std::process::id()));
+    let model = dir.join("model");
+    common::make_model(&model);
+    let page = common::fixtures().join("preprocess/sources/letter-1275x1650.png");
+    let (worker_tx, worker_rx) = mpsc::channel();
+    let (tx, rx) = mpsc::channel();
+    let relay = thread::spawn(move || {
+        for action in worker_rx {
+            let finished = matches!(action, Action::OcrFinished(_));
+            let _ = tx.send(action);
+            if finished {
+                let _ = tx.send(key('q'));
+            }
+        }
+    });
+    let mut workers = dsocr::tui::tasks::Workers::new(ActionSender(worker_tx)).expect("workers");
+    let mut a = app();
+    a.settings.ocr.device = "cpu".to_string();
+    a.settings.ocr.max_new_tokens = 300;
+    a.models.selected_model = ModelSource::Folder(model);
+    a.ocr.input = page.display().to_string();
+    let _ = a.update(key('l'));
+    let _ = a.update(key('l'));
+    let mut jobs = a.update(key('r'));
+    jobs.push(dsocr::tui::action::Job::LoadPreview(page));
+    for job in jobs {
+        workers.dispatch(job);
+    }
+    let mut term = Terminal::new(TestBackend::new(W, H)).expect("backend");
+    let start = Instant::now();
+    let stats =
+        dsocr::tui::event_loop(&mut term, &mut a, &rx, |job| workers.dispatch(job)).expect("loop");
+    println!(
+        "real inference, tiny seeded model on the CPU, 300 tokens (finished: {}): {:?} wall, {} tokens, {:.1} tokens/s, {} frames, longest draw {:?}, longest loop turn while OCR ran {:?}",
+        a.ocr.run == OcrRun::Done,
+        start.elapsed(),
+        a.ocr.tokens,
+        a.ocr.tokens_per_sec().unwrap_or(0.0),
+        stats.frames,
+        stats.max_draw,
+        stats.max_ocr
+    );
+    workers.shutdown();
+    let _ = relay.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     render_bench();
     real_download_bench();
+    real_inference_bench();
     // Download: a progress event per 64 KiB chunk at 400 MB/s is ~6100 events/s.
     let mut a = app();
     let _ = a.update(key('l'));

@@ -5,10 +5,12 @@ Usage: ansi2png.py CAPTURE.ans OUT.png [COLUMNS ROWS]
 
 Debian packages: python3-pil, fonts-dejavu-core. Each cell is drawn at a fixed size; SGR codes
 handled: reset, bold, reverse, 16/256/true colours for foreground and background. Half blocks
-(used by the page preview) are drawn as exact rectangles.
+(used by the page preview) are drawn as exact rectangles. Wide characters (East Asian wide and
+full-width) take two cells and combining marks join the previous cell, as in the terminal.
 """
 import re
 import sys
+import unicodedata
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -75,6 +77,11 @@ def apply_sgr(params, st):
         i += 1
 
 
+def zero_width(ch):
+    """Combining marks and format characters take no cell of their own."""
+    return unicodedata.combining(ch) != 0 or unicodedata.category(ch) in ("Mn", "Me", "Cf")
+
+
 def parse(text):
     """Rows of cells (char, fg, bg, bold)."""
     rows = []
@@ -84,11 +91,19 @@ def parse(text):
         row = []
         for m in token.finditer(line):
             if m.group(2) is not None:
+                ch = m.group(2)
                 fg = st["fg"] or DEFAULT_FG
                 bg = st["bg"] or DEFAULT_BG
                 if st["rev"]:
                     fg, bg = bg, fg
-                row.append((m.group(2), fg, bg, st["bold"]))
+                if zero_width(ch):
+                    if row and row[-1] is not None:
+                        prev = row[-1]
+                        row[-1] = (prev[0] + ch,) + prev[1:]
+                    continue
+                row.append((ch, fg, bg, st["bold"]))
+                if unicodedata.east_asian_width(ch) in ("W", "F"):
+                    row.append(None)  # the second cell of a wide character
             elif m.group(0).startswith("\x1b["):
                 apply_sgr(m.group(1), st)
         rows.append(row)
@@ -101,9 +116,14 @@ def render(rows, cols, nrows, out):
     font = ImageFont.truetype(FONT, SIZE)
     bold = ImageFont.truetype(FONT_BOLD, SIZE)
     for y, row in enumerate(rows[:nrows]):
-        for x, (ch, fg, bg, is_bold) in enumerate(row[:cols]):
+        for x, cell in enumerate(row[:cols]):
+            if cell is None:
+                continue
+            ch, fg, bg, is_bold = cell
             x0, y0 = x * CELL_W, y * CELL_H
-            draw.rectangle([x0, y0, x0 + CELL_W - 1, y0 + CELL_H - 1], fill=bg)
+            wide = x + 1 < len(row) and row[x + 1] is None
+            w = CELL_W * (2 if wide else 1)
+            draw.rectangle([x0, y0, x0 + w - 1, y0 + CELL_H - 1], fill=bg)
             if ch == "\u2580":  # upper half block: top half in fg
                 draw.rectangle([x0, y0, x0 + CELL_W - 1, y0 + CELL_H // 2 - 1], fill=fg)
             elif ch == "\u2588":  # full block

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 for pkg in tmux python3-pil fonts-dejavu-core; do
     dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$pkg"; }
 done
-[ -n "${DSOCR_NO_BUILD:-}" ] || cargo build --release --locked --bin dsocr --example mock_hub  # DSOCR_NO_BUILD=1: use what is built
+[ -n "${DSOCR_NO_BUILD:-}" ] || cargo build --release --locked --bin dsocr --example mock_hub --example test_model  # DSOCR_NO_BUILD=1: use what is built
 
 COLS=140 ROWS=40
 work="$(mktemp -d)"
@@ -40,7 +40,8 @@ start_hub() {
 run_dashboard() {
     local name="$1"; shift
     tmux -L "$sock" kill-server 2>/dev/null || true
-    mkdir -p "$work/$name/hf"
+    mkdir -p "$work/$name/hf" "$work/$name/config/dsocr"
+    [ -n "${CONFIG:-}" ] && printf '%s' "$CONFIG" >"$work/$name/config/dsocr/config.toml"
     [ -n "${TOKEN_FILE:-}" ] && printf '%s' "$TOKEN_FILE" >"$work/$name/hf/token"
     local envs=(-e "HOME=$work/$name" -e "HF_HOME=$work/$name/hf" -e "HF_ENDPOINT=$ENDPOINT"
         -e "XDG_STATE_HOME=$work/$name/state" -e "XDG_CONFIG_HOME=$work/$name/config"
@@ -84,3 +85,17 @@ keys Tab d
 wait_for "Speed"
 sleep 3
 shoot downloading
+
+# 3. OCR streaming: the real engine on the seeded tiny test model (random weights, so the text
+# is nonsense and has no grounding boxes), chosen as a local folder, on a 1275x1650 page.
+target/release/examples/test_model "$work/model" >/dev/null
+TOKEN_FILE="$GRANTED" CONFIG=$'[ocr]\ndevice = "cpu"\nmax_new_tokens = 100000\n' run_dashboard ocr
+wait_for "alice"
+keys Tab f
+tmux -L "$sock" send-keys -t 0 -l "$work/model"
+keys Enter Tab i
+tmux -L "$sock" send-keys -t 0 -l "$PWD/tests/fixtures/preprocess/sources/letter-1275x1650.png"
+keys Enter r
+wait_for " decode "
+sleep 2
+shoot ocr-streaming
