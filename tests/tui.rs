@@ -398,6 +398,47 @@ fn snapshots_of_every_state() {
 }
 
 #[test]
+fn kitty_terminals_get_the_preview_as_an_image() {
+    let mut a = ocr_done();
+    let mut term = Terminal::new(TestBackend::new(120, 36)).expect("backend");
+    let mut placed = None;
+    term.draw(|f| placed = dsocr::tui::ui::draw_placed(f, &a))
+        .expect("draw");
+    assert!(placed.is_none(), "half blocks by default");
+    assert!(term.backend().to_string().contains('▀'));
+
+    a.graphics = dsocr::tui::graphics::Graphics::Kitty;
+    term.draw(|f| placed = dsocr::tui::ui::draw_placed(f, &a))
+        .expect("draw");
+    let p = placed.take().expect("a placement");
+    assert!(
+        !term.backend().to_string().contains('▀'),
+        "no half blocks under the image"
+    );
+    // In the right-hand part of the OCR pane, with the page's aspect (40x52 pixels; a cell is
+    // about twice as high as wide).
+    assert!(p.area.x >= 72 && p.area.right() <= 119, "{:?}", p.area);
+    let aspect = f64::from(p.area.width) / f64::from(p.area.height * 2);
+    assert!((aspect - 40.0 / 52.0).abs() < 0.1, "{:?}", p.area);
+    // The page's pixels with the selected box (title, 72,40 - 928,98) outlined: its top edge
+    // at y = 2 is one colour, different from the page there.
+    let px = |x: u32, y: u32| {
+        let i = ((y * 40 + x) * 3) as usize;
+        p.image.rgb[i..i + 3].to_vec()
+    };
+    assert_eq!((p.image.width, p.image.height), (40, 52));
+    assert_eq!(px(2, 2), px(30, 2));
+    assert_ne!(px(2, 2), vec![250, 250, 245]);
+    assert_eq!(px(20, 4), vec![250, 250, 245], "inside the box: the page");
+
+    // A dialog on top: no image (it would cover the dialog).
+    drive(&mut a, [ch('?')]);
+    term.draw(|f| placed = dsocr::tui::ui::draw_placed(f, &a))
+        .expect("draw");
+    assert!(placed.is_none());
+}
+
+#[test]
 fn narrow_terminal_shows_the_focused_pane_only() {
     let mut a = downloading();
     let text = render(&a, 70, 24);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEventKind};
 
 use super::action::{Action, Job, OcrRequest, Secret};
+use super::graphics::Graphics;
 use super::keymap::{Command, Key, Settings};
 use super::state::{
     CachedRevision, Check, DEFAULT_MODEL, DownloadPhase, DownloadView, FileProgress, FileState,
@@ -143,6 +144,8 @@ pub struct App {
     pub status: Option<String>,
     /// Ticks seen (spinner).
     pub ticks: u64,
+    /// How the page preview is drawn.
+    pub graphics: Graphics,
     /// The last download asked for, for resume.
     last_download: Option<(String, String)>,
 }
@@ -165,6 +168,7 @@ impl App {
             cancel_pending: false,
             status: None,
             ticks: 0,
+            graphics: Graphics::HalfBlocks,
             last_download: None,
         };
         for w in app.settings.warnings.clone() {

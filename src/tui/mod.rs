@@ -7,6 +7,7 @@
 pub mod action;
 pub mod app;
 pub mod event;
+pub mod graphics;
 pub mod keymap;
 pub mod logging;
 pub mod progress;
@@ -22,9 +23,11 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use ratatui::Terminal;
 use ratatui::backend::Backend;
+use ratatui::layout::Rect;
 
 use action::{Action, ActionSender, Job};
 use app::App;
+use graphics::{Graphics, KittyPreview, Placement};
 use keymap::{ColorEnv, Settings};
 use state::{Check, HeaderInfo};
 
@@ -69,11 +72,23 @@ pub fn event_loop<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &mut App,
     rx: &Receiver<Action>,
+    dispatch: impl FnMut(Job),
+) -> Result<LoopStats, B::Error> {
+    event_loop_with(terminal, app, rx, dispatch, |_, _| {})
+}
+
+/// [`event_loop`], calling `after_draw` after every frame with the frame's size and the page
+/// preview the kitty graphics protocol must show (see [`graphics::KittyPreview`]).
+pub fn event_loop_with<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    rx: &Receiver<Action>,
     mut dispatch: impl FnMut(Job),
+    mut after_draw: impl FnMut(Rect, Option<Placement>),
 ) -> Result<LoopStats, B::Error> {
     let mut stats = LoopStats::default();
     let mut last_draw = Instant::now();
-    draw(terminal, app, &mut stats)?;
+    draw(terminal, app, &mut stats, &mut after_draw)?;
     let mut open = true;
     while open && !app.quit {
         let first = match rx.recv_timeout(TICK) {
@@ -95,7 +110,7 @@ pub fn event_loop<B: Backend>(
             }
         }
         last_draw = Instant::now();
-        draw(terminal, app, &mut stats)?;
+        draw(terminal, app, &mut stats, &mut after_draw)?;
         stats.record(app, busy + last_draw.elapsed());
     }
     Ok(stats)
@@ -114,9 +129,12 @@ fn draw<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &App,
     stats: &mut LoopStats,
+    after_draw: &mut impl FnMut(Rect, Option<Placement>),
 ) -> Result<(), B::Error> {
     let start = Instant::now();
-    terminal.draw(|f| ui::draw(f, app))?;
+    let mut placed = None;
+    let frame = terminal.draw(|f| placed = ui::draw_placed(f, app))?.area;
+    after_draw(frame, placed);
     stats.frames += 1;
     stats.max_draw = stats.max_draw.max(start.elapsed());
     Ok(())
@@ -148,6 +166,7 @@ pub fn run() -> anyhow::Result<()> {
     let config = keymap::config_path();
     let settings = Settings::load(config.as_deref(), ColorEnv::from_env());
     let mut app = App::new(header(), settings);
+    app.graphics = Graphics::from_env();
     app.push_log(format!("log file: {}", log_path.display()));
     if let Some(c) = &config {
         app.push_log(format!("config file: {}", c.display()));
@@ -161,8 +180,20 @@ pub fn run() -> anyhow::Result<()> {
     for job in app.startup_jobs() {
         workers.dispatch(job);
     }
-    tracing::info!("dashboard started");
-    let result = event_loop(&mut terminal, &mut app, &rx, |job| match job {
+    tracing::info!("dashboard started (preview: {:?})", app.graphics);
+    let mut kitty = KittyPreview::default();
+    let mut last_frame = Rect::default();
+    let after_draw = |frame: Rect, placed: Option<Placement>| {
+        if frame != last_frame {
+            // A resize clears the screen, and the image with it.
+            kitty.forget();
+            last_frame = frame;
+        }
+        if let Err(e) = kitty.update(&mut std::io::stdout(), placed) {
+            tracing::warn!("could not write the preview image: {e}");
+        }
+    };
+    let dispatch = |job| match job {
         Job::Copy(text) => {
             let mut out = std::io::stdout();
             if out
@@ -174,7 +205,9 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
         other => workers.dispatch(other),
-    });
+    };
+    let result = event_loop_with(&mut terminal, &mut app, &rx, dispatch, after_draw);
+    let _ = kitty.update(&mut std::io::stdout(), None);
     drop(guard);
     workers.shutdown();
     let stats = result.map_err(|e| anyhow::anyhow!("drawing failed: {e}"))?;

@@ -17,6 +17,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType};
 
 use super::app::{App, Overlay, Pane};
+use super::graphics::Placement;
 
 /// Panes side by side need at least this many columns; below it only the focused pane shows.
 const WIDE: u16 = 90;
@@ -25,6 +26,12 @@ const TALL: u16 = 16;
 
 /// Draw the whole dashboard.
 pub fn draw(frame: &mut Frame, app: &App) {
+    draw_placed(frame, app);
+}
+
+/// Draw the whole dashboard; return the page preview the kitty graphics protocol must show
+/// (only with [`super::graphics::Graphics::Kitty`], when the preview is visible and no dialog covers it).
+pub fn draw_placed(frame: &mut Frame, app: &App) -> Option<Placement> {
     let [head, body, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(0),
@@ -42,6 +49,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     if let Some(area) = log_area {
         log::draw(frame, area, app);
     }
+    let mut placed = None;
     if main.width >= WIDE && main.height >= TALL {
         let [left, right] =
             Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)])
@@ -50,7 +58,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
             Layout::vertical([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(left);
         login::draw(frame, top, app);
         models::draw(frame, bottom, app);
-        ocr::draw(frame, right, app);
+        placed = ocr::draw(frame, right, app);
     } else {
         let pane = if log_area.is_none() && app.focus == Pane::Log {
             Pane::Login
@@ -60,7 +68,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         match pane {
             Pane::Login => login::draw(frame, main, app),
             Pane::Models => models::draw(frame, main, app),
-            Pane::Ocr => ocr::draw(frame, main, app),
+            Pane::Ocr => placed = ocr::draw(frame, main, app),
             Pane::Log => {}
         }
     }
@@ -70,6 +78,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
             other => dialog::draw(frame, app, other),
         }
     }
+    placed
 }
 
 /// The bordered block of a pane, highlighted when focused.

@@ -8,11 +8,12 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 
 use super::{field, pane_block, preview, spinner};
 use crate::tui::app::{App, PRESETS, Pane};
+use crate::tui::graphics::{Graphics, Placement};
 use crate::tui::progress::human_duration;
 use crate::tui::state::OcrRun;
 
-/// Draw the OCR pane.
-pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+/// Draw the OCR pane; returns the preview for the kitty graphics protocol, if it shows one.
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<Placement> {
     let block = pane_block(app, Pane::Ocr);
     let inner = block.inner(area);
     frame.render_widget(block, area);
@@ -24,9 +25,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
                 .areas(body);
         draw_output(frame, out, app);
-        draw_side(frame, side, app);
+        draw_side(frame, side, app)
     } else {
         draw_output(frame, body, app);
+        None
     }
 }
 
@@ -111,7 +113,7 @@ fn draw_output(frame: &mut Frame, area: Rect, app: &App) {
     );
 }
 
-fn draw_side(frame: &mut Frame, area: Rect, app: &App) {
+fn draw_side(frame: &mut Frame, area: Rect, app: &App) -> Option<Placement> {
     let theme = &app.settings.theme;
     let boxes_h = (app.ocr.boxes.len() as u16 + 1).min(area.height / 2).max(1);
     let [pic, list] =
@@ -122,7 +124,12 @@ fn draw_side(frame: &mut Frame, area: Rect, app: &App) {
         .title(Span::styled(" page ", theme.fg(theme.muted)));
     let pic_inner = pic_block.inner(pic);
     frame.render_widget(pic_block, pic);
+    let mut placed = None;
     match &app.ocr.preview {
+        // Dialogs cover the panes; an image would float above them, so it waits.
+        Some(img) if app.graphics == Graphics::Kitty && app.overlays.is_empty() => {
+            placed = preview::placement(img, pic_inner, app);
+        }
         Some(img) if !theme.mono => {
             frame.render_widget(preview::Preview::new(img, &app.ocr.boxes, app), pic_inner);
         }
@@ -163,4 +170,5 @@ fn draw_side(frame: &mut Frame, area: Rect, app: &App) {
         ),
         list,
     );
+    placed
 }

@@ -1,6 +1,7 @@
 //! The page preview in half blocks: each cell shows two pixels (`▀` with the upper pixel as
 //! foreground and the lower as background); grounding boxes are drawn as pixel outlines, the
-//! selected one in the focus colour.
+//! selected one in the focus colour. Where the terminal has the kitty graphics protocol,
+//! [`placement`] says what to send instead.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -8,6 +9,7 @@ use ratatui::style::Color;
 use ratatui::widgets::Widget;
 
 use crate::tui::app::App;
+use crate::tui::graphics::{Placement, compose};
 use crate::tui::state::{BoxView, PreviewImage};
 
 /// The widget: an image fitted into the area (aspect kept), boxes on top.
@@ -28,21 +30,6 @@ impl<'a> Preview<'a> {
             selected: app.ocr.box_cursor,
             box_color: app.settings.theme.boxes,
             selected_color: app.settings.theme.focus,
-        }
-    }
-
-    /// Size in pixels (width, height) of the fitted image in an area of cells.
-    fn fit(&self, area: Rect) -> (u32, u32) {
-        let (iw, ih) = (self.image.width.max(1), self.image.height.max(1));
-        let (aw, ah) = (area.width as u32, area.height as u32 * 2);
-        if aw == 0 || ah == 0 {
-            return (0, 0);
-        }
-        // Scale = min(aw/iw, ah/ih), computed in integers.
-        if aw * ih <= ah * iw {
-            (aw, (ih * aw / iw).max(1))
-        } else {
-            ((iw * ah / ih).max(1), ah)
         }
     }
 
@@ -100,7 +87,7 @@ impl<'a> Preview<'a> {
 
 impl Widget for Preview<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let (w, h) = self.fit(area);
+        let (w, h) = fit(self.image, area);
         if w == 0 || h == 0 {
             return;
         }
@@ -122,5 +109,95 @@ impl Widget for Preview<'_> {
                 }
             }
         }
+    }
+}
+
+/// Size in half-cell pixels (width, height) of `image` fitted into an area of cells, aspect
+/// kept (a cell is taken as one pixel wide and two high).
+fn fit(image: &PreviewImage, area: Rect) -> (u32, u32) {
+    let (iw, ih) = (image.width.max(1), image.height.max(1));
+    let (aw, ah) = (area.width as u32, area.height as u32 * 2);
+    if aw == 0 || ah == 0 {
+        return (0, 0);
+    }
+    // Scale = min(aw/iw, ah/ih), computed in integers.
+    if aw * ih <= ah * iw {
+        (aw, (ih * aw / iw).max(1))
+    } else {
+        ((iw * ah / ih).max(1), ah)
+    }
+}
+
+/// Where and what the kitty graphics protocol should show for `image` in `area`: the cells the
+/// fitted image covers (top-left aligned, as the half blocks are) and the page with the boxes
+/// drawn in.
+pub fn placement(image: &PreviewImage, area: Rect, app: &App) -> Option<Placement> {
+    let (w, h) = fit(image, area);
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let theme = &app.settings.theme;
+    Some(Placement {
+        area: Rect::new(area.x, area.y, w as u16, h.div_ceil(2) as u16),
+        image: compose(
+            image,
+            &app.ocr.boxes,
+            app.ocr.box_cursor,
+            rgb(theme.boxes, [255, 85, 255]),
+            rgb(theme.focus, [85, 255, 255]),
+        ),
+    })
+}
+
+/// The RGB of a colour: as given for `#rrggbb`, xterm's values for the 16 named colours and
+/// the 256-colour palette, `fallback` for the terminal's default.
+fn rgb(color: Color, fallback: [u8; 3]) -> [u8; 3] {
+    const BASE: [[u8; 3]; 16] = [
+        [0, 0, 0],
+        [205, 0, 0],
+        [0, 205, 0],
+        [205, 205, 0],
+        [0, 0, 238],
+        [205, 0, 205],
+        [0, 205, 205],
+        [229, 229, 229],
+        [127, 127, 127],
+        [255, 0, 0],
+        [0, 255, 0],
+        [255, 255, 0],
+        [92, 92, 255],
+        [255, 0, 255],
+        [0, 255, 255],
+        [255, 255, 255],
+    ];
+    let index = match color {
+        Color::Rgb(r, g, b) => return [r, g, b],
+        Color::Indexed(i) => i,
+        Color::Black => 0,
+        Color::Red => 1,
+        Color::Green => 2,
+        Color::Yellow => 3,
+        Color::Blue => 4,
+        Color::Magenta => 5,
+        Color::Cyan => 6,
+        Color::Gray => 7,
+        Color::DarkGray => 8,
+        Color::LightRed => 9,
+        Color::LightGreen => 10,
+        Color::LightYellow => 11,
+        Color::LightBlue => 12,
+        Color::LightMagenta => 13,
+        Color::LightCyan => 14,
+        Color::White => 15,
+        Color::Reset => return fallback,
+    };
+    match index {
+        0..=15 => BASE[index as usize],
+        16..=231 => {
+            let level = |v: u8| if v == 0 { 0 } else { 55 + 40 * v };
+            let i = index - 16;
+            [level(i / 36), level(i / 6 % 6), level(i % 6)]
+        }
+        _ => [8 + 10 * (index - 232); 3],
     }
 }
