@@ -734,7 +734,7 @@ fn ocr_run_request_and_streaming() {
     assert_eq!(a.ocr.run, OcrRun::Done);
     let jobs = drive(&mut a, [ch('y'), ch('w')]);
     assert_eq!(jobs[0], Job::Copy("Hello world".to_string()));
-    assert!(matches!(&jobs[1], Job::Save { text, .. } if text == "Hello world"));
+    assert_eq!(jobs[1], Job::Save("dsocr-out".into()));
 }
 
 #[test]
@@ -958,11 +958,33 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
     a.ocr.input = "page.png".to_string();
     a.focus = Pane::Ocr;
     drive(&mut a, [ch('r')]);
-    drive(&mut a, got);
+    drive(&mut a, got.clone());
     assert_eq!(a.ocr.run, OcrRun::Done);
     assert_eq!(a.ocr.tokens, 8);
     assert!(!a.ocr.output.is_empty());
     assert!(a.ocr.tokens_per_sec().is_some_and(|s| s > 0.0));
+
+    // Save writes the library's output files; the raw text is what streamed.
+    let streamed: String = got
+        .iter()
+        .filter_map(|a| match a {
+            Action::OcrText { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    workers.dispatch(Job::Save(dir.join("saved")));
+    let saved = dir.join("saved/letter-1275x1650");
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Action::Saved(path)) => assert_eq!(path, saved),
+        other => panic!("expected Saved, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(saved.join("result_raw.txt")).expect("result_raw.txt"),
+        streamed
+    );
+    for file in ["result.mmd", "boxes.json", "result_with_boxes.jpg"] {
+        assert!(saved.join(file).is_file(), "{file} missing");
+    }
 
     // Second run on the same model: no load phase.
     workers.dispatch(Job::Ocr(request(4)));
@@ -991,6 +1013,11 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
         streamed_after < 100,
         "{streamed_after} tokens after the cancel"
     );
+    workers.dispatch(Job::Save(dir.join("saved")));
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Action::Error { title, .. }) => assert_eq!(title, "Nothing to save"),
+        other => panic!("a cancelled run has nothing to save, got {other:?}"),
+    }
 
     // A repo that is not cached: a message that says what to do.
     let mut missing = request(4);

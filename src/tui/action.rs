@@ -152,15 +152,9 @@ pub enum Job {
     CompletePath(String),
     /// Put text on the clipboard through OSC 52.
     Copy(String),
-    /// Save results into a folder.
-    Save {
-        /// Folder.
-        dir: PathBuf,
-        /// Markdown/text result.
-        text: String,
-        /// Grounding boxes.
-        boxes: Vec<BoxView>,
-    },
+    /// Write the finished run's outputs (the same files as `dsocr ocr`) into
+    /// `FOLDER/<image name>/`.
+    Save(PathBuf),
 }
 
 /// What an OCR run needs.

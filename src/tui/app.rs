@@ -256,7 +256,8 @@ impl App {
             Verify | Delete => self.selected_cache_row().is_some(),
             Run => !self.ocr.is_running() && !self.ocr.input.trim().is_empty(),
             CancelOcr => self.ocr.is_running(),
-            Copy | Save => !self.ocr.output.is_empty(),
+            Copy => !self.ocr.output.is_empty(),
+            Save => self.ocr.run == OcrRun::Done,
             EditInput | CycleMode | CyclePreset | EditPrompt => !self.ocr.is_running(),
             UseFolder | ChooseModel => !self.download_active(),
             _ => true,
@@ -546,11 +547,7 @@ impl App {
                 ));
                 vec![Job::Copy(self.ocr.output.clone())]
             }
-            Save => vec![Job::Save {
-                dir: self.ocr.save_dir.clone(),
-                text: self.ocr.output.clone(),
-                boxes: self.ocr.boxes.clone(),
-            }],
+            Save => vec![Job::Save(self.ocr.save_dir.clone())],
         }
     }
 

@@ -2,7 +2,7 @@
 //! calls block); small file jobs run on tokio's blocking pool. Workers hold an
 //! [`ActionSender`] and never the state.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod hub;
 mod model;
@@ -64,16 +64,7 @@ impl Workers {
                     tx.send(Action::Completions { input, candidates });
                 });
             }
-            Job::Save { dir, text, boxes } => {
-                self.rt
-                    .spawn_blocking(move || match save(&dir, &text, &boxes) {
-                        Ok(()) => tx.send(Action::Saved(dir)),
-                        Err(e) => tx.error(
-                            "Saving failed",
-                            format!("{}: {e}; choose a folder you can write to", dir.display()),
-                        ),
-                    });
-            }
+            Job::Save(dir) => self.model.save(dir, &tx),
             Job::CancelDownload => self.download_cancel.cancel(),
             Job::CancelOcr => self.model.cancel(),
             Job::Copy(_) => {} // written to the terminal by the event loop
@@ -203,14 +194,6 @@ pub fn complete_path(input: &str) -> (String, Vec<String>) {
     };
     let candidates = if names.len() > 1 { names } else { Vec::new() };
     (completed, candidates)
-}
-
-/// Write `result.md` and `boxes.json` into `dir`.
-fn save(dir: &PathBuf, text: &str, boxes: &[crate::tui::state::BoxView]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("result.md"), text)?;
-    let body = serde_json::to_string_pretty(boxes).map_err(std::io::Error::other)?;
-    std::fs::write(dir.join("boxes.json"), body)
 }
 
 #[cfg(test)]

@@ -14,14 +14,22 @@ use crate::hub::HubEnv;
 use crate::hub::cache::RepoPaths;
 use crate::ocr::OcrError;
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
-use crate::ocr::session::{self, Event, RunOptions, Session};
+use crate::ocr::session::{self, Event, OcrOutput, RunOptions, Session};
 use crate::tui::action::{Action, ActionSender, OcrRequest};
 use crate::tui::state::{ModelSource, OcrPhase};
 
 /// The handle the workers keep: a request queue and the cancel flag of the running job.
 pub struct ModelWorker {
-    requests: Sender<OcrRequest>,
+    requests: Sender<Request>,
     cancel: Arc<AtomicBool>,
+}
+
+/// Work for the model thread, in order.
+enum Request {
+    /// Run OCR.
+    Run(OcrRequest),
+    /// Write the last finished run's outputs under this folder.
+    Save(PathBuf),
 }
 
 impl ModelWorker {
@@ -40,10 +48,15 @@ impl ModelWorker {
     /// that follows the request always reaches the run.
     pub fn run(&self, request: OcrRequest, tx: &ActionSender) {
         self.cancel.store(false, Ordering::SeqCst);
-        if self.requests.send(request).is_err() {
-            tx.send(Action::OcrFinished(Err(Some(
-                "the model thread has stopped; see the log file, then restart dsocr".to_string(),
-            ))));
+        if self.requests.send(Request::Run(request)).is_err() {
+            tx.send(Action::OcrFinished(Err(Some(STOPPED.to_string()))));
+        }
+    }
+
+    /// Queue writing the last finished run's outputs into `dir/<image name>/`.
+    pub fn save(&self, dir: PathBuf, tx: &ActionSender) {
+        if self.requests.send(Request::Save(dir)).is_err() {
+            tx.error("Saving failed", STOPPED);
         }
     }
 
@@ -61,19 +74,53 @@ struct LoadKey {
     kind: Kind,
 }
 
-fn serve(rx: &Receiver<OcrRequest>, tx: &ActionSender, cancel: &AtomicBool) {
+/// Why a request cannot reach the model thread.
+const STOPPED: &str = "the model thread has stopped; see the log file, then restart dsocr";
+
+fn serve(rx: &Receiver<Request>, tx: &ActionSender, cancel: &AtomicBool) {
     let mut loaded: Option<(LoadKey, Session)> = None;
+    let mut last: Option<OcrOutput> = None;
     while let Ok(request) = rx.recv() {
-        let start = Instant::now();
-        let result = run_request(&mut loaded, &request, tx, cancel, start);
-        tx.send(Action::OcrFinished(match result {
-            Ok(boxes) => Ok(boxes),
-            Err(Failure::Cancelled) => Err(None),
-            Err(Failure::Message(m)) => {
-                tracing::warn!("OCR failed: {m}");
-                Err(Some(m))
+        match request {
+            Request::Run(request) => {
+                last = None;
+                let start = Instant::now();
+                let result = run_request(&mut loaded, &request, tx, cancel, start);
+                tx.send(Action::OcrFinished(match result {
+                    Ok(output) => {
+                        let boxes = output.boxes.clone();
+                        last = Some(output);
+                        Ok(boxes)
+                    }
+                    Err(Failure::Cancelled) => Err(None),
+                    Err(Failure::Message(m)) => {
+                        tracing::warn!("OCR failed: {m}");
+                        Err(Some(m))
+                    }
+                }));
             }
-        }));
+            Request::Save(dir) => save(last.as_ref(), &dir, tx),
+        }
+    }
+}
+
+/// Write `output`'s files into `dir/<image name>/` with the library's writer.
+fn save(output: Option<&OcrOutput>, dir: &Path, tx: &ActionSender) {
+    let Some(output) = output else {
+        tx.error(
+            "Nothing to save",
+            "run OCR to the end first (r in the OCR pane)",
+        );
+        return;
+    };
+    let stem = output
+        .image
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let out_dir = dir.join(stem);
+    match output.write(&out_dir) {
+        Ok(_) => tx.send(Action::Saved(out_dir)),
+        Err(e) => tx.error("Saving failed", e.to_string()),
     }
 }
 
@@ -100,7 +147,7 @@ fn run_request(
     tx: &ActionSender,
     cancel: &AtomicBool,
     start: Instant,
-) -> Result<Vec<crate::tui::state::BoxView>, Failure> {
+) -> Result<OcrOutput, Failure> {
     let key = load_key(request).map_err(Failure::Message)?;
     if loaded.as_ref().is_none_or(|(k, _)| *k != key) {
         // Free the old model before loading the new one.
@@ -168,7 +215,7 @@ fn run_request(
         output.tokens_per_second(),
         output.generation.stop
     )));
-    Ok(output.boxes)
+    Ok(output)
 }
 
 fn phase(p: session::Phase) -> OcrPhase {
