@@ -1212,7 +1212,7 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
     t.wait_for("the cache list", |s| s.contains("complete"));
 
     // OCR on a local model folder: phase, tokens/s and the streamed text show while it runs;
-    // `x` stops it.
+    // Ctrl-C stops it.
     t.keys(&["f"]);
     t.tmux(&["send-keys", "-t", "0", "-l", &model.display().to_string()]);
     t.keys(&["Enter", "Tab", "i"]);
@@ -1233,8 +1233,10 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
     assert!(s.contains("tok/s"), "{s}");
     let s = t.wait_for("the streamed text", |s| s.contains(&expected_word));
     assert!(!s.contains("OCR failed"), "{s}");
-    t.keys(&["x"]);
-    t.wait_for("the cancelled run", |s| s.contains("cancelled"));
+    // The first Ctrl-C cancels the run and the dashboard stays.
+    t.keys(&["C-c"]);
+    let s = t.wait_for("the cancelled run", |s| s.contains("cancelled"));
+    assert!(!s.contains("DSOCR-EXITED"), "{s}");
 
     // Quit; the shell after dsocr sees a restored terminal.
     t.keys(&["q"]);
