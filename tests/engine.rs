@@ -268,7 +268,7 @@ fn run_tiny_case(model: &DeepseekOcr, dir: &Path) -> bool {
     let t = embeds.size()[0];
     let mut cache = model.decoder.new_cache(t).expect("cache");
     let hidden = model.decoder.forward(&embeds, &mut cache).expect("prefill");
-    let logits = model.decoder.logits(&hidden);
+    let logits = model.decoder.logits(&hidden).expect("logits");
     if let Some(tail) = report
         .expected
         .get("prefill_logits_tail")
@@ -810,12 +810,17 @@ fn teacher_forced(
         .new_cache(t + forced.len() as i64)
         .expect("cache");
     let hidden = model.decoder.forward(&embeds, &mut cache).expect("prefill");
-    let mut logits = vec![model.decoder.logits(&hidden.narrow(0, t - 1, 1))];
+    let mut logits = vec![
+        model
+            .decoder
+            .logits(&hidden.narrow(0, t - 1, 1))
+            .expect("logits"),
+    ];
     let steps = forced.len();
     for &id in &forced[..steps - 1] {
         let e = model.decoder.embed(&Tensor::from_slice(&[id]));
         let h = model.decoder.forward(&e, &mut cache).expect("decode step");
-        logits.push(model.decoder.logits(&h));
+        logits.push(model.decoder.logits(&h).expect("logits"));
     }
     let ours = Tensor::cat(&logits, 0).to_device(Device::Cpu);
     let compared = ours.narrow(0, 0, expected.size()[0]);

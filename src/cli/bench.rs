@@ -328,13 +328,7 @@ fn machine(device: Device) -> Machine {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cpu_bf16 = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .is_some_and(|l| {
-            l.split_whitespace()
-                .any(|f| f == "avx512_bf16" || f == "amx_bf16")
-        });
+    let cpu_bf16 = crate::ocr::device::cpu_has_bf16_matmul();
     let gpu = matches!(device, Device::Cuda(_))
         .then(|| nvidia_smi(&["--query-gpu=name", "--format=csv,noheader"]))
         .flatten();

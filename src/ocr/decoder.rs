@@ -8,16 +8,26 @@
 //! CPU is plain memory; on CUDA it is the one synchronisation of that layer). On the CPU a decode
 //! step reads its few expert ids (host memory already) and runs those experts in place instead
 //! of gathering copies of their weights.
+//!
+//! Weights may be stored narrower than the activations: with bf16 weights on a CPU without
+//! bf16 instructions the activations, KV cache and arithmetic are f32 and every matrix product
+//! widens the weights on the fly ([`gemv`]), so memory holds and streams bf16.
 
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Config, LanguageConfig, RMS_NORM_EPS, ROPE_THETA};
 use super::error::{OcrError, Result};
-use super::weights::Weights;
+use super::gemv::{self, Product};
+use super::weights::{Weights, release_free_heap};
 
 /// Up to this many tokens, routed experts are gathered per token (decode); above it, tokens are
 /// grouped by expert (prefill).
 const GATHER_MAX_TOKENS: i64 = 4;
+
+/// `x W^T` for any pair of stored and compute dtypes (see [`gemv::linear_any`]).
+fn lin(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    gemv::linear_any(x, weight, None)
+}
 
 /// RMSNorm computed in f32, scaled by the weight in the compute dtype.
 struct RmsNorm {
@@ -25,6 +35,13 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// The weight `name`, converted to the compute dtype.
+    fn load(w: &mut Weights, name: &str, compute: Kind) -> Result<Self> {
+        Ok(Self {
+            weight: w.take(name)?.f_to_kind(compute)?,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let xf = x.to_kind(Kind::Float);
@@ -50,10 +67,10 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let g = x.linear::<Tensor>(&self.gate, None).silu();
-        let u = x.linear::<Tensor>(&self.up, None);
-        (g * u).linear::<Tensor>(&self.down, None)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = lin(x, &self.gate)?.silu();
+        let u = lin(x, &self.up)?;
+        lin(&(g * u), &self.down)
     }
 }
 
@@ -73,7 +90,8 @@ struct Moe {
 
 impl Moe {
     /// Stacks the routed experts into preallocated tensors, freeing each expert's own tensors
-    /// as soon as they are copied (so loading needs one layer's experts of extra memory at most).
+    /// as soon as they are copied (heap memory returned after each layer, mapped file pages
+    /// released), so loading needs one layer's experts of extra memory at most.
     fn load(w: &mut Weights, prefix: &str, l: &LanguageConfig) -> Result<Self> {
         let (experts, inner, hidden) = (l.n_routed_experts, l.moe_intermediate_size, l.hidden_size);
         let probe = w.get(&format!("{prefix}.gate.weight"))?;
@@ -83,13 +101,17 @@ impl Moe {
         for e in 0..experts {
             let p = format!("{prefix}.experts.{e}");
             let slot = gate_up.get(e);
-            slot.narrow(0, 0, inner)
-                .f_copy_(&w.take(&format!("{p}.gate_proj.weight"))?)?;
-            slot.narrow(0, inner, inner)
-                .f_copy_(&w.take(&format!("{p}.up_proj.weight"))?)?;
-            down.get(e)
-                .f_copy_(&w.take(&format!("{p}.down_proj.weight"))?)?;
+            for (mut dst, name) in [
+                (slot.narrow(0, 0, inner), "gate_proj"),
+                (slot.narrow(0, inner, inner), "up_proj"),
+                (down.get(e), "down_proj"),
+            ] {
+                let t = w.take(&format!("{p}.{name}.weight"))?;
+                dst.f_copy_(&t)?;
+                w.done_with(t);
+            }
         }
+        release_free_heap();
         let shared = if l.n_shared_experts > 0 {
             Some(Mlp::load(w, &format!("{prefix}.shared_experts"))?)
         } else {
@@ -135,16 +157,20 @@ impl Moe {
         };
         let mut y = weighted.to_kind(x.kind());
         if let Some(shared) = &self.shared {
-            y += shared.forward(x);
+            y += shared.forward(x)?;
         }
         Ok(y)
     }
 
     /// Expert MLP on rows `x` `[n, H]` with that expert's `gate_up` `[2M, H]` and `down`.
-    fn expert(&self, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Tensor {
-        let gu = x.linear::<Tensor>(gate_up, None);
-        let act = gu.narrow(-1, 0, self.inner).silu() * gu.narrow(-1, self.inner, self.inner);
-        act.linear::<Tensor>(down, None)
+    fn expert(&self, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+        let gu = lin(x, gate_up)?;
+        lin(&self.activate(&gu), down)
+    }
+
+    /// `silu(gate) * up` of `[n, 2M]` gate-and-up projections: `[n, M]`.
+    fn activate(&self, gu: &Tensor) -> Tensor {
+        gu.narrow(-1, 0, self.inner).silu() * gu.narrow(-1, self.inner, self.inner)
     }
 
     /// Few tokens: gather each assignment's expert weights and run them as one batched matmul.
@@ -166,15 +192,41 @@ impl Moe {
     /// weights, without copying them as [`Moe::gathered`] must. Same result and order.
     fn in_place(&self, x: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let flat = Vec::<i64>::try_from(ids.reshape([-1]))?;
-        let rows: Vec<Tensor> = flat
+        if gemv::applies(x, &self.gate_up) {
+            return self.in_place_bf16(x, &flat);
+        }
+        let rows = flat
             .iter()
             .enumerate()
             .map(|(i, &e)| {
                 let token = x.narrow(0, i as i64 / self.top_k, 1);
                 self.expert(&token, &self.gate_up.get(e), &self.down.get(e))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::f_cat(&rows, 0)?)
+    }
+
+    /// [`Moe::in_place`] for bf16 experts and f32 activations: all the step's gate-and-up
+    /// products in one parallel pass over the weights, then all the down products in another.
+    fn in_place_bf16(&self, x: &Tensor, flat: &[i64]) -> Result<Tensor> {
+        let tokens: Vec<Tensor> = (0..flat.len() as i64)
+            .map(|i| x.get(i / self.top_k))
+            .collect();
+        let gate_ups: Vec<Tensor> = flat.iter().map(|&e| self.gate_up.get(e)).collect();
+        let jobs: Vec<Product<'_>> = gate_ups
+            .iter()
+            .zip(&tokens)
+            .map(|(weight, x)| Product { weight, x })
+            .collect();
+        let act = self.activate(&Tensor::f_stack(&gemv::products(&jobs)?, 0)?);
+        let acts: Vec<Tensor> = (0..flat.len() as i64).map(|i| act.get(i)).collect();
+        let downs: Vec<Tensor> = flat.iter().map(|&e| self.down.get(e)).collect();
+        let jobs: Vec<Product<'_>> = downs
+            .iter()
+            .zip(&acts)
+            .map(|(weight, x)| Product { weight, x })
+            .collect();
+        Ok(Tensor::f_stack(&gemv::products(&jobs)?, 0)?)
     }
 
     /// Many tokens: sort the assignments by expert and run each expert once on its rows.
@@ -199,7 +251,7 @@ impl Moe {
                 &rows.narrow(0, start, n),
                 &self.gate_up.get(e),
                 &self.down.get(e),
-            ));
+            )?);
             start += n;
         }
         let sorted = Tensor::f_cat(&outputs, 0)?;
@@ -243,11 +295,11 @@ impl Attention {
             .unsqueeze(0)
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut LayerCache, pos: i64) -> Tensor {
+    fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut LayerCache, pos: i64) -> Result<Tensor> {
         let t = x.size()[0];
-        let q = rope.apply(&self.split_heads(&x.linear::<Tensor>(&self.q, None)), pos);
-        let k = rope.apply(&self.split_heads(&x.linear::<Tensor>(&self.k, None)), pos);
-        let v = self.split_heads(&x.linear::<Tensor>(&self.v, None));
+        let q = rope.apply(&self.split_heads(&lin(x, &self.q)?), pos);
+        let k = rope.apply(&self.split_heads(&lin(x, &self.k)?), pos);
+        let v = self.split_heads(&lin(x, &self.v)?);
         cache.k.narrow(2, pos, t).copy_(&k);
         cache.v.narrow(2, pos, t).copy_(&v);
         let keys = cache.k.narrow(2, 0, pos + t);
@@ -265,10 +317,11 @@ impl Attention {
         let out = Tensor::scaled_dot_product_attention(
             &q, &keys, &values, mask, 0.0, causal, None, false,
         );
-        out.squeeze_dim(0)
+        let out = out
+            .squeeze_dim(0)
             .transpose(0, 1)
-            .reshape([t, self.heads * self.head_dim])
-            .linear::<Tensor>(&self.o, None)
+            .reshape([t, self.heads * self.head_dim]);
+        lin(&out, &self.o)
     }
 }
 
@@ -350,15 +403,19 @@ pub struct Decoder {
     head_dim: i64,
     max_positions: i64,
     vocab: i64,
+    /// Dtype of activations and KV cache (the stored weights may be narrower).
+    compute: Kind,
 }
 
 impl Decoder {
     /// Build the decoder from the checkpoint tensors (taken out of `w`, which must already hold
-    /// them in the compute dtype on the compute device).
-    pub fn load(cfg: &Config, w: &mut Weights) -> Result<Self> {
+    /// them on the compute device), computing in `compute`: the stored dtype, or f32 over
+    /// narrower stored weights. Norm weights are converted to `compute` here.
+    pub fn load(cfg: &Config, w: &mut Weights, compute: Kind) -> Result<Self> {
         let l = &cfg.language_config;
         let embed = w.take("model.embed_tokens.weight")?;
-        let (kind, device) = (embed.kind(), embed.device());
+        let device = embed.device();
+
         let mut layers = Vec::with_capacity(l.num_hidden_layers as usize);
         for i in 0..l.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -368,12 +425,12 @@ impl Decoder {
                 Ffn::Dense(Mlp::load(w, &format!("{p}.mlp"))?)
             };
             layers.push(Layer {
-                input_norm: RmsNorm {
-                    weight: w.take(&format!("{p}.input_layernorm.weight"))?,
-                },
-                post_norm: RmsNorm {
-                    weight: w.take(&format!("{p}.post_attention_layernorm.weight"))?,
-                },
+                input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), compute)?,
+                post_norm: RmsNorm::load(
+                    w,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    compute,
+                )?,
                 attn: Attention::load(w, &p, l)?,
                 ffn,
             });
@@ -381,15 +438,14 @@ impl Decoder {
         Ok(Self {
             embed,
             layers,
-            norm: RmsNorm {
-                weight: w.take("model.norm.weight")?,
-            },
+            norm: RmsNorm::load(w, "model.norm.weight", compute)?,
             lm_head: w.take("lm_head.weight")?,
-            rope: Rope::new(l.head_dim(), l.max_position_embeddings, kind, device),
+            rope: Rope::new(l.head_dim(), l.max_position_embeddings, compute, device),
             heads: l.num_attention_heads,
             head_dim: l.head_dim(),
             max_positions: l.max_position_embeddings,
             vocab: l.vocab_size,
+            compute,
         })
     }
 
@@ -413,7 +469,7 @@ impl Decoder {
             )));
         }
         let shape = [1, self.heads, capacity, self.head_dim];
-        let opts = (self.embed.kind(), self.embed.device());
+        let opts = (self.compute, self.embed.device());
         let layers = (0..self.layers.len())
             .map(|_| {
                 Ok(LayerCache {
@@ -433,6 +489,7 @@ impl Decoder {
     pub fn embed(&self, ids: &Tensor) -> Tensor {
         self.embed
             .index_select(0, &ids.to_device(self.embed.device()))
+            .to_kind(self.compute)
     }
 
     /// Run `embeds` `[T, H]` (the next T positions) through the layers, appending their keys and
@@ -451,10 +508,10 @@ impl Decoder {
             let h = &x
                 + layer
                     .attn
-                    .forward(&layer.input_norm.forward(&x), &self.rope, lc, pos);
+                    .forward(&layer.input_norm.forward(&x), &self.rope, lc, pos)?;
             let normed = layer.post_norm.forward(&h);
             let f = match &layer.ffn {
-                Ffn::Dense(mlp) => mlp.forward(&normed),
+                Ffn::Dense(mlp) => mlp.forward(&normed)?,
                 Ffn::Moe(moe) => moe.forward(&normed)?,
             };
             x = h + f;
@@ -464,10 +521,8 @@ impl Decoder {
     }
 
     /// f32 logits `[n, V]` of hidden states `[n, H]`.
-    pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden
-            .linear::<Tensor>(&self.lm_head, None)
-            .to_kind(Kind::Float)
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(lin(hidden, &self.lm_head)?.to_kind(Kind::Float))
     }
 }
 

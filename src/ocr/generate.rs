@@ -216,7 +216,7 @@ pub fn generate_with_images(
     let hidden = model.decoder.forward(&embeds, &mut cache)?;
     let mut logits = model
         .decoder
-        .logits(&hidden.narrow(0, hidden.size()[0] - 1, 1));
+        .logits(&hidden.narrow(0, hidden.size()[0] - 1, 1))?;
     if let tch::Device::Cuda(i) = model.device {
         // CUDA runs asynchronously: wait, so that the prefill time is the prefill's.
         tch::Cuda::synchronize(i as i64);
@@ -245,7 +245,7 @@ pub fn generate_with_images(
         }
         let embeds = model.decoder.embed(&Tensor::from_slice(&[next]));
         let hidden = model.decoder.forward(&embeds, &mut cache)?;
-        logits = model.decoder.logits(&hidden);
+        logits = model.decoder.logits(&hidden)?;
     };
     out.timings.decode = start.elapsed();
     if opts.record_logits && !recorded.is_empty() {

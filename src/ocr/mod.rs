@@ -11,6 +11,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod error;
+pub mod gemv;
 pub mod generate;
 pub mod grounding;
 pub mod model;

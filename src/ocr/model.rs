@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::Config;
 use super::decoder::Decoder;
+use super::device::compute_kind;
 use super::error::{OcrError, Result};
 use super::vision::{ImageFeatures, VisionModel};
 use super::weights::{KeepAlive, Weights};
@@ -35,7 +36,11 @@ pub struct DeepseekOcr {
     pub vision: VisionModel,
     pub decoder: Decoder,
     pub device: Device,
+    /// Dtype the weights are stored in.
     pub kind: Kind,
+    /// Dtype of the activations and arithmetic: `kind`, or f32 when the weights are stored in
+    /// bf16/f16 on a CPU without bf16 matrix instructions ([`compute_kind`]).
+    pub compute: Kind,
     /// Declared last: dropped after the tensors that may view the mapped files.
     _keep: KeepAlive,
 }
@@ -72,16 +77,18 @@ impl DeepseekOcr {
         kind: Kind,
     ) -> Result<Self> {
         let keep = weights.keep_alive();
-        let vision = VisionModel::load(&config, &weights)?;
-        let decoder = Decoder::load(&config, &mut weights)?;
+        let compute = compute_kind(device, kind);
+        let vision = VisionModel::load(&config, &weights, compute)?;
+        let decoder = Decoder::load(&config, &mut weights, compute)?;
         drop(weights);
-        release_free_heap();
+        super::weights::release_free_heap();
         Ok(Self {
             config,
             vision,
             decoder,
             device,
             kind,
+            compute,
             _keep: keep,
         })
     }
@@ -92,11 +99,11 @@ impl DeepseekOcr {
             .images
             .iter()
             .map(|img| {
-                let global = img.global.to_device(self.device).to_kind(self.kind);
+                let global = img.global.to_device(self.device).to_kind(self.compute);
                 let tiles = img
                     .tiles
                     .as_ref()
-                    .map(|t| t.to_device(self.device).to_kind(self.kind));
+                    .map(|t| t.to_device(self.device).to_kind(self.compute));
                 self.vision
                     .embed_image(&global, tiles.as_ref(), img.spatial_crop)
             })
@@ -146,16 +153,6 @@ impl DeepseekOcr {
         let feats = Tensor::f_cat(&feats, 0)?;
         let index = Tensor::from_slice(&positions).to_device(embeds.device());
         Ok(embeds.f_index_copy(0, &index, &feats)?)
-    }
-}
-
-/// Give the heap pages freed while the weights were repacked (the per-expert tensors, each a few
-/// MB) back to the system; glibc would otherwise keep them, adding gigabytes to the RSS.
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns memory the allocator holds as free.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -340,6 +340,27 @@ impl Weights {
         weights_err(&self.source, format!("missing tensor {name}"))
     }
 
+    /// Drop `t`, a tensor taken from these weights and copied elsewhere (e.g. into stacked
+    /// expert weights). When it is a view of a file mapping, the whole pages it covers are
+    /// handed back (`MADV_DONTNEED`): they stay in the page cache but leave this process's
+    /// resident set, so repacking does not count the same bytes twice. Returns whether pages
+    /// were released; tensors in ordinary memory are simply dropped.
+    pub fn done_with(&self, t: Tensor) -> bool {
+        if t.device() != Device::Cpu {
+            return false;
+        }
+        let start = t.data_ptr() as usize;
+        let end = start + t.numel() * t.kind().elt_size_in_bytes();
+        let inside = self.keep._maps.iter().any(|m| {
+            let base = m.as_ptr() as usize;
+            start >= base && end <= base + m.len()
+        });
+        if !inside {
+            return false;
+        }
+        release_pages(start, end)
+    }
+
     /// A handle that keeps the file mappings alive (hold it beside tensors from [`Weights::get`]).
     pub fn keep_alive(&self) -> KeepAlive {
         self.keep.clone()
@@ -359,6 +380,45 @@ impl Weights {
 
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
+    }
+}
+
+/// `MADV_DONTNEED` on the whole pages inside `start..end`, which must lie in a read-only file
+/// mapping (then later reads fault the pages back in from the page cache; nothing is lost).
+fn release_pages(start: usize, end: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let first = start.div_ceil(page) * page;
+        let last = end / page * page;
+        if last <= first {
+            return false;
+        }
+        // SAFETY: the range lies inside a live read-only shared file mapping (checked by the
+        // caller), so dropping its pages only makes the next access read them again.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            ) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (start, end);
+        false
+    }
+}
+
+/// Give the heap pages freed so far back to the system (glibc keeps freed chunks otherwise,
+/// which after repacking many tensors adds gigabytes to the resident set).
+pub(crate) fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns memory the allocator holds as free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -643,5 +703,27 @@ mod tests {
         let f32 = file.tensor(name, Kind::Float, Device::Cpu).expect("f32");
         assert_ne!(f32.data_ptr() as usize, at);
         assert!(f32.equal(&view.to_kind(Kind::Float)));
+    }
+
+    /// Released pages of a mapping read back the same; memory that is not a mapping is never
+    /// advised (doing so would zero it).
+    #[test]
+    fn released_mapping_pages_read_back_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("big.safetensors");
+        let data = Tensor::arange(3 * 4096, (Kind::Float, Device::Cpu)).view([3, 4096]);
+        Tensor::write_safetensors(&[("w", &data)], &path).expect("write");
+        let w = Weights::load(&path, Kind::Float, Device::Cpu).expect("load");
+        let view = w.get("w").expect("w");
+        let sum = view.sum(Kind::Double).double_value(&[]);
+        assert!(
+            w.done_with(view.shallow_clone()),
+            "a 48 KiB view covers whole pages"
+        );
+        assert_eq!(view.sum(Kind::Double).double_value(&[]), sum);
+        assert!(view.equal(&data));
+        let heap = data.copy();
+        assert!(!w.done_with(heap.shallow_clone()));
+        assert!(heap.equal(&data));
     }
 }

@@ -2,9 +2,9 @@
 //! embedding: class token, position embeddings resized to the feature grid, `pre_layrnorm`, and
 //! pre-LN blocks with quick-GELU (no post-layernorm).
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use super::layers::{LayerNorm, Linear, attention, get_shaped, resize_grid_bicubic_aa};
+use super::layers::{LayerNorm, Linear, attention, get_small, resize_grid_bicubic_aa};
 use crate::ocr::config::{CLIP_LN_EPS, CLIP_MLP_RATIO, Config};
 use crate::ocr::error::{OcrError, Result};
 use crate::ocr::weights::Weights;
@@ -22,16 +22,28 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(w: &Weights, dim: i64, heads: i64, i: i64) -> Result<Self> {
+    fn load(w: &Weights, [dim, heads]: [i64; 2], i: i64, compute: Kind) -> Result<Self> {
         let p = format!("{PREFIX}.transformer.layers.{i}");
         let ffn = CLIP_MLP_RATIO * dim;
         Ok(Self {
-            ln1: LayerNorm::load(w, &format!("{p}.layer_norm1"), dim, CLIP_LN_EPS)?,
-            qkv: Linear::load(w, &format!("{p}.self_attn.qkv_proj"), dim, 3 * dim, true)?,
-            out: Linear::load(w, &format!("{p}.self_attn.out_proj"), dim, dim, true)?,
-            ln2: LayerNorm::load(w, &format!("{p}.layer_norm2"), dim, CLIP_LN_EPS)?,
-            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), dim, ffn, true)?,
-            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), ffn, dim, true)?,
+            ln1: LayerNorm::load(w, &format!("{p}.layer_norm1"), dim, CLIP_LN_EPS, compute)?,
+            qkv: Linear::load(
+                w,
+                &format!("{p}.self_attn.qkv_proj"),
+                [dim, 3 * dim],
+                true,
+                compute,
+            )?,
+            out: Linear::load(
+                w,
+                &format!("{p}.self_attn.out_proj"),
+                [dim, dim],
+                true,
+                compute,
+            )?,
+            ln2: LayerNorm::load(w, &format!("{p}.layer_norm2"), dim, CLIP_LN_EPS, compute)?,
+            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), [dim, ffn], true, compute)?,
+            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), [ffn, dim], true, compute)?,
             heads,
         })
     }
@@ -69,7 +81,8 @@ pub(crate) struct Clip {
 }
 
 impl Clip {
-    pub(crate) fn load(cfg: &Config, w: &Weights) -> Result<Self> {
+    /// Small tensors are converted to `compute`; matrices keep their stored dtype.
+    pub(crate) fn load(cfg: &Config, w: &Weights, compute: Kind) -> Result<Self> {
         let clip = &cfg.vision_config.width.clip;
         let dim = clip.width;
         if cfg.sam_out_channels() != dim {
@@ -80,26 +93,34 @@ impl Clip {
             )));
         }
         let grid = cfg.clip_pos_grid();
-        let pos = get_shaped(
+        let pos = get_small(
             w,
             &format!("{PREFIX}.embeddings.position_embedding.weight"),
             &[grid * grid + 1, dim],
+            compute,
         )?;
         let grid_pos = pos
             .f_narrow(0, 1, grid * grid)?
             .f_reshape([1, grid, grid, dim])?
             .f_permute([0, 3, 1, 2])?;
         Ok(Self {
-            class_embedding: get_shaped(
+            class_embedding: get_small(
                 w,
                 &format!("{PREFIX}.embeddings.class_embedding"),
                 &[dim],
+                compute,
             )?,
             cls_pos: pos.f_narrow(0, 0, 1)?,
             grid_pos,
-            pre_norm: LayerNorm::load(w, &format!("{PREFIX}.pre_layrnorm"), dim, CLIP_LN_EPS)?,
+            pre_norm: LayerNorm::load(
+                w,
+                &format!("{PREFIX}.pre_layrnorm"),
+                dim,
+                CLIP_LN_EPS,
+                compute,
+            )?,
             layers: (0..clip.layers)
-                .map(|i| Layer::load(w, dim, clip.heads, i))
+                .map(|i| Layer::load(w, [dim, clip.heads], i, compute))
                 .collect::<Result<_>>()?,
         })
     }

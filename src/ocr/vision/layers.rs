@@ -4,20 +4,29 @@
 use tch::{Kind, Tensor};
 
 use crate::ocr::error::{OcrError, Result};
+use crate::ocr::gemv;
 use crate::ocr::weights::Weights;
 
-/// `nn.Linear`: `y = x W^T + b`.
+/// `nn.Linear`: `y = x W^T + b`. The weight stays in its stored dtype; the bias is kept in the
+/// compute dtype (see [`gemv::linear_any`] for weights stored narrower than the activations).
 pub(crate) struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    /// `{prefix}.weight` `[out, inp]`, and `{prefix}.bias` `[out]` when `bias` is set.
-    pub(crate) fn load(w: &Weights, prefix: &str, inp: i64, out: i64, bias: bool) -> Result<Self> {
+    /// `{prefix}.weight` `[out, inp]`, and `{prefix}.bias` `[out]` (in `compute`) when `bias`
+    /// is set.
+    pub(crate) fn load(
+        w: &Weights,
+        prefix: &str,
+        [inp, out]: [i64; 2],
+        bias: bool,
+        compute: Kind,
+    ) -> Result<Self> {
         let weight = get_shaped(w, &format!("{prefix}.weight"), &[out, inp])?;
         let bias = if bias {
-            Some(get_shaped(w, &format!("{prefix}.bias"), &[out])?)
+            Some(get_shaped(w, &format!("{prefix}.bias"), &[out])?.f_to_kind(compute)?)
         } else {
             None
         };
@@ -25,11 +34,11 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        gemv::linear_any(x, &self.weight, self.bias.as_ref())
     }
 }
 
-/// `nn.LayerNorm` over the last dimension, computed in the weights' dtype.
+/// `nn.LayerNorm` over the last dimension, computed in the compute dtype.
 pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -37,11 +46,17 @@ pub(crate) struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
-    pub(crate) fn load(w: &Weights, prefix: &str, dim: i64, eps: f64) -> Result<Self> {
+    /// `{prefix}.weight` and `{prefix}.bias`, both `[dim]`, converted to `compute`.
+    pub(crate) fn load(
+        w: &Weights,
+        prefix: &str,
+        dim: i64,
+        eps: f64,
+        compute: Kind,
+    ) -> Result<Self> {
         Ok(Self {
-            weight: get_shaped(w, &format!("{prefix}.weight"), &[dim])?,
-            bias: get_shaped(w, &format!("{prefix}.bias"), &[dim])?,
+            weight: get_small(w, &format!("{prefix}.weight"), &[dim], compute)?,
+            bias: get_small(w, &format!("{prefix}.bias"), &[dim], compute)?,
             eps,
         })
     }
@@ -63,6 +78,12 @@ pub(crate) fn get_shaped(w: &Weights, name: &str, shape: &[i64]) -> Result<Tenso
         )));
     }
     Ok(t)
+}
+
+/// A small tensor (norm, bias, position table) checked like [`get_shaped`] and converted to the
+/// compute dtype once at load, so that it meets the activations in their dtype.
+pub(crate) fn get_small(w: &Weights, name: &str, shape: &[i64], compute: Kind) -> Result<Tensor> {
+    Ok(get_shaped(w, name, shape)?.f_to_kind(compute)?)
 }
 
 /// Resize a `[N, C, h, w]` grid of position embeddings to `[N, C, size, size]` the way the

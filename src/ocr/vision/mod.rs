@@ -9,10 +9,10 @@ mod clip;
 mod layers;
 mod sam;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use self::clip::Clip;
-use self::layers::{Linear, get_shaped};
+use self::layers::{Linear, get_small};
 use self::sam::Sam;
 use super::config::{Config, SAM_PATCH};
 use super::error::{OcrError, Result};
@@ -48,21 +48,33 @@ pub struct VisionModel {
     image_newline: Tensor,
     /// `[1, H]`, closing the image's rows.
     view_separator: Tensor,
+    /// Dtype of the activations (the stored weights may be narrower, e.g. bf16 weights with
+    /// f32 arithmetic on a CPU without bf16 instructions).
+    compute: Kind,
     /// The weights' file mappings: tensors kept above may be views of them.
     _mapping: KeepAlive,
 }
 
 impl VisionModel {
-    /// Build the vision path from the checkpoint tensors, every size taken from `cfg`.
-    pub fn load(cfg: &Config, w: &Weights) -> Result<Self> {
+    /// Build the vision path from the checkpoint tensors, every size taken from `cfg`, computing
+    /// in `compute`.
+    pub fn load(cfg: &Config, w: &Weights, compute: Kind) -> Result<Self> {
         let p = &cfg.projector_config;
         let hidden = p.n_embed;
         Ok(Self {
-            sam: Sam::load(cfg, w)?,
-            clip: Clip::load(cfg, w)?,
-            projector: Linear::load(w, "model.projector.layers", p.input_dim, hidden, true)?,
-            image_newline: get_shaped(w, "model.image_newline", &[hidden])?,
-            view_separator: get_shaped(w, "model.view_seperator", &[hidden])?.f_unsqueeze(0)?,
+            sam: Sam::load(cfg, w, compute)?,
+            clip: Clip::load(cfg, w, compute)?,
+            projector: Linear::load(
+                w,
+                "model.projector.layers",
+                [p.input_dim, hidden],
+                true,
+                compute,
+            )?,
+            image_newline: get_small(w, "model.image_newline", &[hidden], compute)?,
+            view_separator: get_small(w, "model.view_seperator", &[hidden], compute)?
+                .f_unsqueeze(0)?,
+            compute,
             _mapping: w.keep_alive(),
         })
     }
@@ -70,8 +82,9 @@ impl VisionModel {
     /// SAM, CLIP and projector on a batch of views `[B, 3, S, S]` (S a multiple of 16).
     pub fn encode(&self, pixels: &Tensor) -> Result<VisionStages> {
         check_views(pixels, "views")?;
-        let (kind, device) = self.sam.weight_options();
-        let pixels = pixels.f_to_device(device)?.f_to_kind(kind)?;
+        let pixels = pixels
+            .f_to_device(self.sam.device())?
+            .f_to_kind(self.compute)?;
         tch::no_grad(|| {
             let sam = self.sam.forward(&pixels)?;
             let clip = self.clip.forward(&sam)?;

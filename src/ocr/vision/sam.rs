@@ -5,7 +5,8 @@
 use tch::{Kind, Tensor};
 
 use super::layers::{
-    LayerNorm, Linear, attention, get_shaped, resize_grid_bicubic_aa, resize_table_linear,
+    LayerNorm, Linear, attention, get_shaped, get_small, resize_grid_bicubic_aa,
+    resize_table_linear,
 };
 use crate::ocr::config::{
     Config, SAM_LN_EPS, SAM_MLP_RATIO, SAM_NECK_CHANNELS, SAM_PATCH, SAM_WINDOW,
@@ -158,7 +159,7 @@ struct Block {
 }
 
 impl Block {
-    fn load(w: &Weights, cfg: &Config, i: i64) -> Result<Self> {
+    fn load(w: &Weights, cfg: &Config, i: i64, compute: Kind) -> Result<Self> {
         let sam = &cfg.vision_config.width.sam;
         let (dim, heads) = (sam.width, sam.heads);
         let global = sam.global_attn_indexes.contains(&i);
@@ -171,17 +172,29 @@ impl Block {
         let p = format!("{PREFIX}.blocks.{i}");
         let rel_shape = [2 * rel_size - 1, dim / heads];
         Ok(Self {
-            norm1: LayerNorm::load(w, &format!("{p}.norm1"), dim, SAM_LN_EPS)?,
+            norm1: LayerNorm::load(w, &format!("{p}.norm1"), dim, SAM_LN_EPS, compute)?,
             attn: RelPosAttention {
-                qkv: Linear::load(w, &format!("{p}.attn.qkv"), dim, 3 * dim, true)?,
-                proj: Linear::load(w, &format!("{p}.attn.proj"), dim, dim, true)?,
-                rel_pos_h: get_shaped(w, &format!("{p}.attn.rel_pos_h"), &rel_shape)?,
-                rel_pos_w: get_shaped(w, &format!("{p}.attn.rel_pos_w"), &rel_shape)?,
+                qkv: Linear::load(w, &format!("{p}.attn.qkv"), [dim, 3 * dim], true, compute)?,
+                proj: Linear::load(w, &format!("{p}.attn.proj"), [dim, dim], true, compute)?,
+                rel_pos_h: get_small(w, &format!("{p}.attn.rel_pos_h"), &rel_shape, compute)?,
+                rel_pos_w: get_small(w, &format!("{p}.attn.rel_pos_w"), &rel_shape, compute)?,
                 heads,
             },
-            norm2: LayerNorm::load(w, &format!("{p}.norm2"), dim, SAM_LN_EPS)?,
-            lin1: Linear::load(w, &format!("{p}.mlp.lin1"), dim, SAM_MLP_RATIO * dim, true)?,
-            lin2: Linear::load(w, &format!("{p}.mlp.lin2"), SAM_MLP_RATIO * dim, dim, true)?,
+            norm2: LayerNorm::load(w, &format!("{p}.norm2"), dim, SAM_LN_EPS, compute)?,
+            lin1: Linear::load(
+                w,
+                &format!("{p}.mlp.lin1"),
+                [dim, SAM_MLP_RATIO * dim],
+                true,
+                compute,
+            )?,
+            lin2: Linear::load(
+                w,
+                &format!("{p}.mlp.lin2"),
+                [SAM_MLP_RATIO * dim, dim],
+                true,
+                compute,
+            )?,
             window: if global { 0 } else { SAM_WINDOW },
         })
     }
@@ -213,11 +226,11 @@ struct LayerNorm2d {
 }
 
 impl LayerNorm2d {
-    fn load(w: &Weights, prefix: &str, dim: i64) -> Result<Self> {
+    fn load(w: &Weights, prefix: &str, dim: i64, compute: Kind) -> Result<Self> {
         let shape = [dim, 1, 1];
         Ok(Self {
-            weight: get_shaped(w, &format!("{prefix}.weight"), &[dim])?.f_reshape(shape)?,
-            bias: get_shaped(w, &format!("{prefix}.bias"), &[dim])?.f_reshape(shape)?,
+            weight: get_small(w, &format!("{prefix}.weight"), &[dim], compute)?.f_reshape(shape)?,
+            bias: get_small(w, &format!("{prefix}.bias"), &[dim], compute)?.f_reshape(shape)?,
         })
     }
 
@@ -246,42 +259,54 @@ pub(crate) struct Sam {
 }
 
 impl Sam {
-    pub(crate) fn load(cfg: &Config, w: &Weights) -> Result<Self> {
+    /// Small tensors are converted to `compute`; convolution and linear weights keep their
+    /// stored dtype and are widened per call when it differs.
+    pub(crate) fn load(cfg: &Config, w: &Weights, compute: Kind) -> Result<Self> {
         let sam = &cfg.vision_config.width.sam;
         let dim = sam.width;
         let grid = cfg.sam_pos_grid();
         let neck = SAM_NECK_CHANNELS;
         let [c2, c3] = [sam.downsample_channels[0], cfg.sam_out_channels()];
-        let pos = get_shaped(w, &format!("{PREFIX}.pos_embed"), &[1, grid, grid, dim])?;
+        let pos = get_small(
+            w,
+            &format!("{PREFIX}.pos_embed"),
+            &[1, grid, grid, dim],
+            compute,
+        )?;
         Ok(Self {
             patch_w: get_shaped(
                 w,
                 &format!("{PREFIX}.patch_embed.proj.weight"),
                 &[dim, 3, SAM_PATCH, SAM_PATCH],
             )?,
-            patch_b: get_shaped(w, &format!("{PREFIX}.patch_embed.proj.bias"), &[dim])?,
+            patch_b: get_small(
+                w,
+                &format!("{PREFIX}.patch_embed.proj.bias"),
+                &[dim],
+                compute,
+            )?,
             pos_embed: pos.f_permute([0, 3, 1, 2])?,
             blocks: (0..sam.layers)
-                .map(|i| Block::load(w, cfg, i))
+                .map(|i| Block::load(w, cfg, i, compute))
                 .collect::<Result<_>>()?,
             neck_conv1: get_shaped(w, &format!("{PREFIX}.neck.0.weight"), &[neck, dim, 1, 1])?,
-            neck_ln1: LayerNorm2d::load(w, &format!("{PREFIX}.neck.1"), neck)?,
+            neck_ln1: LayerNorm2d::load(w, &format!("{PREFIX}.neck.1"), neck, compute)?,
             neck_conv2: get_shaped(w, &format!("{PREFIX}.neck.2.weight"), &[neck, neck, 3, 3])?,
-            neck_ln2: LayerNorm2d::load(w, &format!("{PREFIX}.neck.3"), neck)?,
+            neck_ln2: LayerNorm2d::load(w, &format!("{PREFIX}.neck.3"), neck, compute)?,
             net_2: get_shaped(w, &format!("{PREFIX}.net_2.weight"), &[c2, neck, 3, 3])?,
             net_3: get_shaped(w, &format!("{PREFIX}.net_3.weight"), &[c3, c2, 3, 3])?,
         })
     }
 
-    /// The dtype and device the weights live on (inputs are moved there).
-    pub(crate) fn weight_options(&self) -> (Kind, tch::Device) {
-        (self.patch_w.kind(), self.patch_w.device())
+    /// The device the weights live on (inputs are moved there).
+    pub(crate) fn device(&self) -> tch::Device {
+        self.patch_w.device()
     }
 
     /// Pixels `[B, 3, S, S]` -> features `[B, C, g, g]` (after `net_3`).
     pub(crate) fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = pixels.f_conv2d(
-            &self.patch_w,
+            &self.patch_w.f_to_kind(pixels.kind())?,
             Some(&self.patch_b),
             [SAM_PATCH, SAM_PATCH],
             [0, 0],
@@ -306,10 +331,10 @@ impl Sam {
     }
 }
 
-/// Bias-free square convolution.
+/// Bias-free square convolution, the weight widened to the input's dtype when stored narrower.
 fn conv(x: &Tensor, weight: &Tensor, stride: i64, padding: i64) -> Result<Tensor> {
     Ok(x.f_conv2d(
-        weight,
+        &weight.f_to_kind(x.kind())?,
         None::<&Tensor>,
         [stride, stride],
         [padding, padding],

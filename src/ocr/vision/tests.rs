@@ -56,7 +56,12 @@ fn tiny_model_in(kind: Kind) -> VisionModel {
     let dir = fixtures().join("tiny-model");
     let cfg = Config::from_file(&dir.join("config.json")).expect("tiny config");
     let w = Weights::load(&dir.join("model.safetensors"), kind, Device::Cpu).expect("tiny weights");
-    VisionModel::load(&cfg, &w).expect("vision model")
+    VisionModel::load(
+        &cfg,
+        &w,
+        crate::ocr::device::compute_kind(Device::Cpu, kind),
+    )
+    .expect("vision model")
 }
 
 fn check_case(name: &str, kind: Kind, tol: f64) {
@@ -86,8 +91,8 @@ fn check_case(name: &str, kind: Kind, tol: f64) {
         .expect("embed_image");
     assert_eq!(
         out.embeds.kind(),
-        kind,
-        "{name}: embeds keep the weights' dtype"
+        crate::ocr::device::compute_kind(Device::Cpu, kind),
+        "{name}: embeds are in the compute dtype"
     );
     let mut stages = vec![
         ("sam_global", &out.global.sam),

@@ -1,0 +1,346 @@
+//! Matrix-vector products with bf16 weights and f32 activations on the CPU.
+//!
+//! A decode step multiplies one token's activations by every weight matrix it uses, so it is
+//! bound by how fast the weights stream from memory. Keeping them in bf16 halves that traffic,
+//! but libtorch's own bf16 kernels are slow on CPUs without bf16 instructions (avx512_bf16 or
+//! AMX): a bf16 `linear` of one row ran slower than the f32 one on such a machine. Here each
+//! bf16 weight is widened to f32 in registers (a 16-bit shift), multiplied with the f32
+//! activations and accumulated in f32: the bytes read are those of bf16, the arithmetic is
+//! that of f32, and the result is at least as accurate as a bf16 matmul.
+//!
+//! Work is split into blocks of output rows run on a small thread pool sized like libtorch's
+//! intra-op pool.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use super::error::{OcrError, Result};
+
+/// Output rows per parallel task (a block of `ROWS_PER_TASK * K` weights, ~160 KB at K = 1280).
+const ROWS_PER_TASK: usize = 64;
+
+/// One product `out = W x`: `W` `[N, K]` bf16 (row-major), `x` `[K]` f32, `out` `[N]` f32.
+pub struct Product<'a> {
+    pub weight: &'a Tensor,
+    pub x: &'a Tensor,
+}
+
+/// True when [`products`] can compute `x W^T` for this pair: bf16 weight and f32 activations,
+/// both on the CPU.
+pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
+    x.device() == Device::Cpu
+        && weight.device() == Device::Cpu
+        && x.kind() == Kind::Float
+        && weight.kind() == Kind::BFloat16
+        && weight.dim() == 2
+}
+
+/// Compute every product of `jobs` (in parallel across all of their rows); returns one f32
+/// tensor `[N_i]` per job, in order.
+pub fn products(jobs: &[Product<'_>]) -> Result<Vec<Tensor>> {
+    let mut xs = Vec::with_capacity(jobs.len());
+    let mut ws = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let (w, x) = check(job)?;
+        ws.push(w);
+        xs.push(x);
+    }
+    let outs: Vec<Tensor> = ws
+        .iter()
+        .map(|w| Tensor::f_empty([w.size()[0]], (Kind::Float, Device::Cpu)))
+        .collect::<std::result::Result<_, _>>()?;
+    {
+        let mut tasks = Vec::new();
+        for ((w, x), out) in ws.iter().zip(&xs).zip(&outs) {
+            // SAFETY: `check` made `w` a contiguous CPU bf16 `[N, K]` tensor and `x` a
+            // contiguous CPU f32 `[K]` one; `out` is a fresh contiguous f32 `[N]` tensor that
+            // nothing else references. All three outlive the slices (dropped at the end of
+            // this block), and bf16 has the size and alignment of u16.
+            let (w_s, x_s, out_s) = unsafe { (u16_slice(w), f32_slice(x), f32_slice_mut(out)) };
+            let k = x_s.len();
+            for (block, o) in w_s
+                .chunks(ROWS_PER_TASK * k)
+                .zip(out_s.chunks_mut(ROWS_PER_TASK))
+            {
+                tasks.push((block, x_s, o));
+            }
+        }
+        match pool() {
+            Some(pool) => pool.install(|| {
+                tasks
+                    .into_par_iter()
+                    .for_each(|(w, x, out)| dot_rows(w, x, out));
+            }),
+            None => tasks
+                .into_iter()
+                .for_each(|(w, x, out)| dot_rows(w, x, out)),
+        }
+    }
+    Ok(outs)
+}
+
+/// `x W^T` for `x` `[T, K]` f32 and `weight` `[N, K]` bf16: `[T, N]` f32, each row one product.
+pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let rows: Vec<Tensor> = (0..x.size()[0]).map(|t| x.get(t)).collect();
+    let jobs: Vec<Product<'_>> = rows.iter().map(|x| Product { weight, x }).collect();
+    Ok(Tensor::f_stack(&products(&jobs)?, 0)?)
+}
+
+/// Largest number of rows of activations sent through [`linear`] by [`linear_any`]; above it
+/// the weight is widened once and libtorch's f32 matmul runs (it reuses each weight across rows).
+pub const GEMV_MAX_ROWS: i64 = 4;
+
+/// `x W^T (+ b)` whatever the two dtypes: equal dtypes go straight to libtorch; a weight
+/// stored narrower than the activations (bf16 weights, f32 arithmetic) goes through
+/// [`linear`] for up to [`GEMV_MAX_ROWS`] rows on the CPU, else through an f32 copy of the
+/// weight made for this call. `x` is `[..., K]`, `weight` `[N, K]`, `bias` `[N]`.
+pub fn linear_any(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if x.kind() == weight.kind() {
+        return Ok(x.f_linear(weight, bias)?);
+    }
+    let bias = bias.map(|b| b.f_to_kind(x.kind())).transpose()?;
+    if x.dim() == 2 && x.size()[0] <= GEMV_MAX_ROWS && applies(x, weight) {
+        let y = linear(x, weight)?;
+        return Ok(match bias {
+            Some(b) => y.f_add(&b)?,
+            None => y,
+        });
+    }
+    Ok(x.f_linear(&weight.f_to_kind(x.kind())?, bias.as_ref())?)
+}
+
+/// Validate one job; returns contiguous versions of its tensors.
+fn check(job: &Product<'_>) -> Result<(Tensor, Tensor)> {
+    if !applies(job.x, job.weight) || job.x.dim() != 1 {
+        return Err(OcrError::Invalid(format!(
+            "bf16 matrix-vector product needs a CPU bf16 [N, K] weight and a CPU f32 [K] \
+             vector, got {:?} {:?} and {:?} {:?}",
+            job.weight.kind(),
+            job.weight.size(),
+            job.x.kind(),
+            job.x.size()
+        )));
+    }
+    let (n, k) = (job.weight.size()[0], job.weight.size()[1]);
+    if job.x.size()[0] != k || n == 0 || k == 0 {
+        return Err(OcrError::Invalid(format!(
+            "matrix-vector product of [{n}, {k}] by {:?}: sizes do not match",
+            job.x.size()
+        )));
+    }
+    Ok((job.weight.f_contiguous()?, job.x.f_contiguous()?))
+}
+
+unsafe fn u16_slice(t: &Tensor) -> &[u16] {
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u16, t.numel()) }
+}
+
+unsafe fn f32_slice(t: &Tensor) -> &[f32] {
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
+}
+
+#[allow(clippy::mut_from_ref)]
+unsafe fn f32_slice_mut(t: &Tensor) -> &mut [f32] {
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+}
+
+/// The pool for these products: as many threads as libtorch uses on the CPU (read once). None
+/// when its threads cannot be started; the products then run on the calling thread.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = tch::get_num_threads().max(1) as usize;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("dsocr-gemv-{i}"))
+            .build()
+            .map_err(|e| tracing::warn!("no thread pool for bf16 products ({e}); using one thread"))
+            .ok()
+    })
+    .as_ref()
+}
+
+/// `out[r] = dot(w[r*K..(r+1)*K], x)` for every row of the block `w` (bf16 bits).
+fn dot_rows(w: &[u16], x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { x86::dot_rows_avx512(w, x, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { x86::dot_rows_avx2(w, x, out) };
+        }
+    }
+    dot_rows_scalar(w, x, out);
+}
+
+/// bf16 bits to f32: the bf16 value is the upper half of the f32 one.
+fn widen(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+fn dot_rows_scalar(w: &[u16], x: &[f32], out: &mut [f32]) {
+    for (row, o) in w.chunks_exact(x.len()).zip(out.iter_mut()) {
+        *o = row.iter().zip(x).map(|(&b, &v)| widen(b) * v).sum();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::widen;
+
+    /// Two rows at a time, 32 columns per step with two accumulators per row.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_rows_avx512(w: &[u16], x: &[f32], out: &mut [f32]) {
+        let k = x.len();
+        let body = k - k % 32;
+        let wide = |p: *const u16| {
+            // SAFETY: callers pass pointers with 16 readable u16 values.
+            unsafe {
+                let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+            }
+        };
+        for (row, o) in w.chunks_exact(k).zip(out.iter_mut()) {
+            let (wp, xp) = (row.as_ptr(), x.as_ptr());
+            let mut a0 = _mm512_setzero_ps();
+            let mut a1 = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < body {
+                // SAFETY: i + 32 <= body <= k, the length of both `row` and `x`.
+                unsafe {
+                    a0 = _mm512_fmadd_ps(wide(wp.add(i)), _mm512_loadu_ps(xp.add(i)), a0);
+                    a1 = _mm512_fmadd_ps(wide(wp.add(i + 16)), _mm512_loadu_ps(xp.add(i + 16)), a1);
+                }
+                i += 32;
+            }
+            let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            for j in body..k {
+                sum += widen(row[j]) * x[j];
+            }
+            *o = sum;
+        }
+    }
+
+    /// Eight columns per step with two accumulators per row.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows_avx2(w: &[u16], x: &[f32], out: &mut [f32]) {
+        let k = x.len();
+        let body = k - k % 16;
+        let wide = |p: *const u16| {
+            // SAFETY: callers pass pointers with 8 readable u16 values.
+            unsafe {
+                let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+            }
+        };
+        for (row, o) in w.chunks_exact(k).zip(out.iter_mut()) {
+            let (wp, xp) = (row.as_ptr(), x.as_ptr());
+            let mut a0 = _mm256_setzero_ps();
+            let mut a1 = _mm256_setzero_ps();
+            let mut i = 0;
+            while i < body {
+                // SAFETY: i + 16 <= body <= k, the length of both `row` and `x`.
+                unsafe {
+                    a0 = _mm256_fmadd_ps(wide(wp.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
+                    a1 = _mm256_fmadd_ps(wide(wp.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a1);
+                }
+                i += 16;
+            }
+            let s = _mm256_add_ps(a0, a1);
+            let hi = _mm256_extractf128_ps::<1>(s);
+            let q = _mm_add_ps(_mm256_castps256_ps128(s), hi);
+            let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+            let mut sum = _mm_cvtss_f32(q);
+            for j in body..k {
+                sum += widen(row[j]) * x[j];
+            }
+            *o = sum;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Products against libtorch's f32 matmul of the same (bf16-representable) numbers, for
+    /// sizes with and without a SIMD tail, and every code path this CPU has.
+    #[test]
+    fn matches_f32_matmul() {
+        tch::manual_seed(11);
+        for (n, k) in [(1, 1), (3, 17), (130, 1280), (70, 896), (5, 6848), (64, 33)] {
+            let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let x = Tensor::randn([2, k], (Kind::Float, Device::Cpu));
+            let want = x.matmul(&w.to_kind(Kind::Float).tr());
+            let got = linear(&x, &w).expect("product");
+            let scale = want.abs().max().double_value(&[]).max(1.0);
+            let diff = (&got - &want).abs().max().double_value(&[]) / scale;
+            assert!(diff < 1e-5, "[{n}, {k}]: relative difference {diff}");
+            // The scalar path on the same data.
+            let (ws, xs) = (w.contiguous(), x.get(1).contiguous());
+            let mut out = vec![0f32; n as usize];
+            // SAFETY: contiguous CPU tensors of the kinds the slices assume, alive here.
+            unsafe { dot_rows_scalar(u16_slice(&ws), f32_slice(&xs), &mut out) };
+            let scalar = Tensor::from_slice(&out);
+            let diff = (&scalar - &want.get(1)).abs().max().double_value(&[]) / scale;
+            assert!(diff < 1e-5, "scalar [{n}, {k}]: relative difference {diff}");
+        }
+    }
+
+    #[test]
+    fn several_products_at_once_keep_their_order() {
+        tch::manual_seed(12);
+        let w1 = Tensor::randn([200, 64], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let w2 = Tensor::randn([7, 48], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let x1 = Tensor::randn([64], (Kind::Float, Device::Cpu));
+        let x2 = Tensor::randn([48], (Kind::Float, Device::Cpu));
+        let outs = products(&[
+            Product {
+                weight: &w1,
+                x: &x1,
+            },
+            Product {
+                weight: &w2,
+                x: &x2,
+            },
+            Product {
+                weight: &w1,
+                x: &x1,
+            },
+        ])
+        .expect("products");
+        let want1 = w1.to_kind(Kind::Float).mv(&x1);
+        let want2 = w2.to_kind(Kind::Float).mv(&x2);
+        assert_eq!(outs[0].size(), [200]);
+        assert!(outs[0].allclose(&want1, 1e-5, 1e-4, false));
+        assert!(outs[1].allclose(&want2, 1e-5, 1e-4, false));
+        assert!(outs[2].equal(&outs[0]));
+    }
+
+    #[test]
+    fn wrong_inputs_are_errors() {
+        let w = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
+        let f = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
+        let x = Tensor::zeros([8], (Kind::Float, Device::Cpu));
+        let short = Tensor::zeros([7], (Kind::Float, Device::Cpu));
+        assert!(products(&[Product { weight: &f, x: &x }]).is_err());
+        assert!(
+            products(&[Product {
+                weight: &w,
+                x: &short
+            }])
+            .is_err()
+        );
+        assert!(products(&[Product { weight: &w, x: &w }]).is_err());
+        assert!(products(&[Product { weight: &w, x: &x }]).is_ok());
+    }
+}
