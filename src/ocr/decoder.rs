@@ -449,6 +449,16 @@ impl Decoder {
         })
     }
 
+    /// For the duration of a decode loop: when this decoder's matrix products run on the
+    /// [`gemv`] pool (bf16 weights, f32 arithmetic, CPU), a guard that keeps libtorch's pool
+    /// to one thread (see [`gemv::SoloTorch`]); otherwise nothing.
+    pub fn decode_threads(&self) -> Option<gemv::SoloTorch> {
+        let uses_pool = self.embed.device() == Device::Cpu
+            && self.embed.kind() == Kind::BFloat16
+            && self.compute == Kind::Float;
+        uses_pool.then(gemv::SoloTorch::new)
+    }
+
     /// Vocabulary size (rows of the embedding and of the logits).
     pub fn vocab_size(&self) -> i64 {
         self.vocab

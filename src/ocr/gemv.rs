@@ -146,6 +146,36 @@ unsafe fn f32_slice_mut(t: &Tensor) -> &mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
 }
 
+/// While alive, libtorch's own CPU pool runs one thread (restored on drop). Decode steps with
+/// bf16 weights do their heavy work on this module's pool; libtorch's remaining work there is
+/// tiny, and its idle OpenMP workers spin-wait after every parallel op, taking the cores from
+/// the products (measured: decode ran faster with `OMP_WAIT_POLICY=PASSIVE`).
+pub struct SoloTorch {
+    threads: i32,
+}
+
+impl SoloTorch {
+    /// Start the product pool at the current thread count, then narrow libtorch to one thread.
+    pub fn new() -> Self {
+        let threads = tch::get_num_threads();
+        let _ = pool();
+        tch::set_num_threads(1);
+        Self { threads }
+    }
+}
+
+impl Default for SoloTorch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SoloTorch {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.threads);
+    }
+}
+
 /// The pool for these products: as many threads as libtorch uses on the CPU (read once). None
 /// when its threads cannot be started; the products then run on the calling thread.
 fn pool() -> Option<&'static rayon::ThreadPool> {

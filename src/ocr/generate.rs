@@ -225,6 +225,7 @@ pub fn generate_with_images(
 
     on_event(GenerateEvent::Phase(Phase::Decode));
     let start = Instant::now();
+    let _solo = model.decoder.decode_threads();
     let mut recorded = Vec::new();
     let max_new = capacity - prompt_tokens;
     out.stop = loop {
