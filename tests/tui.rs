@@ -431,6 +431,22 @@ fn kitty_terminals_get_the_preview_as_an_image() {
     assert_ne!(px(2, 2), vec![250, 250, 245]);
     assert_eq!(px(20, 4), vec![250, 250, 245], "inside the box: the page");
 
+    // At any size the image stays inside the screen.
+    for w in [10u16, 30, 60, 89, 90, 120, 200, 300] {
+        for h in [4u16, 10, 15, 16, 36, 100] {
+            let mut term = Terminal::new(TestBackend::new(w, h)).expect("backend");
+            term.draw(|f| placed = dsocr::tui::ui::draw_placed(f, &a))
+                .expect("draw");
+            if let Some(p) = placed.take() {
+                assert!(
+                    p.area.right() <= w && p.area.bottom() <= h && p.area.area() > 0,
+                    "{w}x{h}: {:?}",
+                    p.area
+                );
+            }
+        }
+    }
+
     // A dialog on top: no image (it would cover the dialog).
     drive(&mut a, [ch('?')]);
     term.draw(|f| placed = dsocr::tui::ui::draw_placed(f, &a))
