@@ -124,7 +124,6 @@ impl Default for RunOptions {
 pub struct Session {
     model: DeepseekOcr,
     tokenizer: PromptTokenizer,
-    dir: PathBuf,
 }
 
 impl Session {
@@ -134,26 +133,7 @@ impl Session {
         check_model_dir(dir)?;
         let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let model = DeepseekOcr::load(dir, device, kind)?;
-        Ok(Self {
-            model,
-            tokenizer,
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    /// The model folder this session was loaded from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The loaded model.
-    pub fn model(&self) -> &DeepseekOcr {
-        &self.model
-    }
-
-    /// The loaded tokenizer.
-    pub fn tokenizer(&self) -> &PromptTokenizer {
-        &self.tokenizer
+        Ok(Self { model, tokenizer })
     }
 
     /// OCR one image: preprocess, vision, prefill and greedy decoding, reporting phases and
