@@ -271,3 +271,44 @@ fn folder(dir: &Path) -> Result<PathBuf, String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(model: ModelSource, device: &str, dtype: Option<&str>) -> OcrRequest {
+        OcrRequest {
+            model,
+            image: PathBuf::from("page.png"),
+            mode: crate::ocr::preprocess::Mode::Base,
+            prompt: "<image>\nFree OCR.".to_string(),
+            max_new_tokens: 8,
+            device: device.to_string(),
+            dtype: dtype.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn load_key_checks_the_folder_device_and_dtype() {
+        let dir = std::env::temp_dir();
+        let folder = || ModelSource::Folder(dir.clone());
+        let key = load_key(&request(folder(), "cpu", None)).expect("cpu f32");
+        assert_eq!(
+            (key.dir, key.device, key.kind),
+            (dir.clone(), Device::Cpu, Kind::Float)
+        );
+        let key = load_key(&request(folder(), "cpu", Some("bf16"))).expect("cpu bf16");
+        assert_eq!(key.kind, Kind::BFloat16);
+
+        let missing = ModelSource::Folder(dir.join("dsocr-no-such-model-folder"));
+        let err = load_key(&request(missing, "cpu", None)).unwrap_err();
+        assert!(
+            err.contains("does not exist") && err.contains("press f"),
+            "{err}"
+        );
+        let err = load_key(&request(folder(), "tpu", None)).unwrap_err();
+        assert!(err.contains("[ocr] device"), "{err}");
+        let err = load_key(&request(folder(), "cpu", Some("int4"))).unwrap_err();
+        assert!(err.contains("[ocr] dtype"), "{err}");
+    }
+}
