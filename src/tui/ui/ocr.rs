@@ -4,7 +4,8 @@
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+use ratatui::widgets::{Block, Borders, Paragraph};
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use super::{field, pane_block, preview, spinner};
 use crate::tui::app::{App, PRESETS, Pane};
@@ -92,25 +93,60 @@ fn draw_output(frame: &mut Frame, area: Rect, app: &App) {
     } else {
         app.ocr.output.clone()
     };
+    // Wrapped here, not by the Paragraph: its wrapping lets a wide character that does not fit
+    // spill one cell past the area, over the neighbouring pane in a real terminal.
+    let rows = wrap(&text, area.width as usize);
     // Follow the end of the stream while running; otherwise honour the user's scroll.
-    let inner_h = area.height.saturating_sub(1);
+    let inner_h = area.height.saturating_sub(1) as usize;
     let scroll = if app.ocr.is_running() {
-        let width = area.width.max(1) as usize;
-        let rows: usize = text
-            .lines()
-            .map(|l| l.chars().count().max(1).div_ceil(width))
-            .sum();
-        rows.saturating_sub(inner_h as usize) as u16
+        rows.len().saturating_sub(inner_h)
     } else {
-        app.ocr.scroll
+        app.ocr.scroll as usize
     };
-    frame.render_widget(
-        Paragraph::new(text)
-            .wrap(Wrap { trim: false })
-            .scroll((scroll, 0))
-            .block(block),
-        area,
-    );
+    let visible: Vec<Line> = rows
+        .into_iter()
+        .skip(scroll)
+        .take(inner_h)
+        .map(Line::raw)
+        .collect();
+    frame.render_widget(Paragraph::new(visible).block(block), area);
+}
+
+/// `text` as rows of at most `width` display cells: lines break at spaces where they can and
+/// inside a word longer than a row; a wide character never straddles the edge; control
+/// characters (tabs included) show as spaces.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut rows = Vec::new();
+    for line in text.split('\n') {
+        let mut row = String::new();
+        let mut used = 0;
+        for word in line.split_inclusive(' ') {
+            let word: String = word
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let w = UnicodeWidthStr::width(word.trim_end_matches(' '));
+            if used > 0 && used + w > width {
+                rows.push(std::mem::take(&mut row));
+                used = 0;
+            }
+            for c in word.chars() {
+                let cw = UnicodeWidthChar::width(c).unwrap_or(0);
+                if used + cw > width && used > 0 {
+                    if c == ' ' {
+                        continue;
+                    }
+                    rows.push(std::mem::take(&mut row));
+                    used = 0;
+                }
+                row.push(c);
+                used += cw;
+            }
+        }
+        rows.push(row);
+    }
+    rows
 }
 
 fn draw_side(frame: &mut Frame, area: Rect, app: &App) -> Option<Placement> {
@@ -171,4 +207,29 @@ fn draw_side(frame: &mut Frame, area: Rect, app: &App) -> Option<Placement> {
         list,
     );
     placed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+    use unicode_width::UnicodeWidthStr;
+
+    #[test]
+    fn wraps_at_spaces_and_never_past_the_width() {
+        assert_eq!(wrap("one two three", 8), ["one two ", "three"]);
+        assert_eq!(wrap("abcdefghij", 4), ["abcd", "efgh", "ij"]);
+        assert_eq!(wrap("a\n\nb", 5), ["a", "", "b"]);
+        assert_eq!(wrap("tab\there", 20), ["tab here"]);
+        // 49 columns with a wide character that would end one cell past the edge.
+        let line = " windows disposal leucophores冷不limat一则胸口叫你";
+        assert_eq!(line.width(), 50);
+        let rows = wrap(line, 49);
+        assert_eq!(rows.concat(), line);
+        assert!(rows.iter().all(|r| r.width() <= 49), "{rows:?}");
+        for width in 1..12 {
+            for row in wrap("漢字かな交じり文 and ascii 混在", width) {
+                assert!(row.width() <= width.max(2), "{width}: {row:?}");
+            }
+        }
+    }
 }
