@@ -6,8 +6,8 @@
 //! experts of the step's tokens are gathered from stacked expert weights (`index_select` + `bmm`). Prefill
 //! groups the tokens by expert (one read of the per-expert counts per MoE layer, which on the
 //! CPU is plain memory; on CUDA it is the one synchronisation of that layer). On the CPU a decode
-//! step reads its few expert ids (host memory already) and runs those experts in place instead
-//! of gathering copies of their weights.
+//! step runs its experts straight from the stacked weights ([`gemv::routed_experts`]) instead of
+//! gathering copies of them.
 //!
 //! Weights may be stored narrower than the activations: with bf16 weights on a CPU without
 //! bf16 instructions the activations, KV cache and arithmetic are f32 and every matrix product
@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::{Config, LanguageConfig, RMS_NORM_EPS, ROPE_THETA};
 use super::error::{OcrError, Result};
-use super::gemv::{self, Product};
+use super::gemv;
 use super::weights::{Weights, release_free_heap};
 
 /// Up to this many tokens, routed experts are gathered per token (decode); above it, tokens are
@@ -139,8 +139,8 @@ impl Moe {
         let (weights, ids) = probs.topk(self.top_k, -1, true, true);
         let routed = if tokens > GATHER_MAX_TOKENS {
             self.grouped(x, &ids)?
-        } else if x.device() == Device::Cpu {
-            self.in_place(x, &ids)?
+        } else if gemv::applies(x, &self.gate_up) {
+            gemv::routed_experts(x, &ids, &self.gate_up, &self.down)?
         } else {
             self.gathered(x, &ids)
         };
@@ -185,48 +185,6 @@ impl Moe {
         let gu = gate_up.bmm(&xs);
         let act = gu.narrow(1, 0, self.inner).silu() * gu.narrow(1, self.inner, self.inner);
         down.bmm(&act).squeeze_dim(-1)
-    }
-
-    /// Few tokens on the CPU: the chosen ids are already in host memory (reading them is no
-    /// device round trip), so each assignment runs its expert straight from the stacked
-    /// weights, without copying them as [`Moe::gathered`] must. Same result and order.
-    fn in_place(&self, x: &Tensor, ids: &Tensor) -> Result<Tensor> {
-        let flat = Vec::<i64>::try_from(ids.reshape([-1]))?;
-        if gemv::applies(x, &self.gate_up) {
-            return self.in_place_bf16(x, &flat);
-        }
-        let rows = flat
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| {
-                let token = x.narrow(0, i as i64 / self.top_k, 1);
-                self.expert(&token, &self.gate_up.get(e), &self.down.get(e))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::f_cat(&rows, 0)?)
-    }
-
-    /// [`Moe::in_place`] for bf16 experts and f32 activations: all the step's gate-and-up
-    /// products in one parallel pass over the weights, then all the down products in another.
-    fn in_place_bf16(&self, x: &Tensor, flat: &[i64]) -> Result<Tensor> {
-        let tokens: Vec<Tensor> = (0..flat.len() as i64)
-            .map(|i| x.get(i / self.top_k))
-            .collect();
-        let gate_ups: Vec<Tensor> = flat.iter().map(|&e| self.gate_up.get(e)).collect();
-        let jobs: Vec<Product<'_>> = gate_ups
-            .iter()
-            .zip(&tokens)
-            .map(|(weight, x)| Product { weight, x })
-            .collect();
-        let act = self.activate(&Tensor::f_stack(&gemv::products(&jobs)?, 0)?);
-        let acts: Vec<Tensor> = (0..flat.len() as i64).map(|i| act.get(i)).collect();
-        let downs: Vec<Tensor> = flat.iter().map(|&e| self.down.get(e)).collect();
-        let jobs: Vec<Product<'_>> = downs
-            .iter()
-            .zip(&acts)
-            .map(|(weight, x)| Product { weight, x })
-            .collect();
-        Ok(Tensor::f_stack(&gemv::products(&jobs)?, 0)?)
     }
 
     /// Many tokens: sort the assignments by expert and run each expert once on its rows.
@@ -558,6 +516,19 @@ mod tests {
         }
     }
 
+    /// A copy of `m`'s gate and settings (shared experts left out).
+    fn moe_like(m: &Moe) -> Moe {
+        Moe {
+            gate: m.gate.copy(),
+            gate_up: m.gate_up.copy(),
+            down: m.down.copy(),
+            inner: m.inner,
+            top_k: m.top_k,
+            scale: m.scale,
+            shared: None,
+        }
+    }
+
     #[test]
     fn expert_paths_agree() {
         tch::manual_seed(3);
@@ -566,7 +537,7 @@ mod tests {
         let probs = x.linear::<Tensor>(&m.gate, None).softmax(-1, Kind::Float);
         let (_, ids) = probs.topk(3, -1, true, true);
         let a = m.gathered(&x, &ids);
-        let b = m.in_place(&x, &ids).expect("in place");
+        let b = gemv::routed_experts(&x, &ids, &m.gate_up, &m.down).expect("routed");
         let c = m.grouped(&x, &ids).expect("grouped");
         // Reference: every (token, slot) through its expert one by one.
         let ids_v = Vec::<i64>::try_from(ids.reshape([-1])).expect("ids");
@@ -582,7 +553,22 @@ mod tests {
             })
             .collect();
         let want = Tensor::cat(&rows, 0);
-        for (name, got) in [("gathered", a), ("in place", b), ("grouped", c)] {
+        // bf16 stacked weights through the same kernel, against f32 math on the same
+        // (bf16-rounded) weights.
+        let (gu16, down16) = (
+            m.gate_up.to_kind(Kind::BFloat16),
+            m.down.to_kind(Kind::BFloat16),
+        );
+        let d = gemv::routed_experts(&x, &ids, &gu16, &down16).expect("routed bf16");
+        let rounded = Moe {
+            gate_up: gu16.to_kind(Kind::Float),
+            down: down16.to_kind(Kind::Float),
+            ..moe_like(&m)
+        };
+        let want16 = rounded.gathered(&x, &ids);
+        let diff = (&d - &want16).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "routed bf16: max diff {diff}");
+        for (name, got) in [("gathered", a), ("routed", b), ("grouped", c)] {
             let diff = (&got - &want).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{name}: max diff {diff}");
         }

@@ -1,4 +1,5 @@
-//! Matrix-vector products with bf16 weights and f32 activations on the CPU.
+//! Matrix-vector products with bf16 (or f32) weights and f32 activations on the CPU, and the
+//! routed experts of a decode step built on them.
 //!
 //! A decode step multiplies one token's activations by every weight matrix it uses, so it is
 //! bound by how fast the weights stream from memory. Keeping them in bf16 halves that traffic,
@@ -9,7 +10,8 @@
 //! that of f32, and the result is at least as accurate as a bf16 matmul.
 //!
 //! Work is split into blocks of output rows run on a small thread pool sized like libtorch's
-//! intra-op pool.
+//! intra-op pool. [`routed_experts`] reads the chosen expert ids inside the call and runs the
+//! experts straight from the stacked weights: no copy of expert weights, no `to_vec`.
 
 use std::sync::OnceLock;
 
@@ -21,20 +23,91 @@ use super::error::{OcrError, Result};
 /// Output rows per parallel task (a block of `ROWS_PER_TASK * K` weights, ~160 KB at K = 1280).
 const ROWS_PER_TASK: usize = 64;
 
-/// One product `out = W x`: `W` `[N, K]` bf16 (row-major), `x` `[K]` f32, `out` `[N]` f32.
+/// One product `out = W x`: `W` `[N, K]` bf16 or f32 (row-major), `x` `[K]` f32, `out` `[N]`
+/// f32.
 pub struct Product<'a> {
     pub weight: &'a Tensor,
     pub x: &'a Tensor,
 }
 
-/// True when [`products`] can compute `x W^T` for this pair: bf16 weight and f32 activations,
-/// both on the CPU.
+/// True when [`products`] can compute `x W^T` for this pair: a bf16 or f32 weight and f32
+/// activations, both on the CPU.
 pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
     x.device() == Device::Cpu
         && weight.device() == Device::Cpu
         && x.kind() == Kind::Float
-        && weight.kind() == Kind::BFloat16
-        && weight.dim() == 2
+        && matches!(weight.kind(), Kind::BFloat16 | Kind::Float)
+}
+
+/// Rows of a weight matrix as stored: bf16 bits or f32.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    Bf16(&'a [u16]),
+    F32(&'a [f32]),
+}
+
+impl<'a> Rows<'a> {
+    /// The rows of a contiguous CPU bf16 or f32 tensor.
+    ///
+    /// # Safety
+    /// `t` must be contiguous, on the CPU, of kind bf16 or f32, and outlive the result.
+    unsafe fn of(t: &'a Tensor) -> Self {
+        let n = t.numel();
+        // SAFETY: per the contract; bf16 has the size and alignment of u16.
+        unsafe {
+            match t.kind() {
+                Kind::BFloat16 => {
+                    Rows::Bf16(std::slice::from_raw_parts(t.data_ptr() as *const u16, n))
+                }
+                _ => Rows::F32(std::slice::from_raw_parts(t.data_ptr() as *const f32, n)),
+            }
+        }
+    }
+
+    /// Elements `start..start + len`.
+    fn range(self, start: usize, len: usize) -> Self {
+        match self {
+            Rows::Bf16(w) => Rows::Bf16(&w[start..start + len]),
+            Rows::F32(w) => Rows::F32(&w[start..start + len]),
+        }
+    }
+
+    /// `out[r] = dot(row r, x)` for every row.
+    fn dot(self, x: &[f32], out: &mut [f32]) {
+        match self {
+            Rows::Bf16(w) => dot_rows(w, x, out),
+            Rows::F32(w) => dot_rows_f32(w, x, out),
+        }
+    }
+}
+
+/// One matrix-vector product on slices: `rows` `[N, K]`, `x` `[K]`, `out` `[N]`.
+struct Task<'a> {
+    rows: Rows<'a>,
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+/// Run every task, split into blocks of [`ROWS_PER_TASK`] output rows, on the pool.
+fn run(tasks: Vec<Task<'_>>) {
+    let mut blocks = Vec::new();
+    for Task { rows, x, out } in tasks {
+        let k = x.len();
+        for (i, o) in out.chunks_mut(ROWS_PER_TASK).enumerate() {
+            let start = i * ROWS_PER_TASK * k;
+            blocks.push((rows.range(start, o.len() * k), x, o));
+        }
+    }
+    match pool() {
+        Some(pool) => pool.install(|| {
+            blocks
+                .into_par_iter()
+                .for_each(|(rows, x, out)| rows.dot(x, out));
+        }),
+        None => blocks
+            .into_iter()
+            .for_each(|(rows, x, out)| rows.dot(x, out)),
+    }
 }
 
 /// Compute every product of `jobs` (in parallel across all of their rows); returns one f32
@@ -51,37 +124,116 @@ pub fn products(jobs: &[Product<'_>]) -> Result<Vec<Tensor>> {
         .iter()
         .map(|w| Tensor::f_empty([w.size()[0]], (Kind::Float, Device::Cpu)))
         .collect::<std::result::Result<_, _>>()?;
-    {
-        let mut tasks = Vec::new();
-        for ((w, x), out) in ws.iter().zip(&xs).zip(&outs) {
-            // SAFETY: `check` made `w` a contiguous CPU bf16 `[N, K]` tensor and `x` a
+    let tasks = ws
+        .iter()
+        .zip(&xs)
+        .zip(&outs)
+        .map(|((w, x), out)| {
+            // SAFETY: `check` made `w` a contiguous CPU bf16/f32 `[N, K]` tensor and `x` a
             // contiguous CPU f32 `[K]` one; `out` is a fresh contiguous f32 `[N]` tensor that
-            // nothing else references. All three outlive the slices (dropped at the end of
-            // this block), and bf16 has the size and alignment of u16.
-            let (w_s, x_s, out_s) = unsafe { (u16_slice(w), f32_slice(x), f32_slice_mut(out)) };
-            let k = x_s.len();
-            for (block, o) in w_s
-                .chunks(ROWS_PER_TASK * k)
-                .zip(out_s.chunks_mut(ROWS_PER_TASK))
-            {
-                tasks.push((block, x_s, o));
+            // nothing else references. All three outlive the tasks, which end in `run`.
+            unsafe {
+                Task {
+                    rows: Rows::of(w),
+                    x: f32_slice(x),
+                    out: f32_slice_mut(out),
+                }
             }
-        }
-        match pool() {
-            Some(pool) => pool.install(|| {
-                tasks
-                    .into_par_iter()
-                    .for_each(|(w, x, out)| dot_rows(w, x, out));
-            }),
-            None => tasks
-                .into_iter()
-                .for_each(|(w, x, out)| dot_rows(w, x, out)),
-        }
-    }
+        })
+        .collect();
+    run(tasks);
     Ok(outs)
 }
 
-/// `x W^T` for `x` `[T, K]` f32 and `weight` `[N, K]` bf16: `[T, N]` f32, each row one product.
+/// The routed experts of a few tokens, computed from stacked expert weights without copying
+/// them and without a host round trip: for each token `t` and slot `j`, expert
+/// `e = ids[t, j]` gives `down[e] (silu(gate[e] x_t) * up[e] x_t)`. `x` `[T, H]` f32, `ids`
+/// `[T, k]` int64 (read straight from its memory inside this call), `gate_up` `[E, 2M, H]` (gate
+/// rows then up rows) and `down` `[E, H, M]`, bf16 or f32, all on the CPU. Returns `[T*k, H]`
+/// f32 in (token, slot) order. All gate-and-up products run in one parallel pass, then all
+/// down products in another.
+pub fn routed_experts(x: &Tensor, ids: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+    let (experts, two_m, hidden) = gate_up.size3()?;
+    let inner = two_m / 2;
+    let (tokens, width) = x.size2()?;
+    let ok = applies(x, gate_up)
+        && down.kind() == gate_up.kind()
+        && down.size() == [experts, hidden, inner]
+        && width == hidden
+        && ids.kind() == Kind::Int64
+        && ids.device() == Device::Cpu
+        && ids.size().first() == Some(&tokens);
+    if !ok {
+        return Err(OcrError::Invalid(format!(
+            "routed experts: x {:?} {:?}, ids {:?} {:?}, gate_up {:?} {:?}, down {:?}: shapes \
+             or kinds do not fit",
+            x.kind(),
+            x.size(),
+            ids.kind(),
+            ids.size(),
+            gate_up.kind(),
+            gate_up.size(),
+            down.size()
+        )));
+    }
+    let (x, ids) = (x.f_contiguous()?, ids.f_contiguous()?);
+    let (gate_up, down) = (gate_up.f_contiguous()?, down.f_contiguous()?);
+    let (h, m) = (hidden as usize, inner as usize);
+    let out = Tensor::f_empty([ids.numel() as i64, hidden], (Kind::Float, Device::Cpu))?;
+    // SAFETY: all four are contiguous CPU tensors of the kinds checked above, alive until the
+    // end of this function; `out` is fresh and referenced by nothing else.
+    let (x_s, ids_s, gu_w, down_w, out_s) = unsafe {
+        (
+            f32_slice(&x),
+            std::slice::from_raw_parts(ids.data_ptr() as *const i64, ids.numel()),
+            Rows::of(&gate_up),
+            Rows::of(&down),
+            f32_slice_mut(&out),
+        )
+    };
+    if let Some(bad) = ids_s.iter().find(|&&e| !(0..experts).contains(&e)) {
+        return Err(OcrError::Invalid(format!(
+            "routed experts: expert id {bad} outside 0..{experts}"
+        )));
+    }
+    let slots = ids_s.len() / tokens.max(1) as usize;
+    let mut gu = vec![0f32; ids_s.len() * 2 * m];
+    let tasks = ids_s
+        .iter()
+        .zip(gu.chunks_mut(2 * m))
+        .enumerate()
+        .map(|(i, (&e, out))| Task {
+            rows: gu_w.range(e as usize * 2 * m * h, 2 * m * h),
+            x: &x_s[i / slots * h..][..h],
+            out,
+        })
+        .collect();
+    run(tasks);
+    let act: Vec<f32> = gu
+        .chunks_exact(2 * m)
+        .flat_map(|row| {
+            let (gate, up) = row.split_at(m);
+            gate.iter()
+                .zip(up)
+                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+        })
+        .collect();
+    let tasks = ids_s
+        .iter()
+        .zip(act.chunks_exact(m))
+        .zip(out_s.chunks_mut(h))
+        .map(|((&e, x), out)| Task {
+            rows: down_w.range(e as usize * h * m, h * m),
+            x,
+            out,
+        })
+        .collect();
+    run(tasks);
+    Ok(out)
+}
+
+/// `x W^T` for `x` `[T, K]` f32 and `weight` `[N, K]` bf16 or f32: `[T, N]` f32, each row one
+/// product.
 pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let rows: Vec<Tensor> = (0..x.size()[0]).map(|t| x.get(t)).collect();
     let jobs: Vec<Product<'_>> = rows.iter().map(|x| Product { weight, x }).collect();
@@ -101,7 +253,7 @@ pub fn linear_any(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
         return Ok(x.f_linear(weight, bias)?);
     }
     let bias = bias.map(|b| b.f_to_kind(x.kind())).transpose()?;
-    if x.dim() == 2 && x.size()[0] <= GEMV_MAX_ROWS && applies(x, weight) {
+    if x.dim() == 2 && x.size()[0] <= GEMV_MAX_ROWS && applies(x, weight) && weight.dim() == 2 {
         let y = linear(x, weight)?;
         return Ok(match bias {
             Some(b) => y.f_add(&b)?,
@@ -113,9 +265,9 @@ pub fn linear_any(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
 
 /// Validate one job; returns contiguous versions of its tensors.
 fn check(job: &Product<'_>) -> Result<(Tensor, Tensor)> {
-    if !applies(job.x, job.weight) || job.x.dim() != 1 {
+    if !applies(job.x, job.weight) || job.x.dim() != 1 || job.weight.dim() != 2 {
         return Err(OcrError::Invalid(format!(
-            "bf16 matrix-vector product needs a CPU bf16 [N, K] weight and a CPU f32 [K] \
+            "matrix-vector product needs a CPU bf16 or f32 [N, K] weight and a CPU f32 [K] \
              vector, got {:?} {:?} and {:?} {:?}",
             job.weight.kind(),
             job.weight.size(),
@@ -131,10 +283,6 @@ fn check(job: &Product<'_>) -> Result<(Tensor, Tensor)> {
         )));
     }
     Ok((job.weight.f_contiguous()?, job.x.f_contiguous()?))
-}
-
-unsafe fn u16_slice(t: &Tensor) -> &[u16] {
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u16, t.numel()) }
 }
 
 unsafe fn f32_slice(t: &Tensor) -> &[f32] {
@@ -214,6 +362,18 @@ fn widen(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
+/// f32 weights: the compiler vectorises this with the target's SIMD.
+fn dot_rows_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { x86::dot_rows_f32_avx512(w, x, out) };
+    }
+    for (row, o) in w.chunks_exact(x.len()).zip(out.iter_mut()) {
+        *o = row.iter().zip(x).map(|(&a, &b)| a * b).sum();
+    }
+}
+
 fn dot_rows_scalar(w: &[u16], x: &[f32], out: &mut [f32]) {
     for (row, o) in w.chunks_exact(x.len()).zip(out.iter_mut()) {
         *o = row.iter().zip(x).map(|(&b, &v)| widen(b) * v).sum();
@@ -254,6 +414,37 @@ mod x86 {
             let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
             for j in body..k {
                 sum += widen(row[j]) * x[j];
+            }
+            *o = sum;
+        }
+    }
+
+    /// f32 weights, two rows' worth of accumulators as in [`dot_rows_avx512`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_rows_f32_avx512(w: &[f32], x: &[f32], out: &mut [f32]) {
+        let k = x.len();
+        let body = k - k % 32;
+        for (row, o) in w.chunks_exact(k).zip(out.iter_mut()) {
+            let (wp, xp) = (row.as_ptr(), x.as_ptr());
+            let mut a0 = _mm512_setzero_ps();
+            let mut a1 = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < body {
+                // SAFETY: i + 32 <= body <= k, the length of both `row` and `x`.
+                unsafe {
+                    a0 =
+                        _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(i)), _mm512_loadu_ps(xp.add(i)), a0);
+                    a1 = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(wp.add(i + 16)),
+                        _mm512_loadu_ps(xp.add(i + 16)),
+                        a1,
+                    );
+                }
+                i += 32;
+            }
+            let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            for j in body..k {
+                sum += row[j] * x[j];
             }
             *o = sum;
         }
@@ -302,6 +493,10 @@ mod x86 {
 mod tests {
     use super::*;
 
+    unsafe fn u16_slice(t: &Tensor) -> &[u16] {
+        unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u16, t.numel()) }
+    }
+
     /// Products against libtorch's f32 matmul of the same (bf16-representable) numbers, for
     /// sizes with and without a SIMD tail, and every code path this CPU has.
     #[test]
@@ -311,10 +506,12 @@ mod tests {
             let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
             let x = Tensor::randn([2, k], (Kind::Float, Device::Cpu));
             let want = x.matmul(&w.to_kind(Kind::Float).tr());
-            let got = linear(&x, &w).expect("product");
             let scale = want.abs().max().double_value(&[]).max(1.0);
-            let diff = (&got - &want).abs().max().double_value(&[]) / scale;
-            assert!(diff < 1e-5, "[{n}, {k}]: relative difference {diff}");
+            for (what, weight) in [("bf16", w.shallow_clone()), ("f32", w.to_kind(Kind::Float))] {
+                let got = linear(&x, &weight).expect("product");
+                let diff = (&got - &want).abs().max().double_value(&[]) / scale;
+                assert!(diff < 1e-5, "{what} [{n}, {k}]: relative difference {diff}");
+            }
             // The scalar path on the same data.
             let (ws, xs) = (w.contiguous(), x.get(1).contiguous());
             let mut out = vec![0f32; n as usize];
@@ -359,10 +556,17 @@ mod tests {
     #[test]
     fn wrong_inputs_are_errors() {
         let w = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
-        let f = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
-        let x = Tensor::zeros([8], (Kind::Float, Device::Cpu));
+        let f = Tensor::ones([4, 8], (Kind::Float, Device::Cpu));
+        let int = Tensor::zeros([4, 8], (Kind::Int, Device::Cpu));
+        let x = Tensor::ones([8], (Kind::Float, Device::Cpu));
         let short = Tensor::zeros([7], (Kind::Float, Device::Cpu));
-        assert!(products(&[Product { weight: &f, x: &x }]).is_err());
+        assert!(
+            products(&[Product {
+                weight: &int,
+                x: &x
+            }])
+            .is_err()
+        );
         assert!(
             products(&[Product {
                 weight: &w,
@@ -372,5 +576,20 @@ mod tests {
         );
         assert!(products(&[Product { weight: &w, x: &w }]).is_err());
         assert!(products(&[Product { weight: &w, x: &x }]).is_ok());
+        let out = products(&[Product { weight: &f, x: &x }]).expect("f32 weights");
+        assert_eq!(Vec::<f32>::try_from(&out[0]).expect("out"), vec![8.0; 4]);
+        // An expert id outside the stack is an error, not a read out of bounds.
+        let gate_up = Tensor::zeros([2, 6, 8], (Kind::Float, Device::Cpu));
+        let down = Tensor::zeros([2, 8, 3], (Kind::Float, Device::Cpu));
+        let xs = Tensor::zeros([1, 8], (Kind::Float, Device::Cpu));
+        let bad = Tensor::from_slice(&[0i64, 2]).view([1, 2]);
+        let good = Tensor::from_slice(&[1i64, 0]).view([1, 2]);
+        assert!(routed_experts(&xs, &bad, &gate_up, &down).is_err());
+        assert_eq!(
+            routed_experts(&xs, &good, &gate_up, &down)
+                .expect("ids in range")
+                .size(),
+            [2, 8]
+        );
     }
 }
