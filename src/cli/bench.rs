@@ -108,6 +108,8 @@ struct Report {
     machine: Machine,
     weights: String,
     dtype: String,
+    /// Dtype of the arithmetic (f32 over bf16 weights on CPUs without bf16 instructions).
+    compute: String,
     mode: String,
     image: String,
     prompt_tokens: usize,
@@ -178,6 +180,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         machine: machine(device),
         weights,
         dtype: kind_name(kind).into(),
+        compute: kind_name(model.compute).into(),
         mode: mode.name().into(),
         image: image_name,
         prompt_tokens: input.input_ids.len(),
@@ -400,8 +403,8 @@ fn print_table(r: &Report) {
             .unwrap_or_default()
     );
     println!(
-        "weights: {}, dtype {}, mode {}, image: {}",
-        r.weights, r.dtype, r.mode, r.image
+        "weights: {}, dtype {} (compute {}), mode {}, image: {}",
+        r.weights, r.dtype, r.compute, r.mode, r.image
     );
     println!(
         "prompt: {} tokens ({} image tokens), {} new tokens, {} repeats",

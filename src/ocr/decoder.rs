@@ -408,11 +408,11 @@ impl Decoder {
     }
 
     /// For the duration of a decode loop: when this decoder's matrix products run on the
-    /// [`gemv`] pool (bf16 weights, f32 arithmetic, CPU), a guard that keeps libtorch's pool
-    /// to one thread (see [`gemv::SoloTorch`]); otherwise nothing.
+    /// [`gemv`] pool (f32 arithmetic on the CPU, over bf16 or f32 weights), a guard that keeps
+    /// libtorch's pool to one thread (see [`gemv::SoloTorch`]); otherwise nothing.
     pub fn decode_threads(&self) -> Option<gemv::SoloTorch> {
         let uses_pool = self.embed.device() == Device::Cpu
-            && self.embed.kind() == Kind::BFloat16
+            && matches!(self.embed.kind(), Kind::BFloat16 | Kind::Float)
             && self.compute == Kind::Float;
         uses_pool.then(gemv::SoloTorch::new)
     }
