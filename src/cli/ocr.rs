@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use tch::{Device, Kind};
+use tch::Kind;
 
 use crate::hub::HubEnv;
 use crate::hub::cache::RepoPaths;
@@ -73,7 +73,8 @@ pub struct OcrArgs {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// bf16, f16 or f32 (default: bf16 on CUDA, f32 on CPU)
+    /// bf16, f16 or f32 (default: bf16; on CPUs without bf16 instructions the bf16 weights are
+    /// multiplied in f32)
     #[arg(long)]
     pub dtype: Option<String>,
     /// Output folder; each image gets OUT/<image name>/
@@ -90,7 +91,6 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
     let device = parse_device(&args.device)?;
     let kind = match &args.dtype {
         Some(d) => parse_kind(d)?,
-        None if device == Device::Cpu => Kind::Float,
         None => Kind::BFloat16,
     };
     let model_dir = resolve_model(&args.model)?;

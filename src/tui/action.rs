@@ -172,7 +172,7 @@ pub struct OcrRequest {
     pub max_new_tokens: usize,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// `bf16`, `f16` or `f32`; `None`: bf16 on CUDA, f32 on CPU.
+    /// `bf16`, `f16` or `f32`; `None`: bf16 (f32 arithmetic over bf16 weights on CPUs without bf16 instructions).
     pub dtype: Option<String>,
 }
 

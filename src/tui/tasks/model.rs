@@ -235,7 +235,6 @@ fn load_key(request: &OcrRequest) -> Result<LoadKey, String> {
     let kind = match &request.dtype {
         Some(d) => parse_kind(d)
             .map_err(|e| format!("{e} (the [ocr] dtype setting in the config file)"))?,
-        None if device == Device::Cpu => Kind::Float,
         None => Kind::BFloat16,
     };
     Ok(LoadKey { dir, device, kind })
@@ -292,13 +291,13 @@ mod tests {
     fn load_key_checks_the_folder_device_and_dtype() {
         let dir = std::env::temp_dir();
         let folder = || ModelSource::Folder(dir.clone());
-        let key = load_key(&request(folder(), "cpu", None)).expect("cpu f32");
+        let key = load_key(&request(folder(), "cpu", None)).expect("cpu default");
         assert_eq!(
             (key.dir, key.device, key.kind),
-            (dir.clone(), Device::Cpu, Kind::Float)
+            (dir.clone(), Device::Cpu, Kind::BFloat16)
         );
-        let key = load_key(&request(folder(), "cpu", Some("bf16"))).expect("cpu bf16");
-        assert_eq!(key.kind, Kind::BFloat16);
+        let key = load_key(&request(folder(), "cpu", Some("f32"))).expect("cpu f32");
+        assert_eq!(key.kind, Kind::Float);
 
         let missing = ModelSource::Folder(dir.join("dsocr-no-such-model-folder"));
         let err = load_key(&request(missing, "cpu", None)).unwrap_err();
