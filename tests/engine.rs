@@ -759,6 +759,40 @@ fn bf16_follows_f32_on_the_tiny_cases() {
     }
 }
 
+#[test]
+fn one_token_kernels_match_the_libtorch_step() {
+    // A CPU decode step runs on slice kernels (norms, rotary, attention, gate, experts) and the
+    // product pool; the same steps as libtorch operations must give the same logits up to f32
+    // summation order, over f32 and bf16 weights, for the whole greedy run of a case.
+    let dir = fixtures().join("tiny-model");
+    let cdir = fixtures().join("cases").join("base");
+    let case = read_json(&cdir.join("case.json"));
+    let input = prepared_input(&cdir, &case);
+    let steps = ids(&case["greedy_ids"]).len().max(4);
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let mut model = DeepseekOcr::load(&dir, Device::Cpu, kind).expect("tiny model");
+        let images = model.encode_images(&input).expect("vision");
+        let kernels = greedy(&model, &input, &images, steps, None);
+        model.decoder.set_one_token_kernels(false);
+        let libtorch = greedy(&model, &input, &images, steps, None);
+        let (a, b) = (step_logits(&kernels), step_logits(&libtorch));
+        assert_eq!(a.size(), [steps as i64, model.decoder.vocab_size()]);
+        let rel =
+            (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
+        println!(
+            "{kind:?} weights: one-token kernels vs libtorch, relative max difference {rel:.2e}"
+        );
+        assert!(
+            rel < 1e-4,
+            "{kind:?}: kernels differ from libtorch by {rel:.2e}"
+        );
+        assert_eq!(
+            kernels.tokens, libtorch.tokens,
+            "{kind:?}: greedy ids differ"
+        );
+    }
+}
+
 /// Tolerance of a bf16 run against the reference's f32 logits: `max|a - b| / max(1, max|b|)`.
 /// bf16 keeps 8 significant bits (relative rounding 2^-9 ~ 2e-3 per value); activations are
 /// rounded after every matmul, residual add and norm, and the errors add up through SAM, CLIP,

@@ -5,9 +5,11 @@
 //! logits returned as f32. A decode step on an accelerator makes no host round trip: the routed
 //! experts of the step's tokens are gathered from stacked expert weights (`index_select` + `bmm`). Prefill
 //! groups the tokens by expert (one read of the per-expert counts per MoE layer, which on the
-//! CPU is plain memory; on CUDA it is the one synchronisation of that layer). On the CPU a decode
-//! step runs its experts straight from the stacked weights ([`gemv::routed_experts`]) instead of
-//! gathering copies of them.
+//! CPU is plain memory; on CUDA it is the one synchronisation of that layer). On the CPU (f32
+//! arithmetic) a one-token step leaves libtorch altogether: slice kernels ([`cpu_step`]) for the
+//! norms, rotary positions, attention over the cache and the gate, and [`gemv`] products for
+//! every matrix, the chosen experts read straight from the stacked weights. There the decoder's
+//! matrices live in one huge-page buffer ([`Slab`]).
 //!
 //! Weights may be stored narrower than the activations: with bf16 weights on a CPU without
 //! bf16 instructions the activations, KV cache and arithmetic are f32 and every matrix product
@@ -16,8 +18,10 @@
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Config, LanguageConfig, RMS_NORM_EPS, ROPE_THETA};
+use super::cpu_step;
 use super::error::{OcrError, Result};
-use super::gemv;
+use super::gemv::{self, MatVec, Matrix};
+use super::hostmem::{Slab, slab_bytes};
 use super::weights::{Weights, release_free_heap};
 
 /// Up to this many tokens, routed experts are gathered per token (decode); above it, tokens are
@@ -59,12 +63,33 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(w: &mut Weights, prefix: &str) -> Result<Self> {
+    fn load(w: &mut Loader<'_>, prefix: &str) -> Result<Self> {
         Ok(Self {
             gate: w.take(&format!("{prefix}.gate_proj.weight"))?,
             up: w.take(&format!("{prefix}.up_proj.weight"))?,
             down: w.take(&format!("{prefix}.down_proj.weight"))?,
         })
+    }
+
+    /// `out = down(silu(gate x) * up x)` for one token on the CPU.
+    fn step_cpu(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let (inner, _) = Matrix::of(&self.gate)?.shape();
+        let (mut g, mut u) = (vec![0f32; inner], vec![0f32; inner]);
+        gemv::matvecs(vec![
+            MatVec {
+                m: Matrix::of(&self.gate)?,
+                x,
+                out: &mut g,
+            },
+            MatVec {
+                m: Matrix::of(&self.up)?,
+                x,
+                out: &mut u,
+            },
+        ])?;
+        let mut act = vec![0f32; inner];
+        cpu_step::silu_mul(&g, &u, &mut act);
+        gemv::matvec_pool(Matrix::of(&self.down)?, &act, out)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -92,12 +117,12 @@ impl Moe {
     /// Stacks the routed experts into preallocated tensors, freeing each expert's own tensors
     /// as soon as they are copied (heap memory returned after each layer, mapped file pages
     /// released), so loading needs one layer's experts of extra memory at most.
-    fn load(w: &mut Weights, prefix: &str, l: &LanguageConfig) -> Result<Self> {
+    fn load(w: &mut Loader<'_>, prefix: &str, l: &LanguageConfig) -> Result<Self> {
         let (experts, inner, hidden) = (l.n_routed_experts, l.moe_intermediate_size, l.hidden_size);
-        let probe = w.get(&format!("{prefix}.gate.weight"))?;
+        let probe = w.weights.get(&format!("{prefix}.gate.weight"))?;
         let opts = (probe.kind(), probe.device());
-        let gate_up = Tensor::f_empty([experts, 2 * inner, hidden], opts)?;
-        let down = Tensor::f_empty([experts, hidden, inner], opts)?;
+        let gate_up = w.empty(&[experts, 2 * inner, hidden], opts)?;
+        let down = w.empty(&[experts, hidden, inner], opts)?;
         for e in 0..experts {
             let p = format!("{prefix}.experts.{e}");
             let slot = gate_up.get(e);
@@ -106,9 +131,9 @@ impl Moe {
                 (slot.narrow(0, inner, inner), "up_proj"),
                 (down.get(e), "down_proj"),
             ] {
-                let t = w.take(&format!("{p}.{name}.weight"))?;
+                let t = w.weights.take(&format!("{p}.{name}.weight"))?;
                 dst.f_copy_(&t)?;
-                w.done_with(t);
+                w.weights.done_with(t);
             }
         }
         release_free_heap();
@@ -119,6 +144,7 @@ impl Moe {
         };
         Ok(Self {
             gate: w
+                .weights
                 .take(&format!("{prefix}.gate.weight"))?
                 .f_to_kind(Kind::Float)?,
             gate_up,
@@ -160,6 +186,87 @@ impl Moe {
             y += shared.forward(x)?;
         }
         Ok(y)
+    }
+
+    /// The MoE block for one token on the CPU: gate, top-k, then the chosen experts' and the
+    /// shared experts' gate-and-up products in one parallel pass and their down products in
+    /// another; `out` gets the weighted sum plus the shared output.
+    fn step_cpu(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let gate = Matrix::of(&self.gate)?;
+        let (experts, _) = gate.shape();
+        let mut logits = vec![0f32; experts];
+        gemv::matvec_here(gate, x, &mut logits)?;
+        let chosen = cpu_step::softmax_top_k(&logits, self.top_k as usize);
+        let m = self.inner as usize;
+        let stacked_gu = Matrix::of(&self.gate_up)?;
+        let stacked_down = Matrix::of(&self.down)?;
+        let mut gu = vec![0f32; chosen.len() * 2 * m];
+        let mut jobs = Vec::with_capacity(chosen.len() + 2);
+        for (&(e, _), out) in chosen.iter().zip(gu.chunks_exact_mut(2 * m)) {
+            jobs.push(MatVec {
+                m: stacked_gu.stacked(e, experts)?,
+                x,
+                out,
+            });
+        }
+        let shared_inner = match &self.shared {
+            Some(s) => Matrix::of(&s.gate)?.shape().0,
+            None => 0,
+        };
+        let (mut sg, mut su) = (vec![0f32; shared_inner], vec![0f32; shared_inner]);
+        if let Some(s) = &self.shared {
+            jobs.push(MatVec {
+                m: Matrix::of(&s.gate)?,
+                x,
+                out: &mut sg,
+            });
+            jobs.push(MatVec {
+                m: Matrix::of(&s.up)?,
+                x,
+                out: &mut su,
+            });
+        }
+        gemv::matvecs(jobs)?;
+        let mut act = vec![0f32; chosen.len() * m];
+        for (a, gu) in act.chunks_exact_mut(m).zip(gu.chunks_exact(2 * m)) {
+            let (g, u) = gu.split_at(m);
+            cpu_step::silu_mul(g, u, a);
+        }
+        let mut shared_act = vec![0f32; shared_inner];
+        cpu_step::silu_mul(&sg, &su, &mut shared_act);
+        let hidden = out.len();
+        let mut routed = vec![0f32; chosen.len() * hidden];
+        let mut jobs = Vec::with_capacity(chosen.len() + 1);
+        for ((&(e, _), a), out) in chosen
+            .iter()
+            .zip(act.chunks_exact(m))
+            .zip(routed.chunks_exact_mut(hidden))
+        {
+            jobs.push(MatVec {
+                m: stacked_down.stacked(e, experts)?,
+                x: a,
+                out,
+            });
+        }
+        let mut shared_out = vec![0f32; hidden];
+        if let Some(s) = &self.shared {
+            jobs.push(MatVec {
+                m: Matrix::of(&s.down)?,
+                x: &shared_act,
+                out: &mut shared_out,
+            });
+        }
+        gemv::matvecs(jobs)?;
+        let scale = self.scale as f32;
+        for (i, o) in out.iter_mut().enumerate() {
+            let weighted: f32 = chosen
+                .iter()
+                .enumerate()
+                .map(|(j, &(_, p))| routed[j * hidden + i] * p)
+                .sum();
+            *o = weighted * scale + shared_out[i];
+        }
+        Ok(())
     }
 
     /// Expert MLP on rows `x` `[n, H]` with that expert's `gate_up` `[2M, H]` and `down`.
@@ -233,7 +340,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &mut Weights, prefix: &str, l: &LanguageConfig) -> Result<Self> {
+    fn load(w: &mut Loader<'_>, prefix: &str, l: &LanguageConfig) -> Result<Self> {
         let mut get = |n: &str| w.take(&format!("{prefix}.self_attn.{n}.weight"));
         Ok(Self {
             q: get("q_proj")?,
@@ -350,6 +457,61 @@ impl KvCache {
     }
 }
 
+/// Takes the decoder's matrices out of the checkpoint tensors. On the CPU every matrix a decode
+/// step reads (attention, MLPs, stacked experts, `lm_head`) is copied into one huge-page buffer
+/// ([`Slab`]) and the original released (mapped file pages handed back, heap memory freed), so
+/// the resident set holds each weight once and decode streams it from 2 MiB pages. Elsewhere
+/// the tensors are used as they are.
+struct Loader<'a> {
+    weights: &'a mut Weights,
+    slab: Option<Slab>,
+}
+
+impl<'a> Loader<'a> {
+    fn new(weights: &'a mut Weights, device: Device) -> Result<Self> {
+        let slab = if device == Device::Cpu {
+            let bytes: i64 = weights
+                .shapes_and_kinds()
+                .filter(|(name, shape, _)| {
+                    (Self::is_matrix(name) && shape.len() >= 2) || *name == "lm_head.weight"
+                })
+                .map(|(_, shape, kind)| slab_bytes(&shape, kind))
+                .sum();
+            Some(Slab::new(bytes)?)
+        } else {
+            None
+        };
+        Ok(Self { weights, slab })
+    }
+
+    /// A decoder matrix that goes into the buffer: everything under `model.layers.` but the MoE
+    /// gate (kept in f32, converted anyway) and the norms (1-D).
+    fn is_matrix(name: &str) -> bool {
+        name.starts_with("model.layers.") && !name.ends_with(".mlp.gate.weight")
+    }
+
+    /// The matrix `name`, in the buffer when there is one.
+    fn take(&mut self, name: &str) -> Result<Tensor> {
+        let t = self.weights.take(name)?;
+        match &mut self.slab {
+            Some(slab) => {
+                let copy = slab.copy_of(&t)?;
+                self.weights.done_with(t);
+                Ok(copy)
+            }
+            None => Ok(t),
+        }
+    }
+
+    /// A new uninitialised tensor, in the buffer when there is one.
+    fn empty(&mut self, shape: &[i64], opts: (Kind, Device)) -> Result<Tensor> {
+        match &mut self.slab {
+            Some(slab) => slab.empty(shape, opts.0),
+            None => Ok(Tensor::f_empty(shape, opts)?),
+        }
+    }
+}
+
 /// The DeepSeek-V2 decoder.
 pub struct Decoder {
     embed: Tensor,
@@ -363,6 +525,9 @@ pub struct Decoder {
     vocab: i64,
     /// Dtype of activations and KV cache (the stored weights may be narrower).
     compute: Kind,
+    /// One-token steps run on [`cpu_step`] and [`gemv`] (CPU, f32 arithmetic) instead of
+    /// libtorch operations.
+    one_token_kernels: bool,
 }
 
 impl Decoder {
@@ -373,30 +538,35 @@ impl Decoder {
         let l = &cfg.language_config;
         let embed = w.take("model.embed_tokens.weight")?;
         let device = embed.device();
+        let mut w = Loader::new(w, device)?;
 
         let mut layers = Vec::with_capacity(l.num_hidden_layers as usize);
         for i in 0..l.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let ffn = if l.is_moe_layer(i) {
-                Ffn::Moe(Moe::load(w, &format!("{p}.mlp"), l)?)
+                Ffn::Moe(Moe::load(&mut w, &format!("{p}.mlp"), l)?)
             } else {
-                Ffn::Dense(Mlp::load(w, &format!("{p}.mlp"))?)
+                Ffn::Dense(Mlp::load(&mut w, &format!("{p}.mlp"))?)
             };
             layers.push(Layer {
-                input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), compute)?,
+                input_norm: RmsNorm::load(
+                    w.weights,
+                    &format!("{p}.input_layernorm.weight"),
+                    compute,
+                )?,
                 post_norm: RmsNorm::load(
-                    w,
+                    w.weights,
                     &format!("{p}.post_attention_layernorm.weight"),
                     compute,
                 )?,
-                attn: Attention::load(w, &p, l)?,
+                attn: Attention::load(&mut w, &p, l)?,
                 ffn,
             });
         }
         Ok(Self {
             embed,
             layers,
-            norm: RmsNorm::load(w, "model.norm.weight", compute)?,
+            norm: RmsNorm::load(w.weights, "model.norm.weight", compute)?,
             lm_head: w.take("lm_head.weight")?,
             rope: Rope::new(l.head_dim(), l.max_position_embeddings, compute, device),
             heads: l.num_attention_heads,
@@ -404,7 +574,85 @@ impl Decoder {
             max_positions: l.max_position_embeddings,
             vocab: l.vocab_size,
             compute,
+            one_token_kernels: device == Device::Cpu && compute == Kind::Float,
         })
+    }
+
+    /// Use the one-token CPU kernels when they apply (the default), or always libtorch (to
+    /// compare the two).
+    pub fn set_one_token_kernels(&mut self, on: bool) {
+        self.one_token_kernels =
+            on && self.embed.device() == Device::Cpu && self.compute == Kind::Float;
+    }
+
+    /// One decode step on the CPU: `embeds` `[1, H]` at position `cache.len` through every
+    /// layer with [`cpu_step`] kernels and [`gemv`] products (each layer's q, k and v in one
+    /// parallel pass; a MoE layer's chosen and shared experts in two); returns the final-normed
+    /// hidden state `[1, H]`. Does not advance `cache.len`.
+    fn step_cpu(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let pos = cache.len as usize;
+        let d = self.head_dim as usize;
+        let width = (self.heads * self.head_dim) as usize;
+        let embeds = embeds.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let mut x = cpu_step::f32_values(&embeds)?.to_vec();
+        let hidden = x.len();
+        let mut normed = vec![0f32; hidden];
+        let (mut q, mut k, mut v) = (vec![0f32; width], vec![0f32; width], vec![0f32; width]);
+        let mut attended = vec![0f32; width];
+        let mut delta = vec![0f32; hidden];
+        let cos = cpu_step::f32_values(&self.rope.cos)?;
+        let sin = cpu_step::f32_values(&self.rope.sin)?;
+        let (cos, sin) = (&cos[pos * d..][..d], &sin[pos * d..][..d]);
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let norm = cpu_step::f32_values(&layer.input_norm.weight)?;
+            cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
+            let a = &layer.attn;
+            gemv::matvecs(vec![
+                MatVec {
+                    m: Matrix::of(&a.q)?,
+                    x: &normed,
+                    out: &mut q,
+                },
+                MatVec {
+                    m: Matrix::of(&a.k)?,
+                    x: &normed,
+                    out: &mut k,
+                },
+                MatVec {
+                    m: Matrix::of(&a.v)?,
+                    x: &normed,
+                    out: &mut v,
+                },
+            ])?;
+            cpu_step::rotate(&mut q, d, cos, sin);
+            cpu_step::rotate(&mut k, d, cos, sin);
+            // SAFETY: the cache's tensors belong to this `KvCache`, borrowed mutably here;
+            // nothing else views them during the step.
+            let keys = unsafe { cpu_step::f32_values_mut(&mut lc.k)? };
+            let capacity = keys.len() / width;
+            for (h, row) in k.chunks_exact(d).enumerate() {
+                keys[(h * capacity + pos) * d..][..d].copy_from_slice(row);
+            }
+            // SAFETY: as for the keys.
+            let values = unsafe { cpu_step::f32_values_mut(&mut lc.v)? };
+            for (h, row) in v.chunks_exact(d).enumerate() {
+                values[(h * capacity + pos) * d..][..d].copy_from_slice(row);
+            }
+            cpu_step::attend(&q, keys, values, d, pos + 1, &mut attended)?;
+            gemv::matvec_pool(Matrix::of(&a.o)?, &attended, &mut delta)?;
+            x.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
+
+            let norm = cpu_step::f32_values(&layer.post_norm.weight)?;
+            cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
+            match &layer.ffn {
+                Ffn::Dense(mlp) => mlp.step_cpu(&normed, &mut delta)?,
+                Ffn::Moe(moe) => moe.step_cpu(&normed, &mut delta)?,
+            }
+            x.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
+        }
+        let norm = cpu_step::f32_values(&self.norm.weight)?;
+        cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
+        Ok(Tensor::from_slice(&normed).view([1, hidden as i64]))
     }
 
     /// For the duration of a decode loop: when this decoder's matrix products run on the
@@ -470,6 +718,11 @@ impl Decoder {
                 "KV cache full: {pos} + {t} tokens exceed its capacity {}",
                 cache.capacity
             )));
+        }
+        if t == 1 && self.one_token_kernels {
+            let hidden = self.step_cpu(embeds, cache)?;
+            cache.len = pos + 1;
+            return Ok(hidden);
         }
         let mut x = embeds.shallow_clone();
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {

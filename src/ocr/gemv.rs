@@ -232,6 +232,140 @@ pub fn routed_experts(x: &Tensor, ids: &Tensor, gate_up: &Tensor, down: &Tensor)
     Ok(out)
 }
 
+/// A row-major matrix `[N, K]` of bf16 or f32 values borrowed from a CPU tensor (or a slice),
+/// for products on plain slices ([`matvecs`]).
+#[derive(Clone, Copy)]
+pub struct Matrix<'a> {
+    rows: Rows<'a>,
+    n: usize,
+    k: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// The matrix `t` `[N, K]`, or each of the stacked matrices of `t` `[E, N, K]` one after
+    /// the other (select one with [`Matrix::stacked`]). Errors unless `t` is a contiguous CPU
+    /// bf16 or f32 tensor of two or three dimensions.
+    pub fn of(t: &'a Tensor) -> Result<Self> {
+        let size = t.size();
+        let ok = t.device() == Device::Cpu
+            && matches!(t.kind(), Kind::BFloat16 | Kind::Float)
+            && (size.len() == 2 || size.len() == 3)
+            && t.is_contiguous();
+        if !ok {
+            return Err(OcrError::Invalid(format!(
+                "matrix-vector product needs a contiguous CPU bf16 or f32 matrix, got {:?} {:?}",
+                t.kind(),
+                size
+            )));
+        }
+        let k = size[size.len() - 1] as usize;
+        // SAFETY: checked just above: contiguous, CPU, bf16 or f32; borrowed for 'a.
+        let rows = unsafe { Rows::of(t) };
+        Ok(Self {
+            rows,
+            n: t.numel() / k.max(1),
+            k,
+        })
+    }
+
+    /// An f32 matrix over `data` with rows of `k` values.
+    pub fn f32(data: &'a [f32], k: usize) -> Self {
+        Self {
+            rows: Rows::F32(data),
+            n: data.len() / k.max(1),
+            k,
+        }
+    }
+
+    /// Matrix `e` of `count` equal matrices stored one after the other (`[E, N, K]` read as
+    /// `[E * N, K]`).
+    pub fn stacked(self, e: usize, count: usize) -> Result<Self> {
+        let n = self.n / count.max(1);
+        if e >= count || n * count != self.n {
+            return Err(OcrError::Invalid(format!(
+                "matrix {e} of {count} stacked in {} rows",
+                self.n
+            )));
+        }
+        Ok(self.first_rows(e * n, n))
+    }
+
+    /// Rows `start..start + len`.
+    pub fn first_rows(self, start: usize, len: usize) -> Self {
+        Self {
+            rows: self.rows.range(start * self.k, len * self.k),
+            n: len,
+            k: self.k,
+        }
+    }
+
+    /// Rows `[N]` and columns `[K]`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+}
+
+/// One product on slices: `out = m x`.
+pub struct MatVec<'a> {
+    pub m: Matrix<'a>,
+    pub x: &'a [f32],
+    pub out: &'a mut [f32],
+}
+
+/// Compute every product of `jobs`, in parallel across all of their rows on this module's pool.
+/// Errors (before computing anything) when a job's sizes do not match.
+pub fn matvecs(jobs: Vec<MatVec<'_>>) -> Result<()> {
+    if let Some(bad) = jobs
+        .iter()
+        .find(|j| j.x.len() != j.m.k || j.out.len() != j.m.n || j.m.k == 0)
+    {
+        return Err(OcrError::Invalid(format!(
+            "matrix-vector product of [{}, {}] by [{}] into [{}]: sizes do not match",
+            bad.m.n,
+            bad.m.k,
+            bad.x.len(),
+            bad.out.len()
+        )));
+    }
+    run(jobs
+        .into_iter()
+        .map(|j| Task {
+            rows: j.m.rows,
+            x: j.x,
+            out: j.out,
+        })
+        .collect());
+    Ok(())
+}
+
+/// `out = m x` on this module's pool.
+pub fn matvec_pool(m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
+    matvecs(vec![MatVec { m, x, out }])
+}
+
+/// `out = m x` on the calling thread (for products too small to share out).
+pub fn matvec_here(m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
+    if x.len() != m.k || out.len() != m.n || m.k == 0 {
+        return Err(OcrError::Invalid(format!(
+            "matrix-vector product of [{}, {}] by [{}] into [{}]: sizes do not match",
+            m.n,
+            m.k,
+            x.len(),
+            out.len()
+        )));
+    }
+    m.rows.dot(x, out);
+    Ok(())
+}
+
+/// Run `f` on this module's pool (its parallel iterators use the pool's threads).
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match pool() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
 /// `x W^T` for `x` `[T, K]` f32 and `weight` `[N, K]` bf16 or f32: `[T, N]` f32, each row one
 /// product.
 pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {

@@ -8,12 +8,14 @@
 //! generate with streamed text and a cancel flag, grounding, output files).
 
 pub mod config;
+pub mod cpu_step;
 pub mod decoder;
 pub mod device;
 pub mod error;
 pub mod gemv;
 pub mod generate;
 pub mod grounding;
+pub mod hostmem;
 pub mod model;
 pub mod preprocess;
 pub mod prompt;

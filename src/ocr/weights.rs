@@ -374,6 +374,13 @@ impl Weights {
             .collect()
     }
 
+    /// Name, shape and dtype of every tensor held.
+    pub fn shapes_and_kinds(&self) -> impl Iterator<Item = (&str, Vec<i64>, Kind)> + '_ {
+        self.tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.size(), t.kind()))
+    }
+
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
