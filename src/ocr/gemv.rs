@@ -14,6 +14,7 @@
 //! experts straight from the stacked weights: no copy of expert weights, no `to_vec`.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
@@ -394,8 +395,106 @@ pub fn linear_any(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
     if x.kind() == weight.kind() {
         return Ok(x.f_linear(weight, bias)?);
     }
+    if x.dim() == 2
+        && x.size()[0] <= FEW_ROWS_MAX
+        && weight.kind() == Kind::BFloat16
+        && applies(x, weight)
+        && weight.dim() == 2
+        && few_rows_kernel()
+    {
+        let y = few_rows(x, weight)?;
+        return Ok(match bias {
+            Some(b) => y.f_add(&b.f_to_kind(Kind::Float)?)?,
+            None => y,
+        });
+    }
     let bias = bias.map(|b| b.f_to_kind(x.kind())).transpose()?;
     Ok(x.f_linear(&weight.f_to_kind(x.kind())?, bias.as_ref())?)
+}
+
+/// Largest number of rows of activations [`linear_any`] multiplies by bf16 weights with
+/// [`few_rows`]; above it, libtorch's f32 matmul over a widened copy of the weight wins.
+pub const FEW_ROWS_MAX: i64 = 64;
+
+static FEW_ROWS: AtomicBool = AtomicBool::new(true);
+
+/// Use [`few_rows`] where it applies (the default), or always widen the weight for libtorch
+/// (to compare the two).
+pub fn set_few_rows(on: bool) {
+    FEW_ROWS.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`few_rows`] has its AVX-512 kernel on this CPU (otherwise [`linear_any`] widens
+/// the weight and uses libtorch).
+fn few_rows_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        FEW_ROWS.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x W^T` for a few rows of f32 activations `x` `[T, K]` and bf16 weights `[N, K]`: `[T, N]`
+/// f32. The prefill's experts see a few dozen tokens each; widening each expert's weights to an
+/// f32 copy for libtorch's matmul wrote twice the weight's bytes per call and cost as much as the
+/// products. Here each block of four weight rows is widened in registers and used against four
+/// rows of `x` at a time. Blocks of output columns run in parallel on the pool.
+pub fn few_rows(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (t, k) = x.size2()?;
+    let w = Matrix::of(weight)?;
+    if !applies(x, weight) || w.k != k as usize || weight.kind() != Kind::BFloat16 {
+        return Err(OcrError::Invalid(format!(
+            "few-row product of {:?} {:?} by {:?} {:?}: needs f32 [T, K] by bf16 [N, K] on the CPU",
+            x.kind(),
+            x.size(),
+            weight.kind(),
+            weight.size()
+        )));
+    }
+    let x = x.f_contiguous()?;
+    let (t, n) = (t as usize, w.n);
+    // Output transposed, [N, T]: each task writes whole rows of it.
+    let out = Tensor::f_empty([n as i64, t as i64], (Kind::Float, Device::Cpu))?;
+    // SAFETY: `x` is a contiguous CPU f32 tensor and `out` a fresh one nothing else references;
+    // both live until the end of this function, after the tasks.
+    let (xs, outs) = unsafe { (f32_slice(&x), f32_slice_mut(&out)) };
+    let Rows::Bf16(ws) = w.rows else {
+        unreachable!("checked bf16 above")
+    };
+    let k = k as usize;
+    let blocks: Vec<(&[u16], &mut [f32])> = ws
+        .chunks(ROWS_PER_TASK * k)
+        .zip(outs.chunks_mut(ROWS_PER_TASK * t))
+        .collect();
+    let work = |(w, o): (&[u16], &mut [f32])| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers reach here only when the CPU has AVX-512F ([`few_rows_kernel`]);
+        // `w` holds whole rows of `k`, `o` the matching rows of `t` outputs, `xs` `t` rows of `k`.
+        unsafe {
+            x86::few_rows_avx512(w, xs, k, o)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        few_rows_scalar(w, xs, k, o)
+    };
+    match pool() {
+        Some(pool) => pool.install(|| blocks.into_par_iter().for_each(work)),
+        None => blocks.into_iter().for_each(work),
+    }
+    Ok(out.f_transpose(0, 1)?.f_contiguous()?)
+}
+
+/// `o[r * T + m] = dot(w row r, x row m)`, plain loops (reference for the SIMD kernel).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn few_rows_scalar(w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
+    let t = x.len() / k;
+    for (row, out) in w.chunks_exact(k).zip(o.chunks_exact_mut(t)) {
+        for (xm, om) in x.chunks_exact(k).zip(out.iter_mut()) {
+            *om = row.iter().zip(xm).map(|(&b, &v)| widen(b) * v).sum();
+        }
+    }
 }
 
 /// Validate one job; returns contiguous versions of its tensors.
@@ -604,6 +703,82 @@ mod x86 {
         }
     }
 
+    /// `NR` weight rows by `MR` activation rows: `o[r * t + m] += dot(w row r, x row m)` for
+    /// the block at weight row `r0` and activation row `m0`, `k` a multiple of 16 handled here
+    /// and the rest by the caller.
+    // Indexing the accumulator grid by (row, column) is the clearest form of a register block.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn few_rows_block<const NR: usize, const MR: usize>(
+        w: &[u16],
+        x: &[f32],
+        k: usize,
+        t: usize,
+        r0: usize,
+        m0: usize,
+        o: &mut [f32],
+    ) {
+        let body = k - k % 16;
+        let mut acc = [[_mm512_setzero_ps(); MR]; NR];
+        let mut i = 0;
+        while i < body {
+            let mut wv = [_mm512_setzero_ps(); NR];
+            for (r, v) in wv.iter_mut().enumerate() {
+                // SAFETY: row r0 + r exists (the caller's block) and i + 16 <= k.
+                unsafe {
+                    let p = w.as_ptr().add((r0 + r) * k + i);
+                    let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+                    *v = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits));
+                }
+            }
+            for m in 0..MR {
+                // SAFETY: row m0 + m of x exists and i + 16 <= k.
+                let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add((m0 + m) * k + i)) };
+                for r in 0..NR {
+                    acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+                }
+            }
+            i += 16;
+        }
+        for r in 0..NR {
+            for m in 0..MR {
+                let row = &w[(r0 + r) * k..][..k];
+                let xm = &x[(m0 + m) * k..][..k];
+                let tail: f32 = (body..k).map(|j| widen(row[j]) * xm[j]).sum();
+                o[(r0 + r) * t + m0 + m] = _mm512_reduce_add_ps(acc[r][m]) + tail;
+            }
+        }
+    }
+
+    /// Every weight row of `w` against every row of `x` (`t` rows of `k`): `o` `[rows, t]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn few_rows_avx512(w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
+        let (rows, t) = (w.len() / k, x.len() / k);
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = (rows - r0).min(4);
+            let mut m0 = 0;
+            while m0 < t {
+                let mr = (t - m0).min(4);
+                // SAFETY: the block lies inside `w`, `x` and `o` (nr, mr within bounds).
+                unsafe {
+                    match (nr, mr) {
+                        (4, 4) => few_rows_block::<4, 4>(w, x, k, t, r0, m0, o),
+                        (4, 3) => few_rows_block::<4, 3>(w, x, k, t, r0, m0, o),
+                        (4, 2) => few_rows_block::<4, 2>(w, x, k, t, r0, m0, o),
+                        (4, _) => few_rows_block::<4, 1>(w, x, k, t, r0, m0, o),
+                        (_, 4) => few_rows_block::<1, 4>(w, x, k, t, r0, m0, o),
+                        (_, 3) => few_rows_block::<1, 3>(w, x, k, t, r0, m0, o),
+                        (_, 2) => few_rows_block::<1, 2>(w, x, k, t, r0, m0, o),
+                        _ => few_rows_block::<1, 1>(w, x, k, t, r0, m0, o),
+                    }
+                }
+                m0 += mr;
+            }
+            r0 += if nr == 4 { 4 } else { 1 };
+        }
+    }
+
     /// Eight columns per step with two accumulators per row.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_rows_avx2(w: &[u16], x: &[f32], out: &mut [f32]) {
@@ -675,6 +850,52 @@ mod tests {
             let diff = (&scalar - &want.get(1)).abs().max().double_value(&[]) / scale;
             assert!(diff < 1e-5, "scalar [{n}, {k}]: relative difference {diff}");
         }
+    }
+
+    /// The few-row kernel against libtorch's f32 matmul of the same numbers, over row counts
+    /// that exercise every block shape, column counts with partial blocks and tasks, and depths
+    /// with and without a SIMD tail; then through `linear_any` with a bias.
+    #[test]
+    fn few_rows_match_f32_matmul() {
+        tch::manual_seed(13);
+        for (t, n, k) in [
+            (1, 1, 16),
+            (5, 7, 17),
+            (26, 130, 1280),
+            (9, 67, 896),
+            (64, 64, 48),
+        ] {
+            let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let x = Tensor::randn([t, k], (Kind::Float, Device::Cpu));
+            let want = x.matmul(&w.to_kind(Kind::Float).tr());
+            let scale = want.abs().max().double_value(&[]).max(1.0);
+            let got = few_rows(&x, &w).expect("few rows");
+            assert_eq!(got.size(), [t, n]);
+            let diff = (&got - &want).abs().max().double_value(&[]) / scale;
+            assert!(
+                diff < 1e-5,
+                "[{t}, {k}] x [{n}, {k}]: relative difference {diff}"
+            );
+            let mut out = vec![0f32; (n * t) as usize];
+            let (ws, xs) = (w.contiguous(), x.contiguous());
+            // SAFETY: contiguous CPU tensors of the kinds the slices assume, alive here.
+            unsafe { few_rows_scalar(u16_slice(&ws), f32_slice(&xs), k as usize, &mut out) };
+            let scalar = Tensor::from_slice(&out).view([n, t]).tr();
+            let diff = (&scalar - &want).abs().max().double_value(&[]) / scale;
+            assert!(
+                diff < 1e-5,
+                "scalar [{t}, {k}] x [{n}, {k}]: relative difference {diff}"
+            );
+        }
+        let (x, w) = (
+            Tensor::randn([40, 32], (Kind::Float, Device::Cpu)),
+            Tensor::randn([24, 32], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16),
+        );
+        let b = Tensor::randn([24], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let want = x.linear(&w.to_kind(Kind::Float), Some(&b.to_kind(Kind::Float)));
+        let got = linear_any(&x, &w, Some(&b)).expect("linear_any");
+        assert!(got.allclose(&want, 1e-5, 1e-4, false));
+        assert!(few_rows(&x, &w.to_kind(Kind::Float)).is_err());
     }
 
     #[test]
