@@ -36,6 +36,16 @@ impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         gemv::linear_any(x, &self.weight, self.bias.as_ref())
     }
+
+    /// `x W^T` without the bias (added later by the caller, see [`Linear::bias`]).
+    pub(crate) fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        gemv::linear_any(x, &self.weight, None)
+    }
+
+    /// The bias in the compute dtype, if the layer has one.
+    pub(crate) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
 }
 
 /// `nn.LayerNorm` over the last dimension, computed in the compute dtype.

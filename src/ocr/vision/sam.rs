@@ -26,23 +26,44 @@ struct RelPosAttention {
 }
 
 impl RelPosAttention {
-    /// `x` `[B, H, W, C]` (B counts windows for windowed blocks) -> `[B, H, W, C]`.
+    /// Global attention: `x` `[B, H, W, C]` -> `[B, H, W, C]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c) = x.size4()?;
+        self.proj.forward(&self.core(&self.qkv.forward(x)?)?)
+    }
+
+    /// Windowed attention over `x` `[B, H, W, C]` in `window`-sized windows (the grid padded
+    /// with zeros to whole windows, the padding attended to as in the reference) -> `[B, H, W,
+    /// C]`. The projections are row-wise, so they run on the unpadded grid: `qkv` of a zero
+    /// (padding) row is its bias alone, added after partitioning, and `proj` runs after the
+    /// windows are joined and the padding cropped. Same numbers, 16% fewer rows (4096 instead
+    /// of 4900 at 1024 px).
+    fn forward_windowed(&self, x: &Tensor, window: i64) -> Result<Tensor> {
+        let (_, h, w, _) = x.size4()?;
+        let windows = window_partition(&self.qkv.forward_no_bias(x)?, window)?;
+        let windows = match self.qkv.bias() {
+            Some(b) => windows.f_add(b)?,
+            None => windows,
+        };
+        let out = window_unpartition(&self.core(&windows)?, window, h, w)?;
+        self.proj.forward(&out)
+    }
+
+    /// Attention with relative positions from projected `qkv` `[B, H, W, 3C]` to the heads'
+    /// outputs joined `[B, H, W, C]` (before `proj`).
+    fn core(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c3) = qkv.size4()?;
+        let c = c3 / 3;
         let head_dim = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = qkv
             .f_reshape([b, h * w, 3, self.heads, head_dim])?
             .f_permute([2, 0, 3, 1, 4])?;
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let (rel_h, rel_w) = self.rel_pos_terms(&q, h, w)?;
         let out = attention_with_rel_pos(&q, &k, &v, &rel_h, &rel_w)?;
-        let out = out
+        Ok(out
             .f_view([b, self.heads, h, w, head_dim])?
             .f_permute([0, 2, 3, 1, 4])?
-            .f_reshape([b, h, w, c])?;
-        self.proj.forward(&out)
+            .f_reshape([b, h, w, c])?)
     }
 
     /// The two halves of the additive mask from the unscaled queries `q`
@@ -260,11 +281,9 @@ impl Block {
 
     /// `x` `[B, H, W, C]` -> same shape.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, h, w, _) = x.size4()?;
         let y = self.norm1.forward(x)?;
         let y = if self.window > 0 {
-            let windows = window_partition(&y, self.window)?;
-            window_unpartition(&self.attn.forward(&windows)?, self.window, h, w)?
+            self.attn.forward_windowed(&y, self.window)?
         } else {
             self.attn.forward(&y)?
         };
