@@ -563,11 +563,15 @@ impl Decoder {
                 ffn,
             });
         }
+        // The largest single copy comes last: hand freed heap back first, so that the peak
+        // of loading (everything held, plus this copy) does not also count dead chunks.
+        release_free_heap();
+        let lm_head = w.take("lm_head.weight")?;
         Ok(Self {
             embed,
             layers,
             norm: RmsNorm::load(w.weights, "model.norm.weight", compute)?,
-            lm_head: w.take("lm_head.weight")?,
+            lm_head,
             rope: Rope::new(l.head_dim(), l.max_position_embeddings, compute, device),
             heads: l.num_attention_heads,
             head_dim: l.head_dim(),

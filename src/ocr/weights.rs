@@ -315,6 +315,8 @@ impl Weights {
             let t = seeded_value(&name, &shape, z);
             tensors.insert(name, t.f_to_kind(kind)?.f_to_device(device)?);
         }
+        // The f32 draws were freed as they were converted; return their heap pages.
+        release_free_heap();
         Ok(Self {
             tensors,
             source: PathBuf::from(format!("seeded weights (seed {seed})")),
