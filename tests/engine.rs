@@ -791,6 +791,10 @@ fn one_token_kernels_match_the_libtorch_step() {
             "{kind:?}: greedy ids differ"
         );
     }
+    // f16 weights on the CPU (f32 arithmetic) take the libtorch step: it must run too.
+    let f16 = DeepseekOcr::load(&dir, Device::Cpu, Kind::Half).expect("f16 tiny model");
+    let images = f16.encode_images(&input).expect("f16 vision");
+    assert_eq!(greedy(&f16, &input, &images, 3, None).tokens.len(), 3);
 }
 
 /// Tolerance of a bf16 run against the reference's f32 logits: `max|a - b| / max(1, max|b|)`.

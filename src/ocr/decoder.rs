@@ -287,8 +287,9 @@ impl Moe {
         let xs = x
             .repeat_interleave_self_int(self.top_k, 0, None)
             .unsqueeze(-1);
-        let gate_up = self.gate_up.index_select(0, &flat);
-        let down = self.down.index_select(0, &flat);
+        // Weights stored narrower than the activations (f16 on the CPU) are widened here.
+        let gate_up = self.gate_up.index_select(0, &flat).to_kind(x.kind());
+        let down = self.down.index_select(0, &flat).to_kind(x.kind());
         let gu = gate_up.bmm(&xs);
         let act = gu.narrow(1, 0, self.inner).silu() * gu.narrow(1, self.inner, self.inner);
         down.bmm(&act).squeeze_dim(-1)
@@ -537,7 +538,7 @@ impl Decoder {
     pub fn load(cfg: &Config, w: &mut Weights, compute: Kind) -> Result<Self> {
         let l = &cfg.language_config;
         let embed = w.take("model.embed_tokens.weight")?;
-        let device = embed.device();
+        let (device, stored) = (embed.device(), embed.kind());
         let mut w = Loader::new(w, device)?;
 
         let mut layers = Vec::with_capacity(l.num_hidden_layers as usize);
@@ -578,7 +579,7 @@ impl Decoder {
             max_positions: l.max_position_embeddings,
             vocab: l.vocab_size,
             compute,
-            one_token_kernels: device == Device::Cpu && compute == Kind::Float,
+            one_token_kernels: Self::kernels_apply(device, stored, compute),
         })
     }
 
@@ -586,7 +587,15 @@ impl Decoder {
     /// compare the two).
     pub fn set_one_token_kernels(&mut self, on: bool) {
         self.one_token_kernels =
-            on && self.embed.device() == Device::Cpu && self.compute == Kind::Float;
+            on && Self::kernels_apply(self.embed.device(), self.embed.kind(), self.compute);
+    }
+
+    /// The one-token kernels run f32 arithmetic on the CPU over bf16 or f32 matrices (f16
+    /// weights take the libtorch step).
+    fn kernels_apply(device: Device, stored: Kind, compute: Kind) -> bool {
+        device == Device::Cpu
+            && compute == Kind::Float
+            && matches!(stored, Kind::BFloat16 | Kind::Float)
     }
 
     /// One decode step on the CPU: `embeds` `[1, H]` at position `cache.len` through every
