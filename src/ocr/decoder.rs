@@ -672,10 +672,8 @@ impl Decoder {
     /// [`gemv`] pool (f32 arithmetic on the CPU, over bf16 or f32 weights), a guard that keeps
     /// libtorch's pool to one thread (see [`gemv::SoloTorch`]); otherwise nothing.
     pub fn decode_threads(&self) -> Option<gemv::SoloTorch> {
-        let uses_pool = self.embed.device() == Device::Cpu
-            && matches!(self.embed.kind(), Kind::BFloat16 | Kind::Float)
-            && self.compute == Kind::Float;
-        uses_pool.then(gemv::SoloTorch::new)
+        Self::kernels_apply(self.embed.device(), self.embed.kind(), self.compute)
+            .then(gemv::SoloTorch::new)
     }
 
     /// Vocabulary size (rows of the embedding and of the logits).

@@ -82,21 +82,12 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// One matrix-vector product on slices: `rows` `[N, K]`, `x` `[K]`, `out` `[N]`.
-struct Task<'a> {
-    rows: Rows<'a>,
-    x: &'a [f32],
-    out: &'a mut [f32],
-}
-
-/// Run every task, split into blocks of [`ROWS_PER_TASK`] output rows, on the pool.
-fn run(tasks: Vec<Task<'_>>) {
+/// Run every product, split into blocks of [`ROWS_PER_TASK`] output rows, on the pool.
+fn run(jobs: Vec<MatVec<'_>>) {
     let mut blocks = Vec::new();
-    for Task { rows, x, out } in tasks {
-        let k = x.len();
+    for MatVec { m, x, out } in jobs {
         for (i, o) in out.chunks_mut(ROWS_PER_TASK).enumerate() {
-            let start = i * ROWS_PER_TASK * k;
-            blocks.push((rows.range(start, o.len() * k), x, o));
+            blocks.push((m.first_rows(i * ROWS_PER_TASK, o.len()).rows, x, o));
         }
     }
     match pool() {
@@ -125,24 +116,19 @@ pub fn products(jobs: &[Product<'_>]) -> Result<Vec<Tensor>> {
         .iter()
         .map(|w| Tensor::f_empty([w.size()[0]], (Kind::Float, Device::Cpu)))
         .collect::<std::result::Result<_, _>>()?;
-    let tasks = ws
-        .iter()
-        .zip(&xs)
-        .zip(&outs)
-        .map(|((w, x), out)| {
-            // SAFETY: `check` made `w` a contiguous CPU bf16/f32 `[N, K]` tensor and `x` a
-            // contiguous CPU f32 `[K]` one; `out` is a fresh contiguous f32 `[N]` tensor that
-            // nothing else references. All three outlive the tasks, which end in `run`.
-            unsafe {
-                Task {
-                    rows: Rows::of(w),
-                    x: f32_slice(x),
-                    out: f32_slice_mut(out),
-                }
-            }
-        })
-        .collect();
-    run(tasks);
+    let mut jobs = Vec::with_capacity(ws.len());
+    for ((w, x), out) in ws.iter().zip(&xs).zip(&outs) {
+        // SAFETY: `check` made `x` a contiguous CPU f32 `[K]` tensor; `out` is a fresh
+        // contiguous f32 `[N]` tensor that nothing else references. Both outlive the products,
+        // which end in `matvecs`.
+        let (x, out) = unsafe { (f32_slice(x), f32_slice_mut(out)) };
+        jobs.push(MatVec {
+            m: Matrix::of(w)?,
+            x,
+            out,
+        });
+    }
+    matvecs(jobs)?;
     Ok(outs)
 }
 
@@ -181,14 +167,13 @@ pub fn routed_experts(x: &Tensor, ids: &Tensor, gate_up: &Tensor, down: &Tensor)
     let (gate_up, down) = (gate_up.f_contiguous()?, down.f_contiguous()?);
     let (h, m) = (hidden as usize, inner as usize);
     let out = Tensor::f_empty([ids.numel() as i64, hidden], (Kind::Float, Device::Cpu))?;
-    // SAFETY: all four are contiguous CPU tensors of the kinds checked above, alive until the
-    // end of this function; `out` is fresh and referenced by nothing else.
-    let (x_s, ids_s, gu_w, down_w, out_s) = unsafe {
+    let (gu_w, down_w) = (Matrix::of(&gate_up)?, Matrix::of(&down)?);
+    // SAFETY: `x`, `ids` and `out` are contiguous CPU tensors of the kinds checked above, alive
+    // until the end of this function; `out` is fresh and referenced by nothing else.
+    let (x_s, ids_s, out_s) = unsafe {
         (
             f32_slice(&x),
             std::slice::from_raw_parts(ids.data_ptr() as *const i64, ids.numel()),
-            Rows::of(&gate_up),
-            Rows::of(&down),
             f32_slice_mut(&out),
         )
     };
@@ -199,17 +184,20 @@ pub fn routed_experts(x: &Tensor, ids: &Tensor, gate_up: &Tensor, down: &Tensor)
     }
     let slots = ids_s.len() / tokens.max(1) as usize;
     let mut gu = vec![0f32; ids_s.len() * 2 * m];
-    let tasks = ids_s
+    let experts = experts as usize;
+    let jobs = ids_s
         .iter()
         .zip(gu.chunks_mut(2 * m))
         .enumerate()
-        .map(|(i, (&e, out))| Task {
-            rows: gu_w.range(e as usize * 2 * m * h, 2 * m * h),
-            x: &x_s[i / slots * h..][..h],
-            out,
+        .map(|(i, (&e, out))| {
+            Ok(MatVec {
+                m: gu_w.stacked(e as usize, experts)?,
+                x: &x_s[i / slots * h..][..h],
+                out,
+            })
         })
-        .collect();
-    run(tasks);
+        .collect::<Result<_>>()?;
+    matvecs(jobs)?;
     let act: Vec<f32> = gu
         .chunks_exact(2 * m)
         .flat_map(|row| {
@@ -219,17 +207,19 @@ pub fn routed_experts(x: &Tensor, ids: &Tensor, gate_up: &Tensor, down: &Tensor)
                 .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
         })
         .collect();
-    let tasks = ids_s
+    let jobs = ids_s
         .iter()
         .zip(act.chunks_exact(m))
         .zip(out_s.chunks_mut(h))
-        .map(|((&e, x), out)| Task {
-            rows: down_w.range(e as usize * h * m, h * m),
-            x,
-            out,
+        .map(|((&e, x), out)| {
+            Ok(MatVec {
+                m: down_w.stacked(e as usize, experts)?,
+                x,
+                out,
+            })
         })
-        .collect();
-    run(tasks);
+        .collect::<Result<_>>()?;
+    matvecs(jobs)?;
     Ok(out)
 }
 
@@ -328,14 +318,7 @@ pub fn matvecs(jobs: Vec<MatVec<'_>>) -> Result<()> {
             bad.out.len()
         )));
     }
-    run(jobs
-        .into_iter()
-        .map(|j| Task {
-            rows: j.m.rows,
-            x: j.x,
-            out: j.out,
-        })
-        .collect());
+    run(jobs);
     Ok(())
 }
 

@@ -130,13 +130,31 @@ fn attention_with_rel_pos(
     let mut outs = Vec::with_capacity(((len + chunk - 1) / chunk) as usize);
     for start in (0..len).step_by(chunk as usize) {
         let n = chunk.min(len - start);
-        let mask = rel_h
-            .f_narrow(2, start, n)?
-            .f_add_out(&buffer.f_narrow(2, 0, n)?, &rel_w.f_narrow(2, start, n)?)?
-            .f_view([b, heads, n, kh * kw])?;
-        outs.push(attention(&q.f_narrow(2, start, n)?, k, v, Some(&mask))?);
+        outs.push(query_chunk(q, k, v, rel_h, rel_w, &buffer, start, n)?);
     }
     Ok(Tensor::f_cat(&outs, 2)?)
+}
+
+/// Attention of queries `start..start + n` of `q` `[B, heads, L, d]`, their mask
+/// `rel_h + rel_w` written into `buffer` (at least `n` rows along dim 2) first.
+#[allow(clippy::too_many_arguments)]
+fn query_chunk(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rel_h: &Tensor,
+    rel_w: &Tensor,
+    buffer: &Tensor,
+    start: i64,
+    n: i64,
+) -> Result<Tensor> {
+    let (b, heads, _, kh, _) = rel_h.size5()?;
+    let kw = rel_w.size()[4];
+    let mask = rel_h
+        .f_narrow(2, start, n)?
+        .f_add_out(&buffer.f_narrow(2, 0, n)?, &rel_w.f_narrow(2, start, n)?)?
+        .f_view([b, heads, n, kh * kw])?;
+    attention(&q.f_narrow(2, start, n)?, k, v, Some(&mask))
 }
 
 /// [`attention_with_rel_pos`] for long sequences on the CPU: one head and up to
@@ -162,15 +180,11 @@ fn attention_per_head(
     };
     for i in 0..b {
         for h in 0..heads {
-            let (qh, kh_, vh) = (one(q, i, h)?, one(k, i, h)?, one(v, i, h)?);
+            let (qh, keys, values) = (one(q, i, h)?, one(k, i, h)?, one(v, i, h)?);
             let (rh, rw) = (one(rel_h, i, h)?, one(rel_w, i, h)?);
             for start in (0..len).step_by(rows as usize) {
                 let n = rows.min(len - start);
-                let mask = rh
-                    .f_narrow(2, start, n)?
-                    .f_add_out(&buffer.f_narrow(2, 0, n)?, &rw.f_narrow(2, start, n)?)?
-                    .f_view([1, 1, n, kh * kw])?;
-                let o = attention(&qh.f_narrow(2, start, n)?, &kh_, &vh, Some(&mask))?;
+                let o = query_chunk(&qh, &keys, &values, &rh, &rw, &buffer, start, n)?;
                 one(&out, i, h)?.f_narrow(2, start, n)?.f_copy_(&o)?;
             }
         }
