@@ -19,6 +19,7 @@ pub mod hostmem;
 pub mod model;
 pub mod preprocess;
 pub mod prompt;
+pub mod relpos_attn;
 pub mod session;
 pub mod vision;
 pub mod weights;
