@@ -427,7 +427,11 @@ impl Sam {
         } else {
             resize_grid_bicubic_aa(&self.pos_embed, grid)?
         };
-        let mut x = x.f_add(&pos)?.f_permute([0, 2, 3, 1])?;
+        // Channels last in memory, not only in shape: elementwise results keep their input's
+        // layout, so a permuted view here made every block's LayerNorms and residual adds run on
+        // strided data (LayerNorm copying its input first): 12 + 12 + 19 ms per block where a
+        // contiguous tensor takes a few.
+        let mut x = x.f_add(&pos)?.f_permute([0, 2, 3, 1])?.f_contiguous()?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
