@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::ocr::error::{OcrError, Result};
-use crate::ocr::gemv;
+use crate::ocr::{cpu_step, gemv};
 
 /// Query rows per register tile.
 const TILE_ROWS: usize = 8;
@@ -123,19 +123,12 @@ pub fn relpos_attention(
     };
     let (q, k, v) = (q.f_contiguous()?, k.f_contiguous()?, v.f_contiguous()?);
     let (rel_h, rel_w) = (rel_h.f_contiguous()?, rel_w.f_contiguous()?);
-    let out = Tensor::f_empty([g, l, d], (Kind::Float, Device::Cpu))?;
-    // SAFETY: contiguous CPU f32 tensors, alive until the end of this function; `out` is fresh
-    // and referenced nowhere else.
-    let (qs, ks, vs, hs, ws, outs) = unsafe {
-        (
-            slice(&q),
-            slice(&k),
-            slice(&v),
-            slice(&rel_h),
-            slice(&rel_w),
-            slice_mut(&out),
-        )
-    };
+    let mut out = Tensor::f_empty([g, l, d], (Kind::Float, Device::Cpu))?;
+    let values = cpu_step::f32_values;
+    let (qs, ks, vs) = (values(&q)?, values(&k)?, values(&v)?);
+    let (hs, ws) = (values(&rel_h)?, values(&rel_w)?);
+    // SAFETY: `out` is fresh and referenced nowhere else; the slice lives in this function.
+    let outs = unsafe { cpu_step::f32_values_mut(&mut out)? };
     let scale = 1.0 / (d as f32).sqrt();
     let panels = dims.s.div_ceil(PANEL);
     let group_packed = panels * dims.d * PANEL;
@@ -263,15 +256,6 @@ fn rows_of_group(dims: &Dims, g: &Group<'_>, row0: usize, o: &mut [f32]) {
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("`applies` is false without AVX-512 ({n} rows, {nt} tiles)");
     }
-}
-
-#[allow(clippy::mut_from_ref)]
-unsafe fn slice_mut(t: &Tensor) -> &mut [f32] {
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
-}
-
-unsafe fn slice(t: &Tensor) -> &[f32] {
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
 }
 
 #[cfg(target_arch = "x86_64")]
