@@ -98,6 +98,8 @@ struct Machine {
     cores: usize,
     cpu_bf16: bool,
     threads: i32,
+    /// Where dsocr's own CPU kernels run their parallel tasks.
+    kernel_threads: String,
     device: String,
     gpu: Option<String>,
 }
@@ -340,6 +342,7 @@ fn machine(device: Device) -> Machine {
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         cpu_bf16,
         threads: tch::get_num_threads(),
+        kernel_threads: crate::ocr::par::runtime().to_string(),
         device: device_name(device),
         gpu,
     }
@@ -391,11 +394,12 @@ fn nvidia_smi(args: &[&str]) -> Option<String> {
 fn print_table(r: &Report) {
     let m = &r.machine;
     println!(
-        "machine: {} ({} cores, bf16 instructions: {}), {} threads, device {}{}",
+        "machine: {} ({} cores, bf16 instructions: {}), {} threads (kernels on {}), device {}{}",
         m.cpu,
         m.cores,
         if m.cpu_bf16 { "yes" } else { "no" },
         m.threads,
+        m.kernel_threads,
         m.device,
         m.gpu
             .as_deref()

@@ -7,11 +7,11 @@
 //! sixth of the step; here they are loops over slices. The arithmetic is the reference's, in f32
 //! (norm statistics, softmax and the gate in f32 as there).
 
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::error::{OcrError, Result};
 use super::gemv::{self, Matrix};
+use super::par;
 
 /// The values of `t`, a contiguous CPU f32 tensor.
 pub fn f32_values(t: &Tensor) -> Result<&[f32]> {
@@ -68,7 +68,7 @@ pub fn rotate(x: &mut [f32], d: usize, cos: &[f32], sin: &[f32]) {
 
 /// Attention of one query per head over the first `len` cached positions: `q` `[heads, d]`,
 /// `keys` and `values` `[heads, capacity, d]`, `out` `[heads, d]`; scores scaled by
-/// `1/sqrt(d)`, softmax in f32. Heads run in parallel on the product pool.
+/// `1/sqrt(d)`, softmax in f32. Heads run in parallel through [`par`].
 pub fn attend(
     q: &[f32],
     keys: &[f32],
@@ -110,11 +110,19 @@ pub fn attend(
         }
         Ok(())
     };
-    gemv::on_pool(|| {
-        out.par_chunks_mut(d)
-            .enumerate()
-            .try_for_each(|(h, o)| head(h, o))
-    })
+    let failed = std::sync::Mutex::new(None);
+    let heads: Vec<(usize, &mut [f32])> = out.chunks_mut(d).enumerate().collect();
+    par::for_each(heads, par::threads(), &|(h, o)| {
+        if let Err(e) = head(h, o)
+            && let Ok(mut f) = failed.lock()
+        {
+            f.get_or_insert(e);
+        }
+    });
+    match failed.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// `out = silu(gate) * up`.

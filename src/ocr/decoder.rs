@@ -668,8 +668,8 @@ impl Decoder {
         Ok(Tensor::from_slice(&normed).view([1, hidden as i64]))
     }
 
-    /// For the duration of a decode loop: when this decoder's matrix products run on the
-    /// [`gemv`] pool (f32 arithmetic on the CPU, over bf16 or f32 weights), a guard that keeps
+    /// For the duration of a decode loop: when this decoder's matrix products run in
+    /// [`gemv`]'s kernels (f32 arithmetic on the CPU, over bf16 or f32 weights), a guard that keeps
     /// libtorch's pool to one thread (see [`gemv::SoloTorch`]); otherwise nothing.
     pub fn decode_threads(&self) -> Option<gemv::SoloTorch> {
         Self::kernels_apply(self.embed.device(), self.embed.kind(), self.compute)

@@ -9,17 +9,16 @@
 //! activations and accumulated in f32: the bytes read are those of bf16, the arithmetic is
 //! that of f32, and the result is at least as accurate as a bf16 matmul.
 //!
-//! Work is split into blocks of output rows run on a small thread pool sized like libtorch's
-//! intra-op pool. [`routed_experts`] reads the chosen expert ids inside the call and runs the
+//! Work is split into blocks of output rows run in parallel through [`par`] (on libtorch's own
+//! OpenMP threads where they can be reached). [`routed_experts`] reads the chosen expert ids inside the call and runs the
 //! experts straight from the stacked weights: no copy of expert weights, no `to_vec`.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::error::{OcrError, Result};
+use super::par;
 
 /// Output rows per parallel task (a block of `ROWS_PER_TASK * K` weights, ~160 KB at K = 1280).
 const ROWS_PER_TASK: usize = 64;
@@ -82,7 +81,7 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// Run every product, split into blocks of [`ROWS_PER_TASK`] output rows, on the pool.
+/// Run every product, split into blocks of [`ROWS_PER_TASK`] output rows, in parallel.
 fn run(jobs: Vec<MatVec<'_>>) {
     let mut blocks = Vec::new();
     for MatVec { m, x, out } in jobs {
@@ -90,16 +89,7 @@ fn run(jobs: Vec<MatVec<'_>>) {
             blocks.push((m.first_rows(i * ROWS_PER_TASK, o.len()).rows, x, o));
         }
     }
-    match pool() {
-        Some(pool) => pool.install(|| {
-            blocks
-                .into_par_iter()
-                .for_each(|(rows, x, out)| rows.dot(x, out));
-        }),
-        None => blocks
-            .into_iter()
-            .for_each(|(rows, x, out)| rows.dot(x, out)),
-    }
+    par::for_each(blocks, par::threads(), &|(rows, x, out)| rows.dot(x, out));
 }
 
 /// Compute every product of `jobs` (in parallel across all of their rows); returns one f32
@@ -303,7 +293,7 @@ pub struct MatVec<'a> {
     pub out: &'a mut [f32],
 }
 
-/// Compute every product of `jobs`, in parallel across all of their rows on this module's pool.
+/// Compute every product of `jobs`, in parallel across all of their rows.
 /// Errors (before computing anything) when a job's sizes do not match.
 pub fn matvecs(jobs: Vec<MatVec<'_>>) -> Result<()> {
     if let Some(bad) = jobs
@@ -322,7 +312,7 @@ pub fn matvecs(jobs: Vec<MatVec<'_>>) -> Result<()> {
     Ok(())
 }
 
-/// `out = m x` on this module's pool.
+/// `out = m x`, its rows shared out in parallel.
 pub fn matvec_pool(m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
     matvecs(vec![MatVec { m, x, out }])
 }
@@ -342,14 +332,6 @@ pub fn matvec_here(m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-/// Run `f` on this module's pool (its parallel iterators use the pool's threads).
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    match pool() {
-        Some(pool) => pool.install(f),
-        None => f(),
-    }
-}
-
 /// `x W^T` for `x` `[T, K]` f32 and `weight` `[N, K]` bf16 or f32: `[T, N]` f32, each row one
 /// product.
 pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -363,7 +345,7 @@ pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 pub const GEMV_MAX_ROWS: i64 = 4;
 
 /// `x W^T (+ b)` whatever the two dtypes: up to [`GEMV_MAX_ROWS`] rows of f32 activations on
-/// the CPU go through [`linear`] (bf16 or f32 weights, this module's pool); otherwise equal
+/// the CPU go through [`linear`] (bf16 or f32 weights, in parallel); otherwise equal
 /// dtypes go straight to libtorch, and a weight stored narrower than the activations (bf16
 /// weights, f32 arithmetic) through an f32 copy made for this call. `x` is `[..., K]`,
 /// `weight` `[N, K]`, `bias` `[N]`.
@@ -424,7 +406,7 @@ fn few_rows_kernel() -> bool {
 /// f32. The prefill's experts see a few dozen tokens each; widening each expert's weights to an
 /// f32 copy for libtorch's matmul wrote twice the weight's bytes per call and cost as much as the
 /// products. Here each block of four weight rows is widened in registers and used against four
-/// rows of `x` at a time. Blocks of output columns run in parallel on the pool.
+/// rows of `x` at a time. Blocks of output columns run in parallel.
 pub fn few_rows(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (t, k) = x.size2()?;
     let w = Matrix::of(weight)?;
@@ -462,10 +444,7 @@ pub fn few_rows(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         #[cfg(not(target_arch = "x86_64"))]
         few_rows_scalar(w, xs, k, o)
     };
-    match pool() {
-        Some(pool) => pool.install(|| blocks.into_par_iter().for_each(work)),
-        None => blocks.into_iter().for_each(work),
-    }
+    par::for_each(blocks, par::threads(), &work);
     Ok(out.f_transpose(0, 1)?.f_contiguous()?)
 }
 
@@ -512,19 +491,20 @@ unsafe fn f32_slice_mut(t: &Tensor) -> &mut [f32] {
 }
 
 /// While alive, libtorch's own CPU pool runs one thread (restored on drop). Decode steps on
-/// the CPU do their heavy work on this module's pool; libtorch's remaining work there is
-/// tiny, and its idle OpenMP workers spin-wait after every parallel op, taking the cores from
-/// the products (measured: decode ran faster with `OMP_WAIT_POLICY=PASSIVE`, and f32 decode
-/// lost a quarter of its speed when libtorch's and this pool's threads alternated).
+/// the CPU do their heavy work in this module's kernels; libtorch's remaining work there is
+/// tiny. When the kernels ran on a pool of their own, libtorch's idle OpenMP workers spun after
+/// every parallel op and took the cores from them (f32 decode lost a quarter of its speed);
+/// on libtorch's own threads ([`par`]) narrowing makes no measurable difference (15.9 against
+/// 15.8 tokens/s), but the rayon fallback still needs it.
 pub struct SoloTorch {
     threads: i32,
 }
 
 impl SoloTorch {
-    /// Start the product pool at the current thread count, then narrow libtorch to one thread.
+    /// Fix the kernels' thread count at the current one, then narrow libtorch to one thread.
     pub fn new() -> Self {
         let threads = tch::get_num_threads();
-        let _ = pool();
+        let _ = par::threads();
         tch::set_num_threads(1);
         Self { threads }
     }
@@ -540,22 +520,6 @@ impl Drop for SoloTorch {
     fn drop(&mut self) {
         tch::set_num_threads(self.threads);
     }
-}
-
-/// The pool for these products: as many threads as libtorch uses on the CPU (read once). None
-/// when its threads cannot be started; the products then run on the calling thread.
-fn pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let threads = tch::get_num_threads().max(1) as usize;
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("dsocr-gemv-{i}"))
-            .build()
-            .map_err(|e| tracing::warn!("no thread pool for bf16 products ({e}); using one thread"))
-            .ok()
-    })
-    .as_ref()
 }
 
 /// `out[r] = dot(w[r*K..(r+1)*K], x)` for every row of the block `w` (bf16 bits).

@@ -17,6 +17,7 @@ pub mod generate;
 pub mod grounding;
 pub mod hostmem;
 pub mod model;
+pub mod par;
 pub mod preprocess;
 pub mod prompt;
 pub mod relpos_attn;

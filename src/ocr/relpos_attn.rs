@@ -9,7 +9,7 @@
 //! and scaled by `1/sqrt(d)` once per call, each panel used by the four tiles while it is in
 //! L1), adds `rel_h` (one value per row of the key grid) and `rel_w` (one vector per row) while
 //! finding each row's maximum, exponentiates in place, and multiplies by `v` in blocks of 64
-//! keys (register-blocked again). Tasks of query rows run in parallel on [`gemv`]'s pool.
+//! keys (register-blocked again). Tasks of query rows run in parallel through [`par`].
 //!
 //! Tried and not kept (alternated on the 1024-px global shape): tiles of twelve rows instead of
 //! eight (no difference) and flash-style blocks of 512 keys with a running maximum, so that a
@@ -21,11 +21,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::ocr::error::{OcrError, Result};
-use crate::ocr::{cpu_step, gemv};
+use crate::ocr::{cpu_step, par};
 
 /// Query rows per register tile.
 const TILE_ROWS: usize = 8;
@@ -133,27 +132,29 @@ pub fn relpos_attention(
     let panels = dims.s.div_ceil(PANEL);
     let group_packed = panels * dims.d * PANEL;
     let mut packed = vec![0f32; g as usize * group_packed];
-    gemv::on_pool(|| {
-        packed
-            .par_chunks_mut(group_packed)
-            .zip(ks.par_chunks(dims.s * dims.d))
-            .for_each(|(p, k)| pack_keys(k, dims.d, scale, p));
-        let mut tasks = Vec::new();
-        for (gi, o) in outs.chunks_mut(dims.l * dims.d).enumerate() {
-            for (ti, rows) in o.chunks_mut(TASK_ROWS * dims.d).enumerate() {
-                tasks.push((gi, ti * TASK_ROWS, rows));
-            }
+    let pack_jobs: Vec<(&mut [f32], &[f32])> = packed
+        .chunks_mut(group_packed)
+        .zip(ks.chunks(dims.s * dims.d))
+        .collect();
+    par::for_each(pack_jobs, par::threads(), &|(p, k)| {
+        pack_keys(k, dims.d, scale, p)
+    });
+    let mut tasks = Vec::new();
+    for (gi, o) in outs.chunks_mut(dims.l * dims.d).enumerate() {
+        for (ti, rows) in o.chunks_mut(TASK_ROWS * dims.d).enumerate() {
+            tasks.push((gi, ti * TASK_ROWS, rows));
         }
-        tasks.into_par_iter().for_each(|(gi, row0, o)| {
-            let group = Group {
-                q: &qs[gi * dims.l * dims.d..][..dims.l * dims.d],
-                packed: &packed[gi * group_packed..][..group_packed],
-                v: &vs[gi * dims.s * dims.d..][..dims.s * dims.d],
-                rel_h: &hs[gi * dims.l * dims.kh..][..dims.l * dims.kh],
-                rel_w: &ws[gi * dims.l * dims.kw..][..dims.l * dims.kw],
-            };
-            rows_of_group(&dims, &group, row0, o);
-        });
+    }
+    let packed = &packed;
+    par::for_each(tasks, par::threads(), &|(gi, row0, o)| {
+        let group = Group {
+            q: &qs[gi * dims.l * dims.d..][..dims.l * dims.d],
+            packed: &packed[gi * group_packed..][..group_packed],
+            v: &vs[gi * dims.s * dims.d..][..dims.s * dims.d],
+            rel_h: &hs[gi * dims.l * dims.kh..][..dims.l * dims.kh],
+            rel_w: &ws[gi * dims.l * dims.kw..][..dims.l * dims.kw],
+        };
+        rows_of_group(&dims, &group, row0, o);
     });
     Ok(out)
 }
