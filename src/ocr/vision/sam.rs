@@ -29,7 +29,22 @@ struct RelPosAttention {
 impl RelPosAttention {
     /// Global attention: `x` `[B, H, W, C]` -> `[B, H, W, C]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj.forward(&self.core(&self.qkv.forward(x)?)?)
+        let qkv = self.qkv.forward(x)?;
+        let (b, h, w, c3) = qkv.size4()?;
+        let (c, heads) = (c3 / 3, self.heads);
+        let d = c / heads;
+        // One copy to `[3, B, heads, H*W, d]`: q, k and v are then contiguous views, used as
+        // they are by the relative-position terms and by the attention.
+        let qkv = qkv
+            .f_view([b, h * w, 3, heads, d])?
+            .f_permute([2, 0, 3, 1, 4])?
+            .f_contiguous()?;
+        let out = self
+            .core(&qkv, h, w)?
+            .f_view([b, heads, h, w, d])?
+            .f_permute([0, 2, 3, 1, 4])?
+            .f_reshape([b, h, w, c])?;
+        self.proj.forward(&out)
     }
 
     /// Windowed attention over `x` `[B, H, W, C]` in `window`-sized windows (the grid padded
@@ -40,31 +55,22 @@ impl RelPosAttention {
     /// of 4900 at 1024 px).
     fn forward_windowed(&self, x: &Tensor, window: i64) -> Result<Tensor> {
         let (_, h, w, _) = x.size4()?;
-        let windows = window_partition(&self.qkv.forward_no_bias(x)?, window)?;
-        let windows = match self.qkv.bias() {
-            Some(b) => windows.f_add(b)?,
-            None => windows,
-        };
-        let out = window_unpartition(&self.core(&windows)?, window, h, w)?;
-        self.proj.forward(&out)
+        let mut qkv = window_heads(&self.qkv.forward_no_bias(x)?, window, self.heads)?;
+        if let Some(bias) = self.qkv.bias() {
+            // In place, after the copy into windows: padding rows get the bias alone.
+            let d = qkv.size()[4];
+            let _ = qkv.f_add_(&bias.f_view([3, 1, self.heads, 1, d])?)?;
+        }
+        let out = self.core(&qkv, window, window)?;
+        self.proj.forward(&window_merge(&out, window, h, w)?)
     }
 
-    /// Attention with relative positions from projected `qkv` `[B, H, W, 3C]` to the heads'
-    /// outputs joined `[B, H, W, C]` (before `proj`).
-    fn core(&self, qkv: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c3) = qkv.size4()?;
-        let c = c3 / 3;
-        let head_dim = c / self.heads;
-        let qkv = qkv
-            .f_reshape([b, h * w, 3, self.heads, head_dim])?
-            .f_permute([2, 0, 3, 1, 4])?;
+    /// Attention with relative positions over an `H x W` grid of keys: `qkv` `[3, G, heads,
+    /// H*W, d]` (contiguous) -> `[G, heads, H*W, d]`.
+    fn core(&self, qkv: &Tensor, h: i64, w: i64) -> Result<Tensor> {
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let (rel_h, rel_w) = self.rel_pos_terms(&q, h, w)?;
-        let out = attention_with_rel_pos(&q, &k, &v, &rel_h, &rel_w)?;
-        Ok(out
-            .f_view([b, self.heads, h, w, head_dim])?
-            .f_permute([0, 2, 3, 1, 4])?
-            .f_reshape([b, h, w, c])?)
+        attention_with_rel_pos(&q, &k, &v, &rel_h, &rel_w)
     }
 
     /// The two halves of the additive mask from the unscaled queries `q`
@@ -226,31 +232,35 @@ fn rel_pos_for(table: &Tensor, size: i64) -> Result<Tensor> {
     Ok(rows.f_reshape([size, size, -1])?)
 }
 
-/// Pad `[B, H, W, C]` with zeros to multiples of `window` and cut it into
-/// `[B * nH * nW, window, window, C]` windows (row-major per image).
-pub(crate) fn window_partition(x: &Tensor, window: i64) -> Result<Tensor> {
-    let (b, h, w, c) = x.size4()?;
+/// Projections `[B, H, W, 3C]` padded with zeros to whole windows, cut into windows (row-major
+/// per image) and split into q, k, v and heads in one copy: `[3, B * nH * nW, heads,
+/// window^2, d]`.
+pub(crate) fn window_heads(qkv: &Tensor, window: i64, heads: i64) -> Result<Tensor> {
+    let (b, h, w, c3) = qkv.size4()?;
     let (hp, wp) = (round_up(h, window), round_up(w, window));
-    let x = if hp > h || wp > w {
-        x.f_constant_pad_nd([0, 0, 0, wp - w, 0, hp - h])?
+    let d = c3 / 3 / heads;
+    let padded = if hp > h || wp > w {
+        qkv.f_constant_pad_nd([0, 0, 0, wp - w, 0, hp - h])?
     } else {
-        x.shallow_clone()
+        qkv.shallow_clone()
     };
-    let x = x
-        .f_view([b, hp / window, window, wp / window, window, c])?
-        .f_permute([0, 1, 3, 2, 4, 5])?
-        .f_contiguous()?;
-    Ok(x.f_view([-1, window, window, c])?)
+    let (nh, nw) = (hp / window, wp / window);
+    Ok(padded
+        .f_view(&[b, nh, window, nw, window, 3, heads, d][..])?
+        .f_permute([5, 0, 1, 3, 6, 2, 4, 7])?
+        .f_contiguous()?
+        .f_view([3, b * nh * nw, heads, window * window, d])?)
 }
 
-/// Inverse of [`window_partition`]: windows back to `[B, H, W, C]`, padding cropped.
-pub(crate) fn window_unpartition(windows: &Tensor, window: i64, h: i64, w: i64) -> Result<Tensor> {
+/// Inverse of [`window_heads`] for one of q, k, v (or the attention's output): `[B * nH * nW,
+/// heads, window^2, d]` -> `[B, H, W, heads * d]`, padding cropped.
+pub(crate) fn window_merge(windows: &Tensor, window: i64, h: i64, w: i64) -> Result<Tensor> {
     let (hp, wp) = (round_up(h, window), round_up(w, window));
-    let c = windows.size4()?.3;
+    let (_, heads, _, d) = windows.size4()?;
     let x = windows
-        .f_view([-1, hp / window, wp / window, window, window, c])?
-        .f_permute([0, 1, 3, 2, 4, 5])?
-        .f_reshape([-1, hp, wp, c])?;
+        .f_view(&[-1, hp / window, wp / window, heads, window, window, d][..])?
+        .f_permute([0, 1, 4, 2, 5, 3, 6])?
+        .f_reshape([-1, hp, wp, heads * d])?;
     Ok(x.f_narrow(1, 0, h)?.f_narrow(2, 0, w)?.f_contiguous()?)
 }
 
@@ -460,38 +470,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn window_partition_round_trip_pads_and_crops() {
-        // 2 images of 5x7 with 3 channels, window 3: padded to 6x9, 2*3 windows per image.
-        let x = Tensor::arange(2 * 5 * 7 * 3, (Kind::Float, tch::Device::Cpu)).view([2, 5, 7, 3]);
-        let windows = window_partition(&x, 3).expect("partition");
-        assert_eq!(windows.size(), [12, 3, 3, 3]);
-        // Window 1 of image 0 covers rows 0..3, columns 3..6.
-        assert!(
-            windows
-                .get(1)
-                .equal(&x.get(0).narrow(0, 0, 3).narrow(1, 3, 3))
-        );
-        // Window 2 of image 0 covers columns 6..9: one real column, then zero padding.
-        let last = windows.get(2);
-        assert!(
-            last.narrow(1, 0, 1)
-                .equal(&x.get(0).narrow(0, 0, 3).narrow(1, 6, 1))
-        );
-        assert_eq!(
-            last.narrow(1, 1, 2)
-                .abs()
-                .sum(Kind::Float)
-                .double_value(&[]),
-            0.0
-        );
-        // The first window of image 1 starts at its own origin.
-        assert!(
-            windows
-                .get(6)
-                .equal(&x.get(1).narrow(0, 0, 3).narrow(1, 0, 3))
-        );
-        let back = window_unpartition(&windows, 3, 5, 7).expect("unpartition");
-        assert!(back.equal(&x));
+    fn windows_split_heads_pad_and_merge_back() {
+        // 2 images of 5x7, 2 heads of 2 features (C = 4, 3C = 12), window 3: padded to 6x9,
+        // 2*3 windows per image.
+        let (b, h, w, heads, d) = (2, 5, 7, 2, 2);
+        let c = heads * d;
+        let x = Tensor::arange(b * h * w * 3 * c, (Kind::Float, tch::Device::Cpu)).view([
+            b,
+            h,
+            w,
+            3 * c,
+        ]);
+        let win = window_heads(&x, 3, heads).expect("windows");
+        assert_eq!(win.size(), [3, 12, heads, 9, d]);
+        // Part p, window n, head hd, position r * 3 + col, feature f comes from row r and column
+        // col of the window's cell, channel p * C + hd * d + f; padding is zero.
+        for p in 0..3 {
+            for (n, img, row0, col0) in [(1, 0, 0, 3), (2, 0, 0, 6), (6, 1, 0, 0), (11, 1, 3, 6)] {
+                for hd in 0..heads {
+                    for pos in 0..9 {
+                        for f in 0..d {
+                            let (r, col) = (row0 + pos / 3, col0 + pos % 3);
+                            let want = if r < h && col < w {
+                                x.double_value(&[img, r, col, p * c + hd * d + f])
+                            } else {
+                                0.0
+                            };
+                            let got = win.double_value(&[p, n, hd, pos, f]);
+                            assert_eq!(got, want, "part {p} window {n} head {hd} pos {pos} f {f}");
+                        }
+                    }
+                }
+            }
+            let back = window_merge(&win.get(p), 3, h, w).expect("merge");
+            assert!(back.equal(&x.narrow(3, p * c, c)), "part {p}");
+        }
     }
 
     #[test]
