@@ -112,7 +112,7 @@ pub fn attend(
     };
     let failed = std::sync::Mutex::new(None);
     let heads: Vec<(usize, &mut [f32])> = out.chunks_mut(d).enumerate().collect();
-    par::for_each(heads, par::threads(), &|(h, o)| {
+    par::for_each(heads, &|(h, o)| {
         if let Err(e) = head(h, o)
             && let Ok(mut f) = failed.lock()
         {

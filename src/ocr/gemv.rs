@@ -10,8 +10,9 @@
 //! that of f32, and the result is at least as accurate as a bf16 matmul.
 //!
 //! Work is split into blocks of output rows run in parallel through [`par`] (on libtorch's own
-//! OpenMP threads where they can be reached). [`routed_experts`] reads the chosen expert ids inside the call and runs the
-//! experts straight from the stacked weights: no copy of expert weights, no `to_vec`.
+//! OpenMP threads where they can be reached). [`routed_experts`] reads the chosen expert ids
+//! inside the call and runs the experts straight from the stacked weights: no copy of expert
+//! weights, no `to_vec`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -89,7 +90,7 @@ fn run(jobs: Vec<MatVec<'_>>) {
             blocks.push((m.first_rows(i * ROWS_PER_TASK, o.len()).rows, x, o));
         }
     }
-    par::for_each(blocks, par::threads(), &|(rows, x, out)| rows.dot(x, out));
+    par::for_each(blocks, &|(rows, x, out)| rows.dot(x, out));
 }
 
 /// Compute every product of `jobs` (in parallel across all of their rows); returns one f32
@@ -354,28 +355,22 @@ pub fn linear_any(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
     // Two rows or more: `few_rows` reads the weight once where `linear` reads it once per row
     // (the prefill's experts with 2-4 tokens; measured 1.6-2.4x faster at 2-4 rows, the same
     // at one row).
-    let rows = if x.dim() == 2 { x.size()[0] } else { 0 };
-    let few = (2..=FEW_ROWS_MAX).contains(&rows)
-        && weight.kind() == Kind::BFloat16
-        && applies(x, weight)
-        && weight.dim() == 2
-        && few_rows_kernel();
-    if !few && x.dim() == 2 && rows <= GEMV_MAX_ROWS && applies(x, weight) && weight.dim() == 2 {
-        let y = linear(x, weight)?;
-        return Ok(match bias {
+    let matrices = x.dim() == 2 && weight.dim() == 2 && applies(x, weight);
+    let rows = if matrices { x.size()[0] } else { 0 };
+    let plus_bias = |y: Tensor| -> Result<Tensor> {
+        Ok(match bias {
             Some(b) => y.f_add(&b.f_to_kind(Kind::Float)?)?,
             None => y,
-        });
+        })
+    };
+    if (2..=FEW_ROWS_MAX).contains(&rows) && weight.kind() == Kind::BFloat16 && few_rows_kernel() {
+        return plus_bias(few_rows(x, weight)?);
+    }
+    if matrices && rows <= GEMV_MAX_ROWS {
+        return plus_bias(linear(x, weight)?);
     }
     if x.kind() == weight.kind() {
         return Ok(x.f_linear(weight, bias)?);
-    }
-    if few {
-        let y = few_rows(x, weight)?;
-        return Ok(match bias {
-            Some(b) => y.f_add(&b.f_to_kind(Kind::Float)?)?,
-            None => y,
-        });
     }
     let bias = bias.map(|b| b.f_to_kind(x.kind())).transpose()?;
     Ok(x.f_linear(&weight.f_to_kind(x.kind())?, bias.as_ref())?)
@@ -448,7 +443,7 @@ pub fn few_rows(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         #[cfg(not(target_arch = "x86_64"))]
         few_rows_scalar(w, xs, k, o)
     };
-    par::for_each(blocks, par::threads(), &work);
+    par::for_each(blocks, &work);
     Ok(out.f_transpose(0, 1)?.f_contiguous()?)
 }
 

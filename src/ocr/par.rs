@@ -110,9 +110,14 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
-/// Run `run` on every task, in parallel on `threads` threads (the caller's included); returns
-/// when all are done. A panic in a task is resumed here after the others have stopped.
-pub fn for_each<T: Send>(tasks: Vec<T>, threads: usize, run: &(dyn Fn(T) + Sync)) {
+/// Run `run` on every task, in parallel on [`threads`] threads (the caller's included);
+/// returns when all are done. A panic in a task is resumed here after the others have stopped.
+pub fn for_each<T: Send>(tasks: Vec<T>, run: &(dyn Fn(T) + Sync)) {
+    run_on(tasks, threads(), run)
+}
+
+/// [`for_each`] on `threads` threads.
+fn run_on<T: Send>(tasks: Vec<T>, threads: usize, run: &(dyn Fn(T) + Sync)) {
     if tasks.len() <= 1 || threads <= 1 {
         tasks.into_iter().for_each(run);
         return;
@@ -162,7 +167,7 @@ mod tests {
         for openmp in [true, false] {
             set_openmp(openmp);
             let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
-            for_each((0..100).collect(), 2, &|i: usize| {
+            run_on((0..100).collect(), 2, &|i: usize| {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             });
             assert!(
@@ -176,7 +181,7 @@ mod tests {
     #[test]
     fn a_panicking_task_panics_the_call() {
         let r = catch_unwind(|| {
-            for_each((0..10).collect(), 2, &|i: usize| {
+            run_on((0..10).collect(), 2, &|i: usize| {
                 if i == 3 {
                     panic!("task 3");
                 }

@@ -136,9 +136,7 @@ pub fn relpos_attention(
         .chunks_mut(group_packed)
         .zip(ks.chunks(dims.s * dims.d))
         .collect();
-    par::for_each(pack_jobs, par::threads(), &|(p, k)| {
-        pack_keys(k, dims.d, scale, p)
-    });
+    par::for_each(pack_jobs, &|(p, k)| pack_keys(k, dims.d, scale, p));
     let mut tasks = Vec::new();
     for (gi, o) in outs.chunks_mut(dims.l * dims.d).enumerate() {
         for (ti, rows) in o.chunks_mut(TASK_ROWS * dims.d).enumerate() {
@@ -146,7 +144,7 @@ pub fn relpos_attention(
         }
     }
     let packed = &packed;
-    par::for_each(tasks, par::threads(), &|(gi, row0, o)| {
+    par::for_each(tasks, &|(gi, row0, o)| {
         let group = Group {
             q: &qs[gi * dims.l * dims.d..][..dims.l * dims.d],
             packed: &packed[gi * group_packed..][..group_packed],

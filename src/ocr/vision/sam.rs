@@ -29,22 +29,11 @@ struct RelPosAttention {
 impl RelPosAttention {
     /// Global attention: `x` `[B, H, W, C]` -> `[B, H, W, C]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?;
-        let (b, h, w, c3) = qkv.size4()?;
-        let (c, heads) = (c3 / 3, self.heads);
-        let d = c / heads;
-        // One copy to `[3, B, heads, H*W, d]`: q, k and v are then contiguous views, used as
-        // they are by the relative-position terms and by the attention.
-        let qkv = qkv
-            .f_view([b, h * w, 3, heads, d])?
-            .f_permute([2, 0, 3, 1, 4])?
-            .f_contiguous()?;
-        let out = self
-            .core(&qkv, h, w)?
-            .f_view([b, heads, h, w, d])?
-            .f_permute([0, 2, 3, 1, 4])?
-            .f_reshape([b, h, w, c])?;
-        self.proj.forward(&out)
+        let (_, h, w, _) = x.size4()?;
+        // The whole grid is one window: one copy to `[3, B, heads, H*W, d]`.
+        let qkv = window_heads(&self.qkv.forward(x)?, (h, w), self.heads)?;
+        let out = self.core(&qkv, h, w)?;
+        self.proj.forward(&window_merge(&out, (h, w), h, w)?)
     }
 
     /// Windowed attention over `x` `[B, H, W, C]` in `window`-sized windows (the grid padded
@@ -55,13 +44,14 @@ impl RelPosAttention {
     /// of 4900 at 1024 px).
     fn forward_windowed(&self, x: &Tensor, window: i64) -> Result<Tensor> {
         let (_, h, w, _) = x.size4()?;
+        let window = (window, window);
         let mut qkv = window_heads(&self.qkv.forward_no_bias(x)?, window, self.heads)?;
         if let Some(bias) = self.qkv.bias() {
             // In place, after the copy into windows: padding rows get the bias alone.
             let d = qkv.size()[4];
             let _ = qkv.f_add_(&bias.f_view([3, 1, self.heads, 1, d])?)?;
         }
-        let out = self.core(&qkv, window, window)?;
+        let out = self.core(&qkv, window.0, window.1)?;
         self.proj.forward(&window_merge(&out, window, h, w)?)
     }
 
@@ -232,33 +222,38 @@ fn rel_pos_for(table: &Tensor, size: i64) -> Result<Tensor> {
     Ok(rows.f_reshape([size, size, -1])?)
 }
 
-/// Projections `[B, H, W, 3C]` padded with zeros to whole windows, cut into windows (row-major
-/// per image) and split into q, k, v and heads in one copy: `[3, B * nH * nW, heads,
-/// window^2, d]`.
-pub(crate) fn window_heads(qkv: &Tensor, window: i64, heads: i64) -> Result<Tensor> {
+/// Projections `[B, H, W, 3C]` padded with zeros to whole `(wh, ww)` windows, cut into windows
+/// (row-major per image) and split into q, k, v and heads in one copy: `[3, B * nH * nW,
+/// heads, wh * ww, d]`. q, k and v are then contiguous views.
+pub(crate) fn window_heads(qkv: &Tensor, (wh, ww): (i64, i64), heads: i64) -> Result<Tensor> {
     let (b, h, w, c3) = qkv.size4()?;
-    let (hp, wp) = (round_up(h, window), round_up(w, window));
+    let (hp, wp) = (round_up(h, wh), round_up(w, ww));
     let d = c3 / 3 / heads;
     let padded = if hp > h || wp > w {
         qkv.f_constant_pad_nd([0, 0, 0, wp - w, 0, hp - h])?
     } else {
         qkv.shallow_clone()
     };
-    let (nh, nw) = (hp / window, wp / window);
+    let (nh, nw) = (hp / wh, wp / ww);
     Ok(padded
-        .f_view(&[b, nh, window, nw, window, 3, heads, d][..])?
+        .f_view(&[b, nh, wh, nw, ww, 3, heads, d][..])?
         .f_permute([5, 0, 1, 3, 6, 2, 4, 7])?
         .f_contiguous()?
-        .f_view([3, b * nh * nw, heads, window * window, d])?)
+        .f_view([3, b * nh * nw, heads, wh * ww, d])?)
 }
 
 /// Inverse of [`window_heads`] for one of q, k, v (or the attention's output): `[B * nH * nW,
-/// heads, window^2, d]` -> `[B, H, W, heads * d]`, padding cropped.
-pub(crate) fn window_merge(windows: &Tensor, window: i64, h: i64, w: i64) -> Result<Tensor> {
-    let (hp, wp) = (round_up(h, window), round_up(w, window));
+/// heads, wh * ww, d]` -> `[B, H, W, heads * d]`, padding cropped.
+pub(crate) fn window_merge(
+    windows: &Tensor,
+    (wh, ww): (i64, i64),
+    h: i64,
+    w: i64,
+) -> Result<Tensor> {
+    let (hp, wp) = (round_up(h, wh), round_up(w, ww));
     let (_, heads, _, d) = windows.size4()?;
     let x = windows
-        .f_view(&[-1, hp / window, wp / window, heads, window, window, d][..])?
+        .f_view(&[-1, hp / wh, wp / ww, heads, wh, ww, d][..])?
         .f_permute([0, 1, 4, 2, 5, 3, 6])?
         .f_reshape([-1, hp, wp, heads * d])?;
     Ok(x.f_narrow(1, 0, h)?.f_narrow(2, 0, w)?.f_contiguous()?)
@@ -481,7 +476,7 @@ mod tests {
             w,
             3 * c,
         ]);
-        let win = window_heads(&x, 3, heads).expect("windows");
+        let win = window_heads(&x, (3, 3), heads).expect("windows");
         assert_eq!(win.size(), [3, 12, heads, 9, d]);
         // Part p, window n, head hd, position r * 3 + col, feature f comes from row r and column
         // col of the window's cell, channel p * C + hd * d + f; padding is zero.
@@ -502,7 +497,7 @@ mod tests {
                     }
                 }
             }
-            let back = window_merge(&win.get(p), 3, h, w).expect("merge");
+            let back = window_merge(&win.get(p), (3, 3), h, w).expect("merge");
             assert!(back.equal(&x.narrow(3, p * c, c)), "part {p}");
         }
     }
