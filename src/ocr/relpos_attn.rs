@@ -1,20 +1,26 @@
-//! SAM's attention with decomposed relative positions, fused on the CPU:
-//! `softmax(q k^T / sqrt(d) + rel_h[q, kh] + rel_w[q, kw]) v`, key `kh * KW + kw`.
+//! SAM's attention with decomposed relative positions, fused on the CPU, straight from the
+//! `[B, H, W, 3C]` projections: `softmax(q k^T / sqrt(d) + rel_h[q, kh] + rel_w[q, kw]) v` per
+//! window and head, key `kh * KW + kw` of the window, written straight into `[B, H, W, C]`.
 //!
 //! Through libtorch the additive mask is a `[L, KH * KW]` tensor per head (32 MB per head for a
 //! 1024-px global block) that is written, then read by SDPA; and libtorch's CPU flash attention
 //! reached about 110 GFLOP/s on this workload against 250 for its plain f32 GEMMs (2 threads,
-//! this machine). Here the mask is never built. A block of 32 queries (four tiles of eight)
-//! computes its scores against all keys (register-blocked AVX-512, keys packed in panels of 32
-//! and scaled by `1/sqrt(d)` once per call, each panel used by the four tiles while it is in
-//! L1), adds `rel_h` (one value per row of the key grid) and `rel_w` (one vector per row) while
-//! finding each row's maximum, exponentiates in place, and multiplies by `v` in blocks of 64
-//! keys (register-blocked again). Tasks of query rows run in parallel through [`par`].
+//! this machine). Here the mask is never built, and neither are the windows: a window's keys are
+//! read from the grid (rows past its edge are padding, whose projections are the bias alone),
+//! packed in panels of 32 and scaled by `1/sqrt(d)` once per call, its values gathered
+//! contiguously; the queries are read from the grid as well, padding queries (whose outputs the
+//! reference crops) are skipped, and each output row lands in its place in the grid. A block of
+//! 32 queries (four tiles of eight) computes its relative-position terms (`q . R_h[qh, kh]` and
+//! `q . R_w[qw, kw]`, the tables laid out per query row so that one pass over the features
+//! yields 16 keys per vector), its scores against all keys (register-blocked AVX-512, each panel
+//! used by the four tiles while it is in L1), adds the terms while finding each row's maximum,
+//! exponentiates in place, and multiplies by `v` in blocks of 64 keys (register-blocked again).
+//! Tasks of query rows run in parallel through [`par`].
 //!
 //! Tried and not kept (alternated on the 1024-px global shape): tiles of twelve rows instead of
-//! eight (no difference) and flash-style blocks of 512 keys with a running maximum, so that a
-//! block's scores, keys and values would all stay in L2 (slower: 525-550 ms against 395-445 ms
-//! per 12-head global block).
+//! eight (no difference), blocks of 2, 6 or 8 tiles instead of 4 (no better), and flash-style
+//! blocks of 512 keys with a running maximum, so that a block's scores, keys and values would
+//! all stay in L2 (slower: 525-550 ms against 395-445 ms per 12-head global block).
 //!
 //! Used for f32 activations on CPUs with AVX-512F and head dimensions that are multiples of 16
 //! ([`applies`]); elsewhere the caller keeps libtorch's SDPA with a mask.
@@ -34,6 +40,8 @@ const PANEL: usize = 32;
 const TASK_ROWS: usize = 256;
 /// Tiles of queries that share each panel of keys and each block of values.
 const BLOCK_TILES: usize = 4;
+/// Query rows per block.
+const BLOCK_ROWS: usize = BLOCK_TILES * TILE_ROWS;
 /// Keys per block of values (64 keys x 64 features: 16 KB, in L1 while the block's tiles use it).
 const VALUE_BLOCK: usize = 64;
 
@@ -45,15 +53,15 @@ pub fn set_fused(on: bool) {
     FUSED.store(on, Ordering::Relaxed);
 }
 
-/// Whether [`relpos_attention`] runs for queries `q` `[.., L, d]`: f32 on the CPU, `d` a
-/// multiple of 16, a CPU with AVX-512F, and the kernel not switched off.
-pub fn applies(q: &Tensor) -> bool {
-    let d = q.size().last().copied().unwrap_or(0);
+/// Whether [`grid_attention`] runs for activations like `x` with heads of `head_dim` features:
+/// f32 on the CPU, `head_dim` a multiple of 16, a CPU with AVX-512F, and the kernel not switched
+/// off.
+pub fn applies(x: &Tensor, head_dim: i64) -> bool {
     FUSED.load(Ordering::Relaxed)
-        && q.device() == Device::Cpu
-        && q.kind() == Kind::Float
-        && d > 0
-        && d % 16 == 0
+        && x.device() == Device::Cpu
+        && x.kind() == Kind::Float
+        && head_dim > 0
+        && head_dim % 16 == 0
         && avx512()
 }
 
@@ -68,192 +76,428 @@ fn avx512() -> bool {
     }
 }
 
-/// `softmax(q k^T / sqrt(d) + rel_h[.., kh] + rel_w[.., kw]) v` for `G` independent groups
-/// (batch x heads): `q` `[G, L, d]`, `k` and `v` `[G, S, d]`, `rel_h` `[G, L, KH]`, `rel_w`
-/// `[G, L, KW]` with `S = KH * KW` (key `s` sits at row `s / KW`, column `s % KW` of the key
-/// grid). Returns `[G, L, d]` f32. Errors when [`applies`] does not hold or shapes disagree.
-pub fn relpos_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+/// Attention with decomposed relative positions over `window`-sized windows of a grid of
+/// projections `qkv` `[B, H, W, 3C]` (q, k and v side by side, `heads` heads of `C / heads`
+/// features each; a window of `(H, W)` is global attention). The grid is padded to whole
+/// windows with rows equal to `pad` `[3C]` (the projections of a zero row: the bias, or zeros
+/// when `None`); padding keys are attended to as in the reference, padding queries are not
+/// computed (their outputs are cropped there). `rel_h` `[2 * wh - 1, d]` and `rel_w`
+/// `[2 * ww - 1, d]` are the relative-position tables already sized to the window:
+/// `rel_h[q, k] = q . rel_h[qh - kh + wh - 1]` over the query's and key's rows inside the
+/// window (the same for columns). Returns `[B, H, W, C]` f32. Errors when [`applies`] does not
+/// hold or shapes disagree.
+pub fn grid_attention(
+    qkv: &Tensor,
+    pad: Option<&Tensor>,
+    heads: i64,
+    window: (i64, i64),
     rel_h: &Tensor,
     rel_w: &Tensor,
 ) -> Result<Tensor> {
     let shapes = || {
         format!(
-            "q {:?}, k {:?}, v {:?}, rel_h {:?}, rel_w {:?}",
-            q.size(),
-            k.size(),
-            v.size(),
+            "qkv {:?}, pad {:?}, {heads} heads, window {window:?}, rel_h {:?}, rel_w {:?}",
+            qkv.size(),
+            pad.map(Tensor::size),
             rel_h.size(),
             rel_w.size()
         )
     };
-    let all_f32 = [k, v, rel_h, rel_w]
-        .iter()
-        .all(|t| t.kind() == Kind::Float && t.device() == Device::Cpu && t.dim() == 3);
-    if !applies(q) || q.dim() != 3 || !all_f32 {
+    let (b, h, w, c3) = qkv.size4()?;
+    let c = c3 / 3;
+    let d = if heads > 0 { c / heads } else { 0 };
+    let cpu_f32 = |t: &Tensor| t.kind() == Kind::Float && t.device() == Device::Cpu;
+    if !applies(qkv, d) || !cpu_f32(rel_h) || !cpu_f32(rel_w) || !pad.is_none_or(cpu_f32) {
         return Err(OcrError::Invalid(format!(
-            "fused relative-position attention needs CPU f32 [G, L, d] tensors with d a \
-             multiple of 16 on an AVX-512 CPU: {}",
+            "fused relative-position attention needs CPU f32 tensors with a head dimension that \
+             is a multiple of 16, on an AVX-512 CPU: {}",
             shapes()
         )));
     }
-    let (g, l, d) = q.size3()?;
-    let (s, kh, kw) = (k.size()[1], rel_h.size()[2], rel_w.size()[2]);
-    if k.size() != [g, s, d]
-        || v.size() != [g, s, d]
-        || rel_h.size()[..2] != [g, l]
-        || rel_w.size()[..2] != [g, l]
-        || kh * kw != s
-        || s == 0
+    let (wh, ww) = window;
+    if c3 != 3 * c
+        || c != heads * d
+        || wh <= 0
+        || ww <= 0
+        || b * h * w == 0
+        || rel_h.size() != [2 * wh - 1, d]
+        || rel_w.size() != [2 * ww - 1, d]
+        || pad.is_some_and(|p| p.size() != [c3])
     {
         return Err(OcrError::Invalid(format!(
             "fused relative-position attention: shapes disagree: {}",
             shapes()
         )));
     }
-    let dims = Dims {
-        l: l as usize,
-        s: s as usize,
+    let geo = Geometry {
+        b: b as usize,
+        h: h as usize,
+        w: w as usize,
+        c: c as usize,
+        heads: heads as usize,
         d: d as usize,
-        kh: kh as usize,
-        kw: kw as usize,
+        wh: wh as usize,
+        ww: ww as usize,
+        nh: (h as usize).div_ceil(wh as usize),
+        nw: (w as usize).div_ceil(ww as usize),
     };
-    let (q, k, v) = (q.f_contiguous()?, k.f_contiguous()?, v.f_contiguous()?);
+    let qkv = qkv.f_contiguous()?;
+    let pad = match pad {
+        Some(p) => p.f_contiguous()?,
+        None => Tensor::f_zeros([c3], (Kind::Float, Device::Cpu))?,
+    };
     let (rel_h, rel_w) = (rel_h.f_contiguous()?, rel_w.f_contiguous()?);
-    let mut out = Tensor::f_empty([g, l, d], (Kind::Float, Device::Cpu))?;
     let values = cpu_step::f32_values;
-    let (qs, ks, vs) = (values(&q)?, values(&k)?, values(&v)?);
-    let (hs, ws) = (values(&rel_h)?, values(&rel_w)?);
+    let (grid, pad_row) = (values(&qkv)?, values(&pad)?);
+    let tables = [
+        Table::new(values(&rel_h)?, geo.wh, geo.d),
+        Table::new(values(&rel_w)?, geo.ww, geo.d),
+    ];
+    let mut out = Tensor::f_empty([b, h, w, c], (Kind::Float, Device::Cpu))?;
     // SAFETY: `out` is fresh and referenced nowhere else; the slice lives in this function.
     let outs = unsafe { cpu_step::f32_values_mut(&mut out)? };
-    let scale = 1.0 / (d as f32).sqrt();
-    let panels = dims.s.div_ceil(PANEL);
-    let group_packed = panels * dims.d * PANEL;
-    let mut packed = vec![0f32; g as usize * group_packed];
-    let pack_jobs: Vec<(&mut [f32], &[f32])> = packed
+
+    // Keys (scaled, packed) and values (gathered) of every window and head.
+    let scale = 1.0 / (geo.d as f32).sqrt();
+    let (keys, panels) = (geo.keys(), geo.keys().div_ceil(PANEL));
+    let group_packed = panels * PANEL * geo.d;
+    let mut packed = Aligned::zeros(geo.groups() * group_packed);
+    let mut gathered = Aligned::zeros(geo.groups() * keys * geo.d);
+    let pack_jobs: Vec<_> = packed
+        .floats_mut()
         .chunks_mut(group_packed)
-        .zip(ks.chunks(dims.s * dims.d))
+        .zip(gathered.floats_mut().chunks_mut(keys * geo.d))
+        .enumerate()
         .collect();
-    par::for_each(pack_jobs, &|(p, k)| pack_keys(k, dims.d, scale, p));
+    par::for_each(pack_jobs, &|(g, (p, v))| {
+        let at = geo.group(g);
+        pack_panels(keys, geo.d, scale, |s| geo.row(at, s, 1, grid, pad_row), p);
+        gather_values(&geo, at, grid, pad_row, v);
+    });
+
     let mut tasks = Vec::new();
-    for (gi, o) in outs.chunks_mut(dims.l * dims.d).enumerate() {
-        for (ti, rows) in o.chunks_mut(TASK_ROWS * dims.d).enumerate() {
-            tasks.push((gi, ti * TASK_ROWS, rows));
+    for g in 0..geo.groups() {
+        let (_, wy, wx, _) = geo.group(g);
+        let (vh, vw) = geo.valid(wy, wx);
+        for start in (0..vh * vw).step_by(TASK_ROWS) {
+            tasks.push((g, start..(start + TASK_ROWS).min(vh * vw)));
         }
     }
-    let packed = &packed;
-    par::for_each(tasks, &|(gi, row0, o)| {
-        let group = Group {
-            q: &qs[gi * dims.l * dims.d..][..dims.l * dims.d],
-            packed: &packed[gi * group_packed..][..group_packed],
-            v: &vs[gi * dims.s * dims.d..][..dims.s * dims.d],
-            rel_h: &hs[gi * dims.l * dims.kh..][..dims.l * dims.kh],
-            rel_w: &ws[gi * dims.l * dims.kw..][..dims.l * dims.kw],
+    let out_rows = OutRows(outs.as_mut_ptr());
+    let (packed, gathered, tables) = (packed.floats(), gathered.floats(), &tables);
+    par::for_each(tasks, &|(g, rows)| {
+        let inputs = Inputs {
+            grid,
+            packed: &packed[g * group_packed..][..group_packed],
+            v: &gathered[g * keys * geo.d..][..keys * geo.d],
+            tables,
         };
-        rows_of_group(&dims, &group, row0, o);
+        // SAFETY: each (query position, head) belongs to exactly one window and one task, so
+        // the rows this task writes are written by no other; `outs` outlives the tasks.
+        unsafe { rows_of_window(&geo, &inputs, geo.group(g), rows, out_rows) };
     });
     Ok(out)
 }
 
+/// The shape of one call: the grid, its heads and its windows.
 #[derive(Clone, Copy)]
-struct Dims {
-    l: usize,
-    s: usize,
+struct Geometry {
+    b: usize,
+    h: usize,
+    w: usize,
+    /// Channels of each of q, k and v (`heads * d`).
+    c: usize,
+    heads: usize,
     d: usize,
-    kh: usize,
-    kw: usize,
+    /// Window rows and columns.
+    wh: usize,
+    ww: usize,
+    /// Windows down and across.
+    nh: usize,
+    nw: usize,
 }
 
-/// One group's inputs, `k` packed by [`pack_keys`].
-struct Group<'a> {
-    q: &'a [f32],
-    packed: &'a [f32],
-    v: &'a [f32],
-    rel_h: &'a [f32],
-    rel_w: &'a [f32],
+impl Geometry {
+    /// Keys per window (padding included).
+    fn keys(&self) -> usize {
+        self.wh * self.ww
+    }
+
+    /// Windows times heads.
+    fn groups(&self) -> usize {
+        self.b * self.nh * self.nw * self.heads
+    }
+
+    /// Group `g` as (image, window row, window column, head).
+    fn group(&self, g: usize) -> (usize, usize, usize, usize) {
+        let head = g % self.heads;
+        let g = g / self.heads;
+        let wx = g % self.nw;
+        let g = g / self.nw;
+        (g / self.nh, g % self.nh, wx, head)
+    }
+
+    /// Rows and columns of window `(wy, wx)` that lie inside the grid.
+    fn valid(&self, wy: usize, wx: usize) -> (usize, usize) {
+        (
+            self.wh.min(self.h - wy * self.wh),
+            self.ww.min(self.w - wx * self.ww),
+        )
+    }
+
+    /// Index of grid cell `(y, x)` of image `bi` among all cells, or `None` past the grid.
+    fn cell(&self, bi: usize, y: usize, x: usize) -> Option<usize> {
+        (y < self.h && x < self.w).then(|| (bi * self.h + y) * self.w + x)
+    }
+
+    /// The `d` features of head `head` of part `part` (0 q, 1 k, 2 v) at window position `s`
+    /// of window `(bi, wy, wx)`: from the grid, or from the padding row past its edge.
+    fn row<'a>(
+        &self,
+        (bi, wy, wx, head): (usize, usize, usize, usize),
+        s: usize,
+        part: usize,
+        grid: &'a [f32],
+        pad: &'a [f32],
+    ) -> &'a [f32] {
+        let (y, x) = (wy * self.wh + s / self.ww, wx * self.ww + s % self.ww);
+        let offset = part * self.c + head * self.d;
+        match self.cell(bi, y, x) {
+            Some(cell) => &grid[cell * 3 * self.c + offset..][..self.d],
+            None => &pad[offset..][..self.d],
+        }
+    }
 }
 
-/// `k` `[S, d]` times `scale` into panels `[ceil(S / 32)][d][32]` (key-minor, zero-padded), so
-/// that the score kernel reads 32 keys of one feature as two vectors.
-fn pack_keys(k: &[f32], d: usize, scale: f32, packed: &mut [f32]) {
-    for (panel, keys) in packed.chunks_exact_mut(d * PANEL).zip(k.chunks(PANEL * d)) {
-        for (j, key) in keys.chunks_exact(d).enumerate() {
-            for (f, &x) in key.iter().enumerate() {
+/// A relative-position table `[2 * size - 1, d]` packed like the keys (unscaled), so that a
+/// block's products with all its rows come from the score kernel: for a query at row (or
+/// column) `i` of its window and a key at `k`, the term is the product with table row
+/// `i - k + size - 1`.
+struct Table {
+    packed: Aligned,
+    panels: usize,
+    size: usize,
+}
+
+impl Table {
+    fn new(table: &[f32], size: usize, d: usize) -> Self {
+        let rows = 2 * size - 1;
+        let panels = rows.div_ceil(PANEL);
+        let mut packed = Aligned::zeros(panels * d * PANEL);
+        pack_panels(rows, d, 1.0, |r| &table[r * d..][..d], packed.floats_mut());
+        Self {
+            packed,
+            panels,
+            size,
+        }
+    }
+
+    /// Row stride of a block's products with the table (one cache line past whole panels).
+    fn stride(&self) -> usize {
+        self.panels * PANEL + 16
+    }
+}
+
+/// `rows` rows of `d` features (`row(i)`) times `scale` into panels `[ceil(rows / 32)][d][32]`
+/// (row-minor, zero-padded past the last row), so that the score kernel reads 32 rows of one
+/// feature as two vectors.
+fn pack_panels<'a>(
+    rows: usize,
+    d: usize,
+    scale: f32,
+    row: impl Fn(usize) -> &'a [f32],
+    packed: &mut [f32],
+) {
+    for (p, panel) in packed.chunks_exact_mut(d * PANEL).enumerate() {
+        for j in 0..PANEL.min(rows.saturating_sub(p * PANEL)) {
+            for (f, &x) in row(p * PANEL + j).iter().enumerate() {
                 panel[f * PANEL + j] = x * scale;
             }
         }
     }
 }
 
-/// Output rows `row0..row0 + o.len() / d` of one group, [`BLOCK_TILES`] tiles of queries at a
-/// time: each panel of keys and each block of values is read once per block and used by all
-/// its tiles while it is in L1 (tiles one at a time, 1 MB of keys and 1 MB of values per head
-/// at 1024 px were read for every eight queries: 485 against 350 ms per global block).
-fn rows_of_group(dims: &Dims, g: &Group<'_>, row0: usize, o: &mut [f32]) {
-    let d = dims.d;
-    let panels = dims.s.div_ceil(PANEL);
+/// One window's values, `[S][d]`.
+fn gather_values(
+    geo: &Geometry,
+    at: (usize, usize, usize, usize),
+    grid: &[f32],
+    pad: &[f32],
+    v: &mut [f32],
+) {
+    for (s, out) in v.chunks_exact_mut(geo.d).enumerate() {
+        out.copy_from_slice(geo.row(at, s, 2, grid, pad));
+    }
+}
+
+/// One window's (and head's) inputs.
+struct Inputs<'a> {
+    grid: &'a [f32],
+    /// Keys packed by [`pack_panels`], scaled by `1/sqrt(d)`.
+    packed: &'a [f32],
+    /// Values gathered by [`gather_values`].
+    v: &'a [f32],
+    /// The relative-position tables of rows and of columns.
+    tables: &'a [Table; 2],
+}
+
+/// A cache line of floats: [`Aligned`]'s unit.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// Zeroed floats starting on a cache line, so that the kernels' 64-byte vectors of keys,
+/// values, queries and scores never straddle two lines (a `Vec<f32>` is only 16-byte aligned:
+/// the 1024-px global shape took 357-363 ms per 12-head call with such buffers, 329-335 ms
+/// aligned).
+struct Aligned {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeros(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+
+    fn floats(&self) -> &[f32] {
+        // SAFETY: `Line` is 16 f32 without padding (repr(C)), so the lines are
+        // `16 * lines.len() >= len` initialised, contiguous floats.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+
+    fn floats_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `floats`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+/// The output's storage, shared by the tasks, each writing its own rows.
+#[derive(Clone, Copy)]
+struct OutRows(*mut f32);
+
+// SAFETY: a raw pointer to the output tensor's storage, which outlives the tasks; the tasks
+// write disjoint elements (see `rows_of_window`).
+unsafe impl Send for OutRows {}
+unsafe impl Sync for OutRows {}
+
+/// Query rows `rows` (indices among the window's in-grid positions, row-major) of one window
+/// and head, [`BLOCK_TILES`] tiles of queries at a time: each panel of keys and each block of
+/// values is read once per block and used by all its tiles while it is in L1 (tiles one at a
+/// time, 1 MB of keys and 1 MB of values per head at 1024 px were read for every eight queries:
+/// 485 against 350 ms per global block).
+///
+/// # Safety
+/// `out` points to the `[B, H, W, C]` output; no other thread writes the elements of these
+/// query positions and this head, and nothing reads them meanwhile.
+unsafe fn rows_of_window(
+    geo: &Geometry,
+    inp: &Inputs<'_>,
+    at: (usize, usize, usize, usize),
+    rows: std::ops::Range<usize>,
+    out: OutRows,
+) {
+    let (bi, wy, wx, head) = at;
+    let (d, keys) = (geo.d, geo.keys());
+    let (_, vw) = geo.valid(wy, wx);
+    let panels = keys.div_ceil(PANEL);
     // One cache line past whole panels: rows of scores 2^k floats apart share L1 sets.
     let stride = panels * PANEL + 16;
-    let block_rows = BLOCK_TILES * TILE_ROWS;
-    let mut scores = vec![0f32; block_rows * stride];
-    let mut tiles = vec![0f32; block_rows * d];
-    let mut acc = vec![0f32; block_rows * d];
-    let mut inv_sum = [0f32; BLOCK_TILES * TILE_ROWS];
-    for (b, out) in o.chunks_mut(block_rows * d).enumerate() {
-        let r0 = row0 + b * block_rows;
-        let n = out.len() / d;
+    let mut scores = Aligned::zeros(BLOCK_ROWS * stride);
+    let mut tiles = Aligned::zeros(BLOCK_ROWS * d);
+    let mut acc = Aligned::zeros(BLOCK_ROWS * d);
+    let (scores, tiles, acc) = (scores.floats_mut(), tiles.floats_mut(), acc.floats_mut());
+    // Each row's products with the table rows, then its terms per key row and key column.
+    let [th, tw] = inp.tables;
+    let mut products = [
+        Aligned::zeros(BLOCK_ROWS * th.stride()),
+        Aligned::zeros(BLOCK_ROWS * tw.stride()),
+    ];
+    let (mut rel_h, mut rel_w) = (vec![0f32; th.size], vec![0f32; tw.size]);
+    let mut cells = [0usize; BLOCK_ROWS];
+    let mut inv_sum = [0f32; BLOCK_ROWS];
+    for first in rows.clone().step_by(BLOCK_ROWS) {
+        let n = BLOCK_ROWS.min(rows.end - first);
         let nt = n.div_ceil(TILE_ROWS);
-        tiles.fill(0.0);
-        tiles[..n * d].copy_from_slice(&g.q[r0 * d..(r0 + n) * d]);
+        tiles[n * d..].fill(0.0);
+        for (r, cell) in cells.iter_mut().enumerate().take(n) {
+            let (y, x) = (
+                wy * geo.wh + (first + r) / vw,
+                wx * geo.ww + (first + r) % vw,
+            );
+            *cell = geo.cell(bi, y, x).expect("in-grid query");
+            tiles[r * d..][..d].copy_from_slice(&inp.grid[*cell * 3 * geo.c + head * d..][..d]);
+        }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: [`applies`] checked AVX-512F. Every kernel asserts that its ranges lie inside
         // the slices it is given.
         unsafe {
-            for p in 0..panels {
-                let panel = &g.packed[p * d * PANEL..][..d * PANEL];
-                for t in 0..nt {
-                    let rows = t * TILE_ROWS;
-                    x86::scores_panel(
-                        &tiles[rows * d..][..TILE_ROWS * d],
-                        panel,
-                        &mut scores[rows * stride + p * PANEL..],
-                        stride,
-                    );
+            let products_of = |packed: &[f32], panels: usize, out: &mut [f32], stride: usize| {
+                for p in 0..panels {
+                    let panel = &packed[p * d * PANEL..][..d * PANEL];
+                    for t in 0..nt {
+                        let rows = t * TILE_ROWS;
+                        x86::scores_panel(
+                            &tiles[rows * d..][..TILE_ROWS * d],
+                            panel,
+                            &mut out[rows * stride + p * PANEL..],
+                            stride,
+                        );
+                    }
                 }
-            }
-            for (r, inv) in inv_sum.iter_mut().enumerate().take(n) {
-                let q = r0 + r;
-                *inv = x86::softmax_rel(
-                    &mut scores[r * stride..][..dims.s],
-                    &g.rel_h[q * dims.kh..][..dims.kh],
-                    &g.rel_w[q * dims.kw..][..dims.kw],
+            };
+            products_of(inp.packed, panels, scores, stride);
+            for (table, out) in [th, tw].into_iter().zip(&mut products) {
+                products_of(
+                    table.packed.floats(),
+                    table.panels,
+                    out.floats_mut(),
+                    table.stride(),
                 );
             }
+            for (r, inv) in inv_sum.iter_mut().enumerate().take(n) {
+                let (qy, qx) = ((first + r) / vw, (first + r) % vw);
+                for (terms, (table, at, products)) in [
+                    (&mut rel_h, (th, qy, products[0].floats())),
+                    (&mut rel_w, (tw, qx, products[1].floats())),
+                ] {
+                    // Key k takes table row at - k + size - 1.
+                    let row = &products[r * table.stride() + at..][..table.size];
+                    for (t, &p) in terms.iter_mut().zip(row.iter().rev()) {
+                        *t = p;
+                    }
+                }
+                *inv = x86::softmax_rel(&mut scores[r * stride..][..keys], &rel_h, &rel_w);
+            }
             let mut j0 = 0;
-            while j0 < dims.s {
-                let j1 = (j0 + VALUE_BLOCK).min(dims.s);
+            while j0 < keys {
+                let j1 = (j0 + VALUE_BLOCK).min(keys);
                 for t in 0..nt {
                     let rows = t * TILE_ROWS;
                     x86::values_block(
                         &scores[rows * stride..],
                         stride,
-                        g.v,
+                        inp.v,
                         j0..j1,
                         &mut acc[rows * d..][..TILE_ROWS * d],
                     );
                 }
                 j0 = j1;
             }
-            for (r, (row, o)) in acc.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
-                for (o, a) in o.iter_mut().zip(row) {
-                    *o = a * inv_sum[r];
-                }
-            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("`applies` is false without AVX-512 ({n} rows, {nt} tiles)");
+        for (r, &cell) in cells.iter().enumerate().take(n) {
+            let o = cell * geo.c + head * d;
+            for (f, a) in acc[r * d..][..d].iter().enumerate() {
+                // SAFETY: element `o + f` lies in the output (cell < B * H * W, head * d + f <
+                // C) and belongs to this task alone (the caller's contract).
+                unsafe { *out.0.add(o + f) = a * inv_sum[r] };
+            }
+        }
     }
 }
 
@@ -302,7 +546,8 @@ mod x86 {
 
     /// One row of scores (`KH * KW` keys): add `rel_h[kh] + rel_w[kw]`, then replace each
     /// value by `exp(value - max)`; returns `1 / sum`. Four accumulators each for the maximum
-    /// and the sum, so that consecutive vectors do not wait on one another.
+    /// and the sum, taken in turn, so that consecutive vectors do not wait on one another (also
+    /// across rows of the key grid narrower than a vector, as in 14-wide windows).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn softmax_rel(row: &mut [f32], rel_h: &[f32], rel_w: &[f32]) -> f32 {
         let kw = rel_w.len();
@@ -315,9 +560,10 @@ mod x86 {
             }
         };
         let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+        let mut i = 0;
         for (keys, &h) in row.chunks_exact_mut(kw).zip(rel_h) {
             let hv = _mm512_set1_ps(h);
-            for (i, c) in (0..kw).step_by(16).enumerate() {
+            for c in (0..kw).step_by(16) {
                 let m = lanes(kw - c);
                 // SAFETY: lanes under `m` are c..min(c + 16, kw), inside `keys` and `rel_w`.
                 unsafe {
@@ -328,6 +574,7 @@ mod x86 {
                     _mm512_mask_storeu_ps(p, m, y);
                     max[i % 4] = _mm512_mask_max_ps(max[i % 4], m, max[i % 4], y);
                 }
+                i += 1;
             }
         }
         let max = _mm512_max_ps(_mm512_max_ps(max[0], max[1]), _mm512_max_ps(max[2], max[3]));
@@ -452,47 +699,96 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// libtorch's own computation of the same attention: the mask built and passed to SDPA.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, rel_h: &Tensor, rel_w: &Tensor) -> Tensor {
-        let (g, l, _) = q.size3().unwrap();
-        let (kh, kw) = (rel_h.size()[2], rel_w.size()[2]);
-        let mask =
-            (rel_h.reshape([g, l, kh, 1]) + rel_w.reshape([g, l, 1, kw])).reshape([g, l, kh * kw]);
-        Tensor::scaled_dot_product_attention(q, k, v, Some(&mask), 0.0, false, None, false)
+    /// The same attention written out with libtorch, one window and head at a time: the grid
+    /// padded with `pad` rows, the relative-position terms gathered from the tables and added to
+    /// the scaled scores, softmax, values; padding positions cropped.
+    fn reference(
+        qkv: &Tensor,
+        pad: &Tensor,
+        heads: i64,
+        (wh, ww): (i64, i64),
+        table_h: &Tensor,
+        table_w: &Tensor,
+    ) -> Tensor {
+        let (b, h, w, c3) = qkv.size4().unwrap();
+        let (c, nh, nw) = (c3 / 3, (h + wh - 1) / wh, (w + ww - 1) / ww);
+        let d = c / heads;
+        let padded = pad.view([1, 1, 1, c3]).repeat([b, nh * wh, nw * ww, 1]);
+        padded.narrow(1, 0, h).narrow(2, 0, w).copy_(qkv);
+        let out = Tensor::zeros([b, nh * wh, nw * ww, c], (Kind::Float, Device::Cpu));
+        let rel = |table: &Tensor, size: i64| {
+            let i = Tensor::arange(size, (Kind::Int64, Device::Cpu));
+            let idx = i.unsqueeze(1) - i.unsqueeze(0) + (size - 1);
+            table
+                .index_select(0, &idx.flatten(0, 1))
+                .view([size, size, d])
+        };
+        let (r_h, r_w) = (rel(table_h, wh), rel(table_w, ww));
+        for bi in 0..b {
+            for wy in 0..nh {
+                for wx in 0..nw {
+                    let win = padded.get(bi).narrow(0, wy * wh, wh).narrow(1, wx * ww, ww);
+                    for hd in 0..heads {
+                        let part = |p: i64| win.narrow(2, p * c + hd * d, d);
+                        let (q, k, v) = (part(0), part(1), part(2));
+                        let t_h = Tensor::einsum("hwc,hkc->hwk", &[&q, &r_h], None::<i64>);
+                        let t_w = Tensor::einsum("hwc,wkc->hwk", &[&q, &r_w], None::<i64>);
+                        let mask = (t_h.unsqueeze(-1) + t_w.unsqueeze(-2)).view([wh * ww, -1]);
+                        let (q, k, v) =
+                            (q.reshape([-1, d]), k.reshape([-1, d]), v.reshape([-1, d]));
+                        let scores = q.matmul(&k.tr()) / (d as f64).sqrt() + mask;
+                        let o = scores.softmax(-1, Kind::Float).matmul(&v);
+                        out.get(bi)
+                            .narrow(0, wy * wh, wh)
+                            .narrow(1, wx * ww, ww)
+                            .narrow(2, hd * d, d)
+                            .copy_(&o.view([wh, ww, d]));
+                    }
+                }
+            }
+        }
+        out.narrow(1, 0, h).narrow(2, 0, w)
     }
 
-    fn case(g: i64, l: i64, d: i64, kh: i64, kw: i64) {
+    /// Random projections on a `b x h x w` grid, `heads` heads of `d` features, checked against
+    /// [`reference`] with `window` (`(h, w)` for global attention); values scaled by `scale`.
+    fn case(b: i64, (h, w): (i64, i64), heads: i64, d: i64, window: (i64, i64), scale: f64) {
         tch::manual_seed(7);
         let opts = (Kind::Float, Device::Cpu);
-        let s = kh * kw;
-        let q = Tensor::randn([g, l, d], opts);
-        let k = Tensor::randn([g, s, d], opts);
-        let v = Tensor::randn([g, s, d], opts);
-        let rel_h = Tensor::randn([g, l, kh], opts);
-        let rel_w = Tensor::randn([g, l, kw], opts);
-        let want = reference(&q, &k, &v, &rel_h, &rel_w);
-        let got = relpos_attention(&q, &k, &v, &rel_h, &rel_w).unwrap();
+        let c3 = 3 * heads * d;
+        let qkv = Tensor::randn([b, h, w, c3], opts) * scale;
+        let pad = Tensor::randn([c3], opts) * scale;
+        let table_h = Tensor::randn([2 * window.0 - 1, d], opts) * scale;
+        let table_w = Tensor::randn([2 * window.1 - 1, d], opts) * scale;
+        let want = reference(&qkv, &pad, heads, window, &table_h, &table_w);
+        let got = grid_attention(&qkv, Some(&pad), heads, window, &table_h, &table_w).unwrap();
+        assert_eq!(got.size(), [b, h, w, heads * d]);
+        assert!(bool::try_from(got.isfinite().all()).unwrap());
         let err = (&got - &want).abs().max().double_value(&[]);
-        let scale = want.abs().max().double_value(&[]);
+        let top = want.abs().max().double_value(&[]);
         assert!(
-            err <= 2e-5 * scale.max(1.0),
-            "g {g} l {l} d {d} grid {kh}x{kw}: max error {err:e} (values up to {scale})"
+            err <= 2e-5 * top.max(1.0),
+            "{b}x{h}x{w}, {heads} heads of {d}, window {window:?}: max error {err:e} (values up \
+             to {top})"
         );
     }
 
     #[test]
-    fn matches_sdpa_with_the_mask() {
+    fn matches_libtorch_per_window() {
         if !avx512() {
             eprintln!("no AVX-512F: the fused kernel does not run on this CPU");
             return;
         }
-        // Window-like (14 x 14 keys, 196 queries: a tail tile of 4 rows, a tail panel of 4
-        // keys and masked key-grid rows), global-like with 16-wide heads (the tiny model), and
-        // odd sizes everywhere.
-        case(3, 196, 64, 14, 14);
-        case(2, 300, 16, 16, 20);
-        case(1, 5, 48, 3, 7);
-        case(2, 33, 32, 1, 1);
+        // Windows with padding on both axes (the last window row and column partly outside the
+        // grid, padding keys attended to), a tail panel and tail tiles.
+        case(2, (17, 19), 2, 16, (7, 7), 1.0);
+        // SAM's window and head size on a grid that is not a multiple of the window.
+        case(1, (16, 16), 2, 64, (14, 14), 1.0);
+        // Global attention (the window is the grid): several tasks per head, 13 panels of keys
+        // (400 keys), tables padded from 20 to 32 keys.
+        case(1, (20, 20), 3, 32, (20, 20), 1.0);
+        // One position.
+        case(1, (1, 1), 1, 16, (1, 1), 1.0);
     }
 
     #[test]
@@ -500,38 +796,24 @@ mod tests {
         if !avx512() {
             return;
         }
-        let opts = (Kind::Float, Device::Cpu);
-        tch::manual_seed(3);
-        let q = Tensor::randn([1, 20, 32], opts) * 30.0;
-        let k = Tensor::randn([1, 36, 32], opts) * 30.0;
-        let v = Tensor::randn([1, 36, 32], opts);
-        let rel_h = Tensor::randn([1, 20, 6], opts) * 50.0;
-        let rel_w = Tensor::randn([1, 20, 6], opts) * 50.0;
-        let want = reference(&q, &k, &v, &rel_h, &rel_w);
-        let got = relpos_attention(&q, &k, &v, &rel_h, &rel_w).unwrap();
-        assert!(bool::try_from(got.isfinite().all()).unwrap());
-        let err = (&got - &want).abs().max().double_value(&[]);
-        assert!(err < 1e-4, "max error {err:e}");
+        case(1, (6, 6), 1, 32, (6, 6), 8.0);
     }
 
     #[test]
     fn wrong_inputs_are_errors() {
         let opts = (Kind::Float, Device::Cpu);
-        let q = Tensor::zeros([1, 4, 16], opts);
-        let kv = Tensor::zeros([1, 6, 16], opts);
-        let (h, w) = (
-            Tensor::zeros([1, 4, 2], opts),
-            Tensor::zeros([1, 4, 3], opts),
-        );
-        // 2 x 4 grid for 6 keys.
-        let w4 = Tensor::zeros([1, 4, 4], opts);
-        assert!(relpos_attention(&q, &kv, &kv, &h, &w4).is_err());
-        // Head dimension not a multiple of 16.
-        let q12 = Tensor::zeros([1, 4, 12], opts);
-        let kv12 = Tensor::zeros([1, 6, 12], opts);
-        assert!(relpos_attention(&q12, &kv12, &kv12, &h, &w).is_err());
-        // bf16 queries.
-        let qb = q.to_kind(Kind::BFloat16);
-        assert!(relpos_attention(&qb, &kv, &kv, &h, &w).is_err());
+        let qkv = Tensor::zeros([1, 4, 4, 96], opts);
+        let table = Tensor::zeros([7, 16], opts);
+        // The window of 4 needs tables of 7 rows of 16 features.
+        let short = Tensor::zeros([5, 16], opts);
+        assert!(grid_attention(&qkv, None, 2, (4, 4), &short, &table).is_err());
+        // Eight heads of 4 features: not a multiple of 16.
+        assert!(grid_attention(&qkv, None, 8, (4, 4), &table, &table).is_err());
+        // A padding row of the wrong length.
+        let pad = Tensor::zeros([95], opts);
+        assert!(grid_attention(&qkv, Some(&pad), 2, (4, 4), &table, &table).is_err());
+        // bf16 projections.
+        let qkv_bf16 = qkv.to_kind(Kind::BFloat16);
+        assert!(grid_attention(&qkv_bf16, None, 2, (4, 4), &table, &table).is_err());
     }
 }

@@ -30,6 +30,9 @@ impl RelPosAttention {
     /// Global attention: `x` `[B, H, W, C]` -> `[B, H, W, C]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, h, w, _) = x.size4()?;
+        if relpos_attn::applies(x, self.head_dim()) {
+            return self.forward_fused(x, (h, w));
+        }
         // The whole grid is one window: one copy to `[3, B, heads, H*W, d]`.
         let qkv = window_heads(&self.qkv.forward(x)?, (h, w), self.heads)?;
         let out = self.core(&qkv, h, w)?;
@@ -45,6 +48,9 @@ impl RelPosAttention {
     fn forward_windowed(&self, x: &Tensor, window: i64) -> Result<Tensor> {
         let (_, h, w, _) = x.size4()?;
         let window = (window, window);
+        if relpos_attn::applies(x, self.head_dim()) {
+            return self.forward_fused(x, window);
+        }
         let mut qkv = window_heads(&self.qkv.forward_no_bias(x)?, window, self.heads)?;
         if let Some(bias) = self.qkv.bias() {
             // In place, after the copy into windows: padding rows get the bias alone.
@@ -53,6 +59,25 @@ impl RelPosAttention {
         }
         let out = self.core(&qkv, window.0, window.1)?;
         self.proj.forward(&window_merge(&out, window, h, w)?)
+    }
+
+    /// Either attention through [`relpos_attn::grid_attention`], which reads q, k and v from
+    /// the projections where they lie (padding rows: the bias) and writes its output in the
+    /// grid's layout: no windows, heads or mask are materialised, padding queries are skipped.
+    fn forward_fused(&self, x: &Tensor, window: (i64, i64)) -> Result<Tensor> {
+        let out = relpos_attn::grid_attention(
+            &self.qkv.forward(x)?,
+            self.qkv.bias(),
+            self.heads,
+            window,
+            &rel_table(&self.rel_pos_h, window.0)?,
+            &rel_table(&self.rel_pos_w, window.1)?,
+        )?;
+        self.proj.forward(&out)
+    }
+
+    fn head_dim(&self) -> i64 {
+        self.rel_pos_h.size().last().copied().unwrap_or(0)
     }
 
     /// Attention with relative positions over an `H x W` grid of keys: `qkv` `[3, G, heads,
@@ -101,11 +126,9 @@ const CPU_HEAD_CHUNK_ROWS: i64 = 2048;
 /// time.
 const CPU_PER_HEAD_MIN_ROWS: i64 = 1024;
 
-/// `softmax(q k^T / sqrt(d) + rel_h + rel_w) v`: on the CPU in f32, the fused kernel of
-/// [`relpos_attn`] (no mask is built; measured in one process on the seeded 1024-px page,
-/// alternated: vision 6.82-6.99 s against 7.54-7.70 s through SDPA). Elsewhere (CUDA, bf16
-/// compute, CPUs without AVX-512) through SDPA, the mask built for one chunk of queries at a time
-/// (on CUDA, where allocation is cheap, in one piece).
+/// `softmax(q k^T / sqrt(d) + rel_h + rel_w) v` through SDPA (CUDA, bf16 compute, CPUs
+/// without AVX-512; elsewhere [`RelPosAttention::forward_fused`] runs instead), the mask built
+/// for one chunk of queries at a time (on CUDA, where allocation is cheap, in one piece).
 fn attention_with_rel_pos(
     q: &Tensor,
     k: &Tensor,
@@ -113,19 +136,7 @@ fn attention_with_rel_pos(
     rel_h: &Tensor,
     rel_w: &Tensor,
 ) -> Result<Tensor> {
-    let (b, heads, len, d) = q.size4()?;
-    if relpos_attn::applies(q) {
-        let g = b * heads;
-        let (kh, kw) = (rel_h.size()[3], rel_w.size()[4]);
-        let out = relpos_attn::relpos_attention(
-            &q.f_reshape([g, len, d])?,
-            &k.f_reshape([g, -1, d])?,
-            &v.f_reshape([g, -1, d])?,
-            &rel_h.f_reshape([g, len, kh])?,
-            &rel_w.f_reshape([g, len, kw])?,
-        )?;
-        return Ok(out.f_view([b, heads, len, d])?);
-    }
+    let (b, heads, len, _) = q.size4()?;
     if !q.device().is_cuda() && len >= CPU_PER_HEAD_MIN_ROWS {
         return attention_per_head(q, k, v, rel_h, rel_w);
     }
@@ -207,12 +218,7 @@ fn attention_per_head(
 /// `R[q, k] = table[q - k + size - 1]` `[size, size, C]`, the table first resized linearly to
 /// `2 * size - 1` rows when its length differs (query and key grids are equal here).
 fn rel_pos_for(table: &Tensor, size: i64) -> Result<Tensor> {
-    let len = 2 * size - 1;
-    let table = if table.size()[0] == len {
-        table.shallow_clone()
-    } else {
-        resize_table_linear(table, len)?
-    };
+    let table = rel_table(table, size)?;
     let pos = Tensor::f_arange(size, (Kind::Int64, table.device()))?;
     let idx = pos
         .f_unsqueeze(1)?
@@ -220,6 +226,17 @@ fn rel_pos_for(table: &Tensor, size: i64) -> Result<Tensor> {
         .f_add_scalar(size - 1)?;
     let rows = table.f_index_select(0, &idx.f_flatten(0, 1)?)?;
     Ok(rows.f_reshape([size, size, -1])?)
+}
+
+/// The relative-position table for a `size`-long axis: `[2 * size - 1, C]`, resized linearly
+/// when its length differs (as the reference's `get_rel_pos` does).
+fn rel_table(table: &Tensor, size: i64) -> Result<Tensor> {
+    let len = 2 * size - 1;
+    if table.size()[0] == len {
+        Ok(table.shallow_clone())
+    } else {
+        resize_table_linear(table, len)
+    }
 }
 
 /// Projections `[B, H, W, 3C]` padded with zeros to whole `(wh, ww)` windows, cut into windows
