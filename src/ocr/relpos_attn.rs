@@ -157,24 +157,9 @@ pub fn grid_attention(
     // SAFETY: `out` is fresh and referenced nowhere else; the slice lives in this function.
     let outs = unsafe { cpu_step::f32_values_mut(&mut out)? };
 
-    // Keys (scaled, packed) and values (gathered) of every window and head.
     let scale = 1.0 / (geo.d as f32).sqrt();
     let (keys, panels) = (geo.keys(), geo.keys().div_ceil(PANEL));
-    let group_packed = panels * PANEL * geo.d;
-    let mut packed = Aligned::zeros(geo.groups() * group_packed);
-    let mut gathered = Aligned::zeros(geo.groups() * keys * geo.d);
-    let pack_jobs: Vec<_> = packed
-        .floats_mut()
-        .chunks_mut(group_packed)
-        .zip(gathered.floats_mut().chunks_mut(keys * geo.d))
-        .enumerate()
-        .collect();
-    par::for_each(pack_jobs, &|(g, (p, v))| {
-        let at = geo.group(g);
-        pack_panels(keys, geo.d, scale, |s| geo.row(at, s, 1, grid, pad_row), p);
-        gather_values(&geo, at, grid, pad_row, v);
-    });
-
+    let (group_packed, group_values) = (panels * PANEL * geo.d, keys * geo.d);
     let mut tasks = Vec::new();
     for g in 0..geo.groups() {
         let (_, wy, wx, _) = geo.group(g);
@@ -183,18 +168,55 @@ pub fn grid_attention(
             tasks.push((g, start..(start + TASK_ROWS).min(vh * vw)));
         }
     }
+    // Windows whose queries fit one task (SAM's 14 x 14 windows) pack their own keys and
+    // values inside the task, into that thread's buffers, and use them while they are in cache.
+    // Larger ones (global attention) are shared by several tasks: their keys and values are
+    // packed once for every head first.
+    let shared = if tasks.len() > geo.groups() {
+        let mut packed = Aligned::zeros(geo.groups() * group_packed);
+        let mut gathered = Aligned::zeros(geo.groups() * group_values);
+        let pack_jobs: Vec<_> = packed
+            .floats_mut()
+            .chunks_mut(group_packed)
+            .zip(gathered.floats_mut().chunks_mut(group_values))
+            .enumerate()
+            .collect();
+        par::for_each(pack_jobs, &|(g, (p, v))| {
+            pack_window(&geo, geo.group(g), grid, pad_row, scale, p, v);
+        });
+        Some((packed, gathered))
+    } else {
+        None
+    };
     let out_rows = OutRows(outs.as_mut_ptr());
-    let (packed, gathered, tables) = (packed.floats(), gathered.floats(), &tables);
+    let (shared, tables) = (shared.as_ref(), &tables);
     par::for_each(tasks, &|(g, rows)| {
-        let inputs = Inputs {
-            grid,
-            packed: &packed[g * group_packed..][..group_packed],
-            v: &gathered[g * keys * geo.d..][..keys * geo.d],
-            tables,
-        };
-        // SAFETY: each (query position, head) belongs to exactly one window and one task, so
-        // the rows this task writes are written by no other; `outs` outlives the tasks.
-        unsafe { rows_of_window(&geo, &inputs, geo.group(g), rows, out_rows) };
+        SCRATCH.with_borrow_mut(|scratch| {
+            let at = geo.group(g);
+            let (packed, v) = match shared {
+                Some((packed, gathered)) => (
+                    &packed.floats()[g * group_packed..][..group_packed],
+                    &gathered.floats()[g * group_values..][..group_values],
+                ),
+                None => {
+                    let (p, v) = (
+                        scratch.keys.at_least(group_packed),
+                        scratch.values.at_least(group_values),
+                    );
+                    pack_window(&geo, at, grid, pad_row, scale, p, v);
+                    (&*p, &*v)
+                }
+            };
+            let inputs = Inputs {
+                grid,
+                packed,
+                v,
+                tables,
+            };
+            // SAFETY: each (query position, head) belongs to exactly one window and one task,
+            // so the rows this task writes are written by no other; `outs` outlives the tasks.
+            unsafe { rows_of_window(&geo, &inputs, at, rows, out_rows, &mut scratch.block) };
+        });
     });
     Ok(out)
 }
@@ -309,12 +331,39 @@ fn pack_panels<'a>(
     packed: &mut [f32],
 ) {
     for (p, panel) in packed.chunks_exact_mut(d * PANEL).enumerate() {
-        for j in 0..PANEL.min(rows.saturating_sub(p * PANEL)) {
+        let filled = PANEL.min(rows.saturating_sub(p * PANEL));
+        for j in 0..filled {
             for (f, &x) in row(p * PANEL + j).iter().enumerate() {
                 panel[f * PANEL + j] = x * scale;
             }
         }
+        if filled < PANEL {
+            for lanes in panel.chunks_exact_mut(PANEL) {
+                lanes[filled..].fill(0.0);
+            }
+        }
     }
+}
+
+/// One window's (and head's) keys times `scale` packed into `packed` ([`pack_panels`]) and its
+/// values gathered into `values` ([`gather_values`]).
+fn pack_window(
+    geo: &Geometry,
+    at: (usize, usize, usize, usize),
+    grid: &[f32],
+    pad: &[f32],
+    scale: f32,
+    packed: &mut [f32],
+    values: &mut [f32],
+) {
+    pack_panels(
+        geo.keys(),
+        geo.d,
+        scale,
+        |s| geo.row(at, s, 1, grid, pad),
+        packed,
+    );
+    gather_values(geo, at, grid, pad, values);
 }
 
 /// One window's values, `[S][d]`.
@@ -350,6 +399,7 @@ struct Line([f32; 16]);
 /// values, queries and scores never straddle two lines (a `Vec<f32>` is only 16-byte aligned:
 /// the 1024-px global shape took 357-363 ms per 12-head call with such buffers, 329-335 ms
 /// aligned).
+#[derive(Default)]
 struct Aligned {
     lines: Vec<Line>,
     len: usize,
@@ -373,6 +423,40 @@ impl Aligned {
         // SAFETY: as in `floats`, borrowed mutably through `self`.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
     }
+
+    /// The first `len` floats, the buffer grown (with zeros) if it is shorter; what earlier
+    /// users left in it stays.
+    fn at_least(&mut self, len: usize) -> &mut [f32] {
+        let lines = len.div_ceil(16);
+        if self.lines.len() < lines {
+            self.lines.resize(lines, Line([0.0; 16]));
+        }
+        self.len = len;
+        self.floats_mut()
+    }
+}
+
+/// A thread's working buffers, kept between tasks and calls: fresh ones cost page faults and
+/// zeroing in every task (SAM's windowed blocks run 300 tasks of one window and head each).
+#[derive(Default)]
+struct Scratch {
+    /// A window's packed keys and gathered values, when its task packs them itself.
+    keys: Aligned,
+    values: Aligned,
+    block: BlockScratch,
+}
+
+/// [`rows_of_window`]'s buffers for one block of queries.
+#[derive(Default)]
+struct BlockScratch {
+    scores: Aligned,
+    tiles: Aligned,
+    acc: Aligned,
+    products: [Aligned; 2],
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// The output's storage, shared by the tasks, each writing its own rows.
@@ -399,6 +483,7 @@ unsafe fn rows_of_window(
     at: (usize, usize, usize, usize),
     rows: std::ops::Range<usize>,
     out: OutRows,
+    scratch: &mut BlockScratch,
 ) {
     let (bi, wy, wx, head) = at;
     let (d, keys) = (geo.d, geo.keys());
@@ -406,15 +491,15 @@ unsafe fn rows_of_window(
     let panels = keys.div_ceil(PANEL);
     // One cache line past whole panels: rows of scores 2^k floats apart share L1 sets.
     let stride = panels * PANEL + 16;
-    let mut scores = Aligned::zeros(BLOCK_ROWS * stride);
-    let mut tiles = Aligned::zeros(BLOCK_ROWS * d);
-    let mut acc = Aligned::zeros(BLOCK_ROWS * d);
-    let (scores, tiles, acc) = (scores.floats_mut(), tiles.floats_mut(), acc.floats_mut());
+    let scores = scratch.scores.at_least(BLOCK_ROWS * stride);
+    let tiles = scratch.tiles.at_least(BLOCK_ROWS * d);
+    let acc = scratch.acc.at_least(BLOCK_ROWS * d);
     // Each row's products with the table rows, then its terms per key row and key column.
     let [th, tw] = inp.tables;
+    let [ph, pw] = &mut scratch.products;
     let mut products = [
-        Aligned::zeros(BLOCK_ROWS * th.stride()),
-        Aligned::zeros(BLOCK_ROWS * tw.stride()),
+        ph.at_least(BLOCK_ROWS * th.stride()),
+        pw.at_least(BLOCK_ROWS * tw.stride()),
     ];
     let (mut rel_h, mut rel_w) = (vec![0f32; th.size], vec![0f32; tw.size]);
     let mut cells = [0usize; BLOCK_ROWS];
@@ -450,19 +535,14 @@ unsafe fn rows_of_window(
                 }
             };
             products_of(inp.packed, panels, scores, stride);
-            for (table, out) in [th, tw].into_iter().zip(&mut products) {
-                products_of(
-                    table.packed.floats(),
-                    table.panels,
-                    out.floats_mut(),
-                    table.stride(),
-                );
+            for (table, out) in [th, tw].into_iter().zip(products.iter_mut()) {
+                products_of(table.packed.floats(), table.panels, out, table.stride());
             }
             for (r, inv) in inv_sum.iter_mut().enumerate().take(n) {
                 let (qy, qx) = ((first + r) / vw, (first + r) % vw);
                 for (terms, (table, at, products)) in [
-                    (&mut rel_h, (th, qy, products[0].floats())),
-                    (&mut rel_w, (tw, qx, products[1].floats())),
+                    (&mut rel_h, (th, qy, &*products[0])),
+                    (&mut rel_w, (tw, qx, &*products[1])),
                 ] {
                     // Key k takes table row at - k + size - 1.
                     let row = &products[r * table.stride() + at..][..table.size];
