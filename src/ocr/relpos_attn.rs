@@ -7,14 +7,17 @@
 //! reached about 110 GFLOP/s on this workload against 250 for its plain f32 GEMMs (2 threads,
 //! this machine). Here the mask is never built, and neither are the windows: a window's keys are
 //! read from the grid (rows past its edge are padding, whose projections are the bias alone),
-//! packed in panels of 32 and scaled by `1/sqrt(d)` once per call, its values gathered
-//! contiguously; the queries are read from the grid as well, padding queries (whose outputs the
+//! scaled by `1/sqrt(d)` and packed in panels of 32, its values gathered contiguously (inside
+//! the task for windows that fit one task, once per head before the tasks for global
+//! attention); the queries are read from the grid as well, padding queries (whose outputs the
 //! reference crops) are skipped, and each output row lands in its place in the grid. A block of
-//! 32 queries (four tiles of eight) computes its relative-position terms (`q . R_h[qh, kh]` and
-//! `q . R_w[qw, kw]`, the tables laid out per query row so that one pass over the features
-//! yields 16 keys per vector), its scores against all keys (register-blocked AVX-512, each panel
-//! used by the four tiles while it is in L1), adds the terms while finding each row's maximum,
-//! exponentiates in place, and multiplies by `v` in blocks of 64 keys (register-blocked again).
+//! 32 queries (four tiles of eight) computes its products with every row of the two
+//! relative-position tables (packed like the keys, through the same score kernel; a query's term
+//! for key row `kh` is its product with table row `qh - kh + size - 1`), its scores against all
+//! keys (register-blocked AVX-512, each panel used by the four tiles while it is in L1), adds the
+//! terms while finding each row's maximum, exponentiates in place, and multiplies by `v` in
+//! blocks of 64 keys (register-blocked again). Buffers start on cache lines and are kept per
+//! thread.
 //! Tasks of query rows run in parallel through [`par`].
 //!
 //! Tried and not kept (alternated on the 1024-px global shape): tiles of twelve rows instead of
