@@ -41,7 +41,8 @@ impl RelPosAttention {
 
     /// Windowed attention over `x` `[B, H, W, C]` in `window`-sized windows (the grid padded
     /// with zeros to whole windows, the padding attended to as in the reference) -> `[B, H, W,
-    /// C]`. The projections are row-wise, so they run on the unpadded grid: `qkv` of a zero
+    /// C]`. Where the fused kernel applies, [`Self::forward_fused`]; otherwise, through
+    /// libtorch: the projections are row-wise, so they run on the unpadded grid: `qkv` of a zero
     /// (padding) row is its bias alone, added after partitioning, and `proj` runs after the
     /// windows are joined and the padding cropped. Same numbers, 16% fewer rows (4096 instead
     /// of 4900 at 1024 px).
@@ -61,9 +62,10 @@ impl RelPosAttention {
         self.proj.forward(&window_merge(&out, window, h, w)?)
     }
 
-    /// Either attention through [`relpos_attn::grid_attention`], which reads q, k and v from
-    /// the projections where they lie (padding rows: the bias) and writes its output in the
-    /// grid's layout: no windows, heads or mask are materialised, padding queries are skipped.
+    /// Global (`window` = the grid) or windowed attention through
+    /// [`relpos_attn::grid_attention`], which reads q, k and v from the projections where they
+    /// lie (padding rows: the bias) and writes its output in the grid's layout: no windows,
+    /// heads or mask are materialised, padding queries are skipped.
     fn forward_fused(&self, x: &Tensor, window: (i64, i64)) -> Result<Tensor> {
         let out = relpos_attn::grid_attention(
             &self.qkv.forward(x)?,
