@@ -67,7 +67,7 @@ impl LoopStats {
 
 /// Run the dashboard loop on any backend until the app quits or the channel closes. Every
 /// job goes to `dispatch`. Actions are applied as they come; a frame is drawn at most every
-/// [`FRAME`] (a flood of progress events costs one frame per interval, not one per event).
+/// `FRAME` (a flood of progress events costs one frame per interval, not one per event).
 pub fn event_loop<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &mut App,

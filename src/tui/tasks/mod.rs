@@ -1,4 +1,4 @@
-//! Background work. Hub jobs run on a tokio runtime (see [`hub`]); the model runs on its own thread (tch
+//! Background work. Hub jobs run on a tokio runtime (see `hub`); the model runs on its own thread (tch
 //! calls block); small file jobs run on tokio's blocking pool. Workers hold an
 //! [`ActionSender`] and never the state.
 
