@@ -317,10 +317,16 @@ impl Table {
         }
     }
 
-    /// Row stride of a block's products with the table (one cache line past whole panels).
+    /// Row stride of a block's products with the table.
     fn stride(&self) -> usize {
-        self.panels * PANEL + 16
+        row_stride(self.panels)
     }
+}
+
+/// Row stride of a block's products with `panels` panels: one cache line past whole panels, as
+/// rows of scores 2^k floats apart share L1 sets.
+fn row_stride(panels: usize) -> usize {
+    panels * PANEL + 16
 }
 
 /// `rows` rows of `d` features (`row(i)`) times `scale` into panels `[ceil(rows / 32)][d][32]`
@@ -349,7 +355,7 @@ fn pack_panels<'a>(
 }
 
 /// One window's (and head's) keys times `scale` packed into `packed` ([`pack_panels`]) and its
-/// values gathered into `values` ([`gather_values`]).
+/// values gathered into `values` `[S][d]`.
 fn pack_window(
     geo: &Geometry,
     at: (usize, usize, usize, usize),
@@ -366,18 +372,7 @@ fn pack_window(
         |s| geo.row(at, s, 1, grid, pad),
         packed,
     );
-    gather_values(geo, at, grid, pad, values);
-}
-
-/// One window's values, `[S][d]`.
-fn gather_values(
-    geo: &Geometry,
-    at: (usize, usize, usize, usize),
-    grid: &[f32],
-    pad: &[f32],
-    v: &mut [f32],
-) {
-    for (s, out) in v.chunks_exact_mut(geo.d).enumerate() {
+    for (s, out) in values.chunks_exact_mut(geo.d).enumerate() {
         out.copy_from_slice(geo.row(at, s, 2, grid, pad));
     }
 }
@@ -387,7 +382,7 @@ struct Inputs<'a> {
     grid: &'a [f32],
     /// Keys packed by [`pack_panels`], scaled by `1/sqrt(d)`.
     packed: &'a [f32],
-    /// Values gathered by [`gather_values`].
+    /// Values gathered by [`pack_window`].
     v: &'a [f32],
     /// The relative-position tables of rows and of columns.
     tables: &'a [Table; 2],
@@ -492,8 +487,7 @@ unsafe fn rows_of_window(
     let (d, keys) = (geo.d, geo.keys());
     let (_, vw) = geo.valid(wy, wx);
     let panels = keys.div_ceil(PANEL);
-    // One cache line past whole panels: rows of scores 2^k floats apart share L1 sets.
-    let stride = panels * PANEL + 16;
+    let stride = row_stride(panels);
     let scores = scratch.scores.at_least(BLOCK_ROWS * stride);
     let tiles = scratch.tiles.at_least(BLOCK_ROWS * d);
     let acc = scratch.acc.at_least(BLOCK_ROWS * d);

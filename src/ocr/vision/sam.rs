@@ -244,7 +244,7 @@ fn rel_table(table: &Tensor, size: i64) -> Result<Tensor> {
 /// Projections `[B, H, W, 3C]` padded with zeros to whole `(wh, ww)` windows, cut into windows
 /// (row-major per image) and split into q, k, v and heads in one copy: `[3, B * nH * nW,
 /// heads, wh * ww, d]`. q, k and v are then contiguous views.
-pub(crate) fn window_heads(qkv: &Tensor, (wh, ww): (i64, i64), heads: i64) -> Result<Tensor> {
+fn window_heads(qkv: &Tensor, (wh, ww): (i64, i64), heads: i64) -> Result<Tensor> {
     let (b, h, w, c3) = qkv.size4()?;
     let (hp, wp) = (round_up(h, wh), round_up(w, ww));
     let d = c3 / 3 / heads;
@@ -263,12 +263,7 @@ pub(crate) fn window_heads(qkv: &Tensor, (wh, ww): (i64, i64), heads: i64) -> Re
 
 /// Inverse of [`window_heads`] for one of q, k, v (or the attention's output): `[B * nH * nW,
 /// heads, wh * ww, d]` -> `[B, H, W, heads * d]`, padding cropped.
-pub(crate) fn window_merge(
-    windows: &Tensor,
-    (wh, ww): (i64, i64),
-    h: i64,
-    w: i64,
-) -> Result<Tensor> {
+fn window_merge(windows: &Tensor, (wh, ww): (i64, i64), h: i64, w: i64) -> Result<Tensor> {
     let (hp, wp) = (round_up(h, wh), round_up(w, ww));
     let (_, heads, _, d) = windows.size4()?;
     let x = windows
