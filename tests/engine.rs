@@ -3,6 +3,15 @@
 //! contract, and each loading error.
 //!
 //! Tolerance (fixtures README): `max|a - b| <= 1e-3 * max(1, max|b|)` per tensor; ids exactly.
+//!
+//! Every fixture case runs on every compute path: libtorch's ops (the sequence CUDA runs) and
+//! each CPU kernel tier; the kernels are also checked one by one (`kernels.rs`). The binary
+//! lists its own trials (`main`, libtest-mimic): a tier this CPU lacks is reported as ignored,
+//! by name and with the reason (`parity_tiny::avx512::f32`, `kernels::avx512::...`), never as
+//! passed. The CUDA trial is ignored unless run with `--ignored` on a GPU.
+
+#[path = "engine/kernels.rs"]
+mod kernels;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dsocr::ocr::Config;
+use dsocr::ocr::cpu::{Isa, Kernels, Path as Compute, Plan, Tier};
 use dsocr::ocr::generate::{
     GenerateEvent, GenerateOptions, NoRepeatNgram, Phase, StopReason, generate,
     generate_with_images,
@@ -17,6 +27,7 @@ use dsocr::ocr::generate::{
 use dsocr::ocr::model::{DeepseekOcr, ImageInput, PreparedInput};
 use dsocr::ocr::vision::{ImageFeatures, VisionStages};
 use dsocr::ocr::weights::{Weights, expected_shapes};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -308,6 +319,12 @@ fn tiny_model() -> DeepseekOcr {
         .unwrap_or_else(|e| panic!("tiny model: {e}"))
 }
 
+/// The tiny model in `kind` on the CPU, each phase on `plan`.
+fn tiny_model_on(plan: Plan, kind: Kind) -> DeepseekOcr {
+    DeepseekOcr::load_with(&fixtures().join("tiny-model"), Device::Cpu, kind, plan)
+        .unwrap_or_else(|e| panic!("tiny model ({}): {e}", plan.describe()))
+}
+
 fn case_dirs(root: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
@@ -318,15 +335,21 @@ fn case_dirs(root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-#[test]
+/// Every tiny case, stage by stage, on the path of `$DSOCR_KERNELS` (auto when unset).
 fn parity_tiny_model_cases() {
     let model = tiny_model();
+    println!("kernels: {} (DSOCR_KERNELS)", model.plan.describe());
+    tiny_cases_f32(&model);
+}
+
+/// Every tiny case, stage by stage, on `model` (f32 weights).
+fn tiny_cases_f32(model: &DeepseekOcr) {
     let mut dirs = case_dirs(&fixtures().join("cases"));
     assert!(dirs.len() >= 6, "the shipped tiny cases are missing");
     dirs.extend(extra_cases().0);
     let failed: Vec<String> = dirs
         .iter()
-        .filter(|dir| !run_tiny_case(&model, dir))
+        .filter(|dir| !run_tiny_case(model, dir))
         .map(|dir| dir.display().to_string())
         .collect();
     assert!(failed.is_empty(), "failing cases: {failed:?}");
@@ -346,6 +369,7 @@ fn run_seeded_case(dir: &Path) -> bool {
     let model = DeepseekOcr::seeded(cfg, seed, Device::Cpu, Kind::Float)
         .unwrap_or_else(|e| panic!("seeded model: {e}"));
     let init = start.elapsed();
+    println!("kernels: {} (DSOCR_KERNELS)", model.plan.describe());
 
     let input = prepared_input(dir, &case);
     let start = Instant::now();
@@ -410,7 +434,6 @@ fn run_seeded_case(dir: &Path) -> bool {
 }
 
 /// The full-size architecture with seeded weights (about 14 GB in f32, a few minutes on 2 cores).
-#[test]
 fn parity_full_size_seeded_cases() {
     let mut dirs = vec![fixtures().join("full-seeded-base-1x1")];
     dirs.extend(extra_cases().1);
@@ -422,7 +445,6 @@ fn parity_full_size_seeded_cases() {
     assert!(failed.is_empty(), "failing cases: {failed:?}");
 }
 
-#[test]
 fn contract_holds_for_the_real_checkpoint_index() {
     let dir = fixtures().join("real-checkpoint");
     let cfg = Config::from_file(&dir.join("config.json")).expect("real config");
@@ -445,7 +467,6 @@ fn contract_holds_for_the_real_checkpoint_index() {
     assert_eq!(Some(params * 2), index["metadata"]["total_size"].as_i64());
 }
 
-#[test]
 fn contract_holds_for_the_tiny_model() {
     let dir = fixtures().join("tiny-model");
     let cfg = Config::from_file(&dir.join("config.json")).expect("tiny config");
@@ -459,7 +480,6 @@ fn contract_holds_for_the_tiny_model() {
     assert_eq!(w.shapes(), listed);
 }
 
-#[test]
 fn seeded_weights_follow_the_fixture_rule() {
     // Draws for a small config, replayed here by hand: sorted names, one generator.
     let cfg = Config::from_file(&fixtures().join("tiny-model/config.json")).expect("config");
@@ -501,7 +521,6 @@ fn text_only_input() -> (PreparedInput, Vec<i64>) {
     (prepared_input(&dir, &case), ids(&case["greedy_ids"]))
 }
 
-#[test]
 fn generate_reports_phases_tokens_and_stops() {
     let model = tiny_model();
     let (input, expected) = text_only_input();
@@ -534,7 +553,6 @@ fn generate_reports_phases_tokens_and_stops() {
     assert_eq!(out.tokens, expected[..3]);
 }
 
-#[test]
 fn generate_honours_the_cancel_flag() {
     let model = tiny_model();
     let (input, _) = text_only_input();
@@ -561,7 +579,6 @@ fn generate_honours_the_cancel_flag() {
     assert_eq!((out.stop, out.tokens.len()), (StopReason::Cancelled, 3));
 }
 
-#[test]
 fn prompt_image_tokens_must_match_the_features() {
     let model = tiny_model();
     let dir = fixtures().join("cases/base");
@@ -642,7 +659,6 @@ fn assert_names(err: &str, file: &Path, tensor: &str, what: &str) {
     assert!(err.contains(what), "no {what:?} in: {err}");
 }
 
-#[test]
 fn load_error_missing_tensor() {
     let s = Scratch::new("missing");
     let name = "model.layers.1.mlp.gate.weight";
@@ -650,7 +666,6 @@ fn load_error_missing_tensor() {
     assert_names(&s.load_error(), &s.weights(), name, "missing");
 }
 
-#[test]
 fn load_error_unexpected_tensor() {
     let s = Scratch::new("unexpected");
     let name = "model.layers.1.mlp.bonus.weight";
@@ -658,7 +673,6 @@ fn load_error_unexpected_tensor() {
     assert_names(&s.load_error(), &s.weights(), name, "unexpected");
 }
 
-#[test]
 fn load_error_misshaped_tensor() {
     let s = Scratch::new("misshaped");
     let name = "model.norm.weight";
@@ -674,7 +688,6 @@ fn load_error_misshaped_tensor() {
     assert!(err.contains("[64]"), "{err}");
 }
 
-#[test]
 fn load_error_truncated_file() {
     let s = Scratch::new("truncated");
     s.write_tensors(|_| {});
@@ -695,7 +708,6 @@ fn load_error_truncated_file() {
     assert_names(&s.load_error(), &s.weights(), &last, "truncated");
 }
 
-#[test]
 fn load_error_bad_header() {
     let s = Scratch::new("header");
     let cases: [(&str, Vec<u8>); 3] = [
@@ -722,7 +734,6 @@ fn load_error_bad_header() {
     }
 }
 
-#[test]
 fn load_error_missing_files() {
     let s = Scratch::new("files");
     let err = s.load_error();
@@ -732,7 +743,6 @@ fn load_error_missing_files() {
     assert!(err.contains("no config.json"), "{err}");
 }
 
-#[test]
 fn bf16_follows_f32_on_the_tiny_cases() {
     // bf16 weights and matmuls (norms, gate, logits in f32): prefill logits within bf16 accuracy
     // of the f32 run, on an image case and on the text-only case.
@@ -759,40 +769,48 @@ fn bf16_follows_f32_on_the_tiny_cases() {
     }
 }
 
-#[test]
-fn one_token_kernels_match_the_libtorch_step() {
-    // A CPU decode step runs on slice kernels (norms, rotary, attention, gate, experts) and the
-    // product pool; the same steps as libtorch operations must give the same logits up to f32
-    // summation order, over f32 and bf16 weights, for the whole greedy run of a case.
+/// A CPU decode step on `isa` runs on slice kernels (norms, rotary, attention, gate, experts)
+/// and the product pool; the same steps as libtorch operations (the decode phase on libtorch's
+/// path, the same f32 arithmetic) must give the same logits up to f32 summation order, over f32
+/// and bf16 weights, for the whole greedy run of a case.
+fn decode_step_matches_libtorch(isa: Isa) {
     let dir = fixtures().join("tiny-model");
     let cdir = fixtures().join("cases").join("base");
     let case = read_json(&cdir.join("case.json"));
     let input = prepared_input(&cdir, &case);
     let steps = ids(&case["greedy_ids"]).len().max(4);
+    let kernels = Plan::all(isa);
+    let torch_step = Plan {
+        decode: Compute::Libtorch,
+        ..kernels
+    };
     for kind in [Kind::Float, Kind::BFloat16] {
-        let mut model = DeepseekOcr::load(&dir, Device::Cpu, kind).expect("tiny model");
+        let load =
+            |plan| DeepseekOcr::load_with(&dir, Device::Cpu, kind, plan).expect("tiny model");
+        let (model, reference) = (load(kernels), load(torch_step));
+        assert_eq!(
+            model.compute, reference.compute,
+            "same arithmetic on both paths"
+        );
         let images = model.encode_images(&input).expect("vision");
-        let kernels = greedy(&model, &input, &images, steps, None);
-        model.decoder.set_one_token_kernels(false);
-        let libtorch = greedy(&model, &input, &images, steps, None);
-        let (a, b) = (step_logits(&kernels), step_logits(&libtorch));
+        let ours = greedy(&model, &input, &images, steps, None);
+        let libtorch = greedy(&reference, &input, &images, steps, None);
+        let (a, b) = (step_logits(&ours), step_logits(&libtorch));
         assert_eq!(a.size(), [steps as i64, model.decoder.vocab_size()]);
         let rel =
             (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
         println!(
-            "{kind:?} weights: one-token kernels vs libtorch, relative max difference {rel:.2e}"
+            "{kind:?} weights: {} one-token kernels vs libtorch, relative max difference {rel:.2e}",
+            isa.tier()
         );
         assert!(
             rel < 1e-4,
             "{kind:?}: kernels differ from libtorch by {rel:.2e}"
         );
-        assert_eq!(
-            kernels.tokens, libtorch.tokens,
-            "{kind:?}: greedy ids differ"
-        );
+        assert_eq!(ours.tokens, libtorch.tokens, "{kind:?}: greedy ids differ");
     }
     // f16 weights on the CPU (f32 arithmetic) take the libtorch step: it must run too.
-    let f16 = DeepseekOcr::load(&dir, Device::Cpu, Kind::Half).expect("f16 tiny model");
+    let f16 = DeepseekOcr::load_with(&dir, Device::Cpu, Kind::Half, kernels).expect("f16 model");
     let images = f16.encode_images(&input).expect("f16 vision");
     assert_eq!(greedy(&f16, &input, &images, 3, None).tokens.len(), 3);
 }
@@ -888,10 +906,18 @@ fn teacher_forced(
     check
 }
 
-/// Every tiny case with greedy ids, bf16 on `device`, against the f32 reference expectations.
-fn bf16_tiny_cases(device: Device) {
-    let model = DeepseekOcr::load(&fixtures().join("tiny-model"), device, Kind::BFloat16)
-        .unwrap_or_else(|e| panic!("tiny model in bf16: {e}"));
+/// Every tiny case with greedy ids, bf16 on `device` and `plan`, against the f32 reference
+/// expectations (teacher-forced logits within [`BF16_LOGITS_TOL`], and no top-1 flip that bf16
+/// noise cannot explain).
+fn bf16_tiny_cases(device: Device, plan: Plan) {
+    let model =
+        DeepseekOcr::load_with(&fixtures().join("tiny-model"), device, Kind::BFloat16, plan)
+            .unwrap_or_else(|e| panic!("tiny model in bf16: {e}"));
+    println!(
+        "kernels: {}, {} arithmetic",
+        plan.describe(),
+        dsocr::ocr::device::kind_name(model.compute)
+    );
     let mut failed = Vec::new();
     for dir in case_dirs(&fixtures().join("cases")) {
         let case = read_json(&dir.join("case.json"));
@@ -909,30 +935,22 @@ fn bf16_tiny_cases(device: Device) {
     assert!(failed.is_empty(), "bf16 parity fails on {failed:?}");
 }
 
-/// bf16 on the CPU tracks the f32 reference on every tiny case (see [`BF16_LOGITS_TOL`]).
-#[test]
-fn bf16_tracks_the_f32_reference_on_tiny_cases() {
-    bf16_tiny_cases(Device::Cpu);
-}
-
 /// CUDA bf16 against the reference's f32 numbers: the tiny cases, then the full-size seeded case
 /// (prefill logits within the bf16 tolerance; top-1 agreement over the reference's greedy ids,
 /// teacher-forced). Needs a GPU: `cargo test --release --test engine -- --ignored cuda`, or
 /// scripts/gpu-check.sh with a test binary built elsewhere.
-#[test]
-#[ignore = "needs a CUDA device; run with --ignored on a GPU machine (scripts/gpu-check.sh)"]
 fn cuda_bf16_tracks_the_f32_reference() {
     assert!(
         tch::Cuda::is_available(),
         "no CUDA device: this check only means something on a GPU"
     );
     let device = Device::Cuda(0);
-    bf16_tiny_cases(device);
+    bf16_tiny_cases(device, Plan::libtorch());
     let dir = fixtures().join("full-seeded-base-1x1");
     let case = read_json(&dir.join("case.json"));
     let seed = case["seed"].as_i64().expect("seed in case.json");
     let cfg = Config::from_file(&fixtures().join("real-checkpoint/config.json")).expect("config");
-    let model = DeepseekOcr::seeded(cfg, seed, device, Kind::BFloat16)
+    let model = DeepseekOcr::seeded_with(cfg, seed, device, Kind::BFloat16, Plan::libtorch())
         .unwrap_or_else(|e| panic!("seeded model on CUDA: {e}"));
     let forced = ids(&case["greedy_ids"]);
     let report = Report::new(&dir);
@@ -944,4 +962,158 @@ fn cuda_bf16_tracks_the_f32_reference() {
     let check = teacher_forced(&model, &prepared_input(&dir, &case), &forced, &prefill);
     println!("{}", check.line("full-seeded-base-1x1"));
     assert!(check.passed(), "{}", check.line("full-seeded-base-1x1"));
+}
+
+/// The compute paths the tiny parity set runs through: libtorch's ops (what CUDA runs), then
+/// each CPU tier.
+fn paths() -> Vec<(&'static str, Option<Tier>)> {
+    let mut paths = vec![("libtorch", None)];
+    paths.extend(Tier::ALL.iter().map(|&t| (t.name(), Some(t))));
+    paths
+}
+
+/// The plan of a path, or why this machine cannot run it.
+fn plan_of(tier: Option<Tier>) -> Result<Plan, String> {
+    match tier {
+        None => Ok(Plan::libtorch()),
+        Some(t) => Isa::new(t)
+            .map(Plan::all)
+            .ok_or_else(|| format!("this CPU lacks the {t} tier (needs {})", t.needs())),
+    }
+}
+
+/// A trial that panics on failure.
+fn trial(name: &str, run: fn()) -> Trial {
+    Trial::test(name, move || {
+        run();
+        Ok(())
+    })
+}
+
+/// A trial for a CPU tier: ignored, with the reason, when this CPU lacks it.
+fn tier_trial(name: String, tier: Option<Tier>, run: impl FnOnce(Plan) + Send + 'static) -> Trial {
+    Trial::ignorable_test(name, move || match plan_of(tier) {
+        Ok(plan) => {
+            run(plan);
+            Ok(Completion::Completed)
+        }
+        Err(why) => {
+            println!("skipped: {why}");
+            Ok(Completion::ignored_with(why))
+        }
+    })
+}
+
+/// `auto` picks the fastest tier this CPU has (`$DSOCR_EXPECT_AUTO`, when set, names the tier
+/// it must be: scripts/check-cpus.sh sets it for each emulated CPU).
+fn auto_picks_the_fastest_tier() -> Result<(), Failed> {
+    let plan = Kernels::Auto.plan(Device::Cpu).map_err(|e| e.to_string())?;
+    println!("auto on this CPU: {}", plan.describe());
+    let want = if cfg!(target_arch = "x86_64") {
+        Plan::all(Isa::best())
+    } else {
+        Plan::libtorch()
+    };
+    if plan != want {
+        return Err(format!(
+            "auto planned {}, expected {}",
+            plan.describe(),
+            want.describe()
+        )
+        .into());
+    }
+    match std::env::var("DSOCR_EXPECT_AUTO") {
+        Ok(name) if name != plan.describe() => Err(format!(
+            "auto planned {}, DSOCR_EXPECT_AUTO says {name}",
+            plan.describe()
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = vec![
+        trial("parity_tiny_model_cases", parity_tiny_model_cases),
+        trial(
+            "parity_full_size_seeded_cases",
+            parity_full_size_seeded_cases,
+        ),
+        trial(
+            "contract_holds_for_the_real_checkpoint_index",
+            contract_holds_for_the_real_checkpoint_index,
+        ),
+        trial(
+            "contract_holds_for_the_tiny_model",
+            contract_holds_for_the_tiny_model,
+        ),
+        trial(
+            "seeded_weights_follow_the_fixture_rule",
+            seeded_weights_follow_the_fixture_rule,
+        ),
+        trial(
+            "generate_reports_phases_tokens_and_stops",
+            generate_reports_phases_tokens_and_stops,
+        ),
+        trial(
+            "generate_honours_the_cancel_flag",
+            generate_honours_the_cancel_flag,
+        ),
+        trial(
+            "prompt_image_tokens_must_match_the_features",
+            prompt_image_tokens_must_match_the_features,
+        ),
+        trial("load_error_missing_tensor", load_error_missing_tensor),
+        trial("load_error_unexpected_tensor", load_error_unexpected_tensor),
+        trial("load_error_misshaped_tensor", load_error_misshaped_tensor),
+        trial("load_error_truncated_file", load_error_truncated_file),
+        trial("load_error_bad_header", load_error_bad_header),
+        trial("load_error_missing_files", load_error_missing_files),
+        trial(
+            "bf16_follows_f32_on_the_tiny_cases",
+            bf16_follows_f32_on_the_tiny_cases,
+        ),
+        Trial::test(
+            "kernels::auto_picks_the_fastest_tier",
+            auto_picks_the_fastest_tier,
+        ),
+        trial(
+            "cuda_bf16_tracks_the_f32_reference",
+            cuda_bf16_tracks_the_f32_reference,
+        )
+        .with_ignored_flag(true),
+    ];
+    for (name, tier) in paths() {
+        trials.push(tier_trial(
+            format!("parity_tiny::{name}::f32"),
+            tier,
+            |plan| tiny_cases_f32(&tiny_model_on(plan, Kind::Float)),
+        ));
+        trials.push(tier_trial(
+            format!("parity_tiny::{name}::bf16"),
+            tier,
+            |plan| bf16_tiny_cases(Device::Cpu, plan),
+        ));
+        if tier.is_some() {
+            trials.push(tier_trial(
+                format!("kernels::{name}::decode_step_matches_libtorch"),
+                tier,
+                |plan| decode_step_matches_libtorch(plan.decode.isa().expect("a tier")),
+            ));
+        }
+    }
+    for tier in Tier::ALL {
+        for &(test, run) in kernels::TESTS {
+            if tier != Tier::Avx512 && test.starts_with("relpos_attn") {
+                continue;
+            }
+            trials.push(tier_trial(
+                format!("kernels::{}::{test}", tier.name()),
+                Some(tier),
+                move |plan| run(plan.decode.isa().expect("a tier")),
+            ));
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
 }

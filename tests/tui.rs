@@ -719,6 +719,7 @@ fn ocr_run_request_and_streaming() {
             max_new_tokens: 8192,
             device: "auto".to_string(),
             dtype: None,
+            kernels: None,
         })]
     );
     assert_eq!(a.ocr.run, OcrRun::Running(OcrPhase::Load));
@@ -941,6 +942,7 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
         max_new_tokens,
         device: "cpu".to_string(),
         dtype: None,
+        kernels: None,
     };
 
     // First run: loads, then every phase in order, one text action per token.

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tch::{Device, Kind};
 
 use crate::ocr::Config;
+use crate::ocr::cpu::{Kernels, Plan, Tier};
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
 use crate::ocr::generate::{GenerateOptions, generate_with_images};
 use crate::ocr::model::{DeepseekOcr, ImageInput, PreparedInput};
@@ -65,6 +66,10 @@ pub struct BenchArgs {
     /// CPU threads for libtorch (default: libtorch's choice)
     #[arg(long)]
     threads: Option<i32>,
+    /// Compute path: auto, libtorch (the op sequence CUDA runs), or a CPU tier (avx512, avx2,
+    /// scalar) [default: the config file's [ocr] kernels, else auto]
+    #[arg(long, env = "DSOCR_KERNELS", value_parser = super::parse_kernels)]
+    kernels: Option<Kernels>,
     /// Print the report as one JSON object
     #[arg(long)]
     json: bool,
@@ -97,6 +102,8 @@ struct Machine {
     cpu: String,
     cores: usize,
     cpu_bf16: bool,
+    /// The CPU kernel tiers this CPU has, fastest first.
+    cpu_tiers: Vec<String>,
     threads: i32,
     /// Where dsocr's own CPU kernels run their parallel tasks.
     kernel_threads: String,
@@ -110,8 +117,10 @@ struct Report {
     machine: Machine,
     weights: String,
     dtype: String,
-    /// Dtype of the arithmetic (f32 over bf16 weights on CPUs without bf16 instructions).
+    /// Dtype of the arithmetic (f32 over bf16 weights where dsocr's CPU kernels run).
     compute: String,
+    /// Where each phase ran: `libtorch`, a CPU tier, or `vision X, prefill Y, decode Z`.
+    kernels: String,
     mode: String,
     image: String,
     prompt_tokens: usize,
@@ -150,8 +159,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mode: Mode = args.mode.parse().map_err(anyhow::Error::msg)?;
     let _no_grad = tch::no_grad_guard();
 
+    let plan = super::kernels_choice(args.kernels)?.plan(device)?;
     let start = Instant::now();
-    let (model, weights) = load_model(&args, device, kind)?;
+    let (model, weights) = load_model(&args, device, kind, plan)?;
     sync(device);
     let load_s = start.elapsed().as_secs_f64();
 
@@ -183,6 +193,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         weights,
         dtype: kind_name(kind).into(),
         compute: kind_name(model.compute).into(),
+        kernels: model.plan.describe(),
         mode: mode.name().into(),
         image: image_name,
         prompt_tokens: input.input_ids.len(),
@@ -211,16 +222,17 @@ fn load_model(
     args: &BenchArgs,
     device: Device,
     kind: Kind,
+    plan: Plan,
 ) -> anyhow::Result<(DeepseekOcr, String)> {
     match (&args.model, args.seeded) {
         (Some(dir), _) => {
-            let model = DeepseekOcr::load(dir, device, kind)?;
+            let model = DeepseekOcr::load_with(dir, device, kind, plan)?;
             Ok((model, dir.display().to_string()))
         }
         (None, Some(seed)) => {
             let cfg = Config::from_json(REAL_CONFIG)
                 .map_err(|e| anyhow::anyhow!("embedded config.json: {e}"))?;
-            let model = DeepseekOcr::seeded(cfg, seed, device, kind)?;
+            let model = DeepseekOcr::seeded_with(cfg, seed, device, kind, plan)?;
             Ok((model, format!("seeded full-size (seed {seed})")))
         }
         (None, None) => bail!("give --model DIR (a downloaded model) or --seeded SEED"),
@@ -333,7 +345,12 @@ fn machine(device: Device) -> Machine {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cpu_bf16 = crate::ocr::device::cpu_has_bf16_matmul();
+    let cpu_bf16 = crate::ocr::cpu::features::has_bf16_matmul();
+    let cpu_tiers = Tier::ALL
+        .into_iter()
+        .filter(|t| t.supported())
+        .map(|t| t.name().to_string())
+        .collect();
     let gpu = matches!(device, Device::Cuda(_))
         .then(|| nvidia_smi(&["--query-gpu=name", "--format=csv,noheader"]))
         .flatten();
@@ -341,8 +358,9 @@ fn machine(device: Device) -> Machine {
         cpu,
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         cpu_bf16,
+        cpu_tiers,
         threads: tch::get_num_threads(),
-        kernel_threads: crate::ocr::par::runtime().to_string(),
+        kernel_threads: crate::ocr::cpu::par::runtime().to_string(),
         device: device_name(device),
         gpu,
     }
@@ -394,10 +412,12 @@ fn nvidia_smi(args: &[&str]) -> Option<String> {
 fn print_table(r: &Report) {
     let m = &r.machine;
     println!(
-        "machine: {} ({} cores, bf16 instructions: {}), {} threads (kernels on {}), device {}{}",
+        "machine: {} ({} cores, bf16 instructions: {}, kernel tiers: {}), {} threads (kernels \
+         on {}), device {}{}",
         m.cpu,
         m.cores,
         if m.cpu_bf16 { "yes" } else { "no" },
+        m.cpu_tiers.join(" "),
         m.threads,
         m.kernel_threads,
         m.device,
@@ -407,8 +427,8 @@ fn print_table(r: &Report) {
             .unwrap_or_default()
     );
     println!(
-        "weights: {}, dtype {} (compute {}), mode {}, image: {}",
-        r.weights, r.dtype, r.compute, r.mode, r.image
+        "weights: {}, dtype {} (compute {}, kernels {}), mode {}, image: {}",
+        r.weights, r.dtype, r.compute, r.kernels, r.mode, r.image
     );
     println!(
         "prompt: {} tokens ({} image tokens), {} new tokens, {} repeats",

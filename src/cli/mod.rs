@@ -38,6 +38,35 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// `--kernels` as a clap argument (`auto|libtorch|avx512|avx2|scalar`).
+pub fn parse_kernels(name: &str) -> Result<crate::ocr::cpu::Kernels, String> {
+    crate::ocr::cpu::Kernels::parse(name).map_err(|e| e.to_string())
+}
+
+/// The compute path a command runs on: `--kernels` (or `$DSOCR_KERNELS`, which clap reads into
+/// the flag), else `[ocr] kernels` in the config file, else auto.
+pub fn kernels_choice(
+    flag: Option<crate::ocr::cpu::Kernels>,
+) -> anyhow::Result<crate::ocr::cpu::Kernels> {
+    if let Some(k) = flag {
+        return Ok(k);
+    }
+    let path = crate::tui::keymap::config_path();
+    let settings = crate::tui::keymap::Settings::load(
+        path.as_deref(),
+        crate::tui::keymap::ColorEnv::default(),
+    );
+    match settings.ocr.kernels {
+        Some(k) => crate::ocr::cpu::Kernels::parse(&k).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (the [ocr] kernels setting in {})",
+                path.map_or_else(|| "the config file".into(), |p| p.display().to_string())
+            )
+        }),
+        None => Ok(crate::ocr::cpu::Kernels::Auto),
+    }
+}
+
 /// Entry point of the `dsocr` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

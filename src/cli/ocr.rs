@@ -17,6 +17,7 @@ use tch::Kind;
 
 use crate::hub::HubEnv;
 use crate::hub::cache::RepoPaths;
+use crate::ocr::cpu::Kernels;
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
 use crate::ocr::generate::{DEFAULT_NGRAM_WHITELIST, NoRepeatNgram};
 use crate::ocr::preprocess::{DEFAULT_MAX_TILES, Mode};
@@ -73,10 +74,14 @@ pub struct OcrArgs {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// bf16, f16 or f32 (default: bf16; on CPUs without bf16 instructions the bf16 weights are
+    /// bf16, f16 or f32 (default: bf16; where dsocr's CPU kernels run, the bf16 weights are
     /// multiplied in f32)
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Compute path: auto, libtorch (the op sequence CUDA runs), or a CPU tier (avx512, avx2,
+    /// scalar) [default: the config file's [ocr] kernels, else auto]
+    #[arg(long, env = "DSOCR_KERNELS", value_parser = super::parse_kernels)]
+    pub kernels: Option<Kernels>,
     /// Output folder; each image gets OUT/<image name>/
     #[arg(long, default_value = "dsocr-out")]
     pub out: PathBuf,
@@ -93,15 +98,17 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
         Some(d) => parse_kind(d)?,
         None => Kind::BFloat16,
     };
+    let plan = super::kernels_choice(args.kernels)?.plan(device)?;
     let model_dir = resolve_model(&args.model)?;
     eprintln!(
-        "loading {} on {} ({})",
+        "loading {} on {} ({}, kernels {})",
         model_dir.display(),
         device_name(device),
-        kind_name(kind)
+        kind_name(kind),
+        plan.describe()
     );
     let start = Instant::now();
-    let session = Session::load(&model_dir, device, kind)?;
+    let session = Session::load_with(&model_dir, device, kind, plan)?;
     eprintln!("  loaded in {:.1} s", start.elapsed().as_secs_f64());
     let opts = run_options(&args, prompt);
     std::fs::create_dir_all(&args.out)

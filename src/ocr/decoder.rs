@@ -18,19 +18,19 @@
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Config, LanguageConfig, RMS_NORM_EPS, ROPE_THETA};
-use super::cpu_step;
+use super::cpu::gemv::{self, MatVec, Matrix};
+use super::cpu::hostmem::{Slab, slab_bytes};
+use super::cpu::{Isa, Path, Plan, step as cpu_step};
 use super::error::{OcrError, Result};
-use super::gemv::{self, MatVec, Matrix};
-use super::hostmem::{Slab, slab_bytes};
 use super::weights::{Weights, release_free_heap};
 
 /// Up to this many tokens, routed experts are gathered per token (decode); above it, tokens are
 /// grouped by expert (prefill).
 const GATHER_MAX_TOKENS: i64 = 4;
 
-/// `x W^T` for any pair of stored and compute dtypes (see [`gemv::linear_any`]).
-fn lin(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    gemv::linear_any(x, weight, None)
+/// `x W^T` for any pair of stored and compute dtypes on `path` (see [`gemv::linear_any`]).
+fn lin(x: &Tensor, weight: &Tensor, path: Path) -> Result<Tensor> {
+    gemv::linear_any(x, weight, None, path)
 }
 
 /// RMSNorm computed in f32, scaled by the weight in the compute dtype.
@@ -72,30 +72,33 @@ impl Mlp {
     }
 
     /// `out = down(silu(gate x) * up x)` for one token on the CPU.
-    fn step_cpu(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+    fn step_cpu(&self, isa: Isa, x: &[f32], out: &mut [f32]) -> Result<()> {
         let (inner, _) = Matrix::of(&self.gate)?.shape();
         let (mut g, mut u) = (vec![0f32; inner], vec![0f32; inner]);
-        gemv::matvecs(vec![
-            MatVec {
-                m: Matrix::of(&self.gate)?,
-                x,
-                out: &mut g,
-            },
-            MatVec {
-                m: Matrix::of(&self.up)?,
-                x,
-                out: &mut u,
-            },
-        ])?;
+        gemv::matvecs(
+            isa,
+            vec![
+                MatVec {
+                    m: Matrix::of(&self.gate)?,
+                    x,
+                    out: &mut g,
+                },
+                MatVec {
+                    m: Matrix::of(&self.up)?,
+                    x,
+                    out: &mut u,
+                },
+            ],
+        )?;
         let mut act = vec![0f32; inner];
         cpu_step::silu_mul(&g, &u, &mut act);
-        gemv::matvec_pool(Matrix::of(&self.down)?, &act, out)
+        gemv::matvec_pool(isa, Matrix::of(&self.down)?, &act, out)
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = lin(x, &self.gate)?.silu();
-        let u = lin(x, &self.up)?;
-        lin(&(g * u), &self.down)
+    fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+        let g = lin(x, &self.gate, path)?.silu();
+        let u = lin(x, &self.up, path)?;
+        lin(&(g * u), &self.down, path)
     }
 }
 
@@ -156,19 +159,19 @@ impl Moe {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
         let tokens = x.size()[0];
         let probs = x
             .to_kind(Kind::Float)
             .linear::<Tensor>(&self.gate, None)
             .softmax(-1, Kind::Float);
         let (weights, ids) = probs.topk(self.top_k, -1, true, true);
-        let routed = if tokens > GATHER_MAX_TOKENS {
-            self.grouped(x, &ids)?
-        } else if gemv::applies(x, &self.gate_up) {
-            gemv::routed_experts(x, &ids, &self.gate_up, &self.down)?
-        } else {
-            self.gathered(x, &ids)
+        let routed = match path {
+            _ if tokens > GATHER_MAX_TOKENS => self.grouped(x, &ids, path)?,
+            Path::Kernels(isa) if gemv::applies(x, &self.gate_up) => {
+                gemv::routed_experts(isa, x, &ids, &self.gate_up, &self.down)?
+            }
+            _ => self.gathered(x, &ids),
         };
         let hidden = x.size()[1];
         let weighted = (routed
@@ -183,7 +186,7 @@ impl Moe {
         };
         let mut y = weighted.to_kind(x.kind());
         if let Some(shared) = &self.shared {
-            y += shared.forward(x)?;
+            y += shared.forward(x, path)?;
         }
         Ok(y)
     }
@@ -191,11 +194,11 @@ impl Moe {
     /// The MoE block for one token on the CPU: gate, top-k, then the chosen experts' and the
     /// shared experts' gate-and-up products in one parallel pass and their down products in
     /// another; `out` gets the weighted sum plus the shared output.
-    fn step_cpu(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+    fn step_cpu(&self, isa: Isa, x: &[f32], out: &mut [f32]) -> Result<()> {
         let gate = Matrix::of(&self.gate)?;
         let (experts, _) = gate.shape();
         let mut logits = vec![0f32; experts];
-        gemv::matvec_here(gate, x, &mut logits)?;
+        gemv::matvec_here(isa, gate, x, &mut logits)?;
         let chosen = cpu_step::softmax_top_k(&logits, self.top_k as usize);
         let m = self.inner as usize;
         let stacked_gu = Matrix::of(&self.gate_up)?;
@@ -226,7 +229,7 @@ impl Moe {
                 out: &mut su,
             });
         }
-        gemv::matvecs(jobs)?;
+        gemv::matvecs(isa, jobs)?;
         let mut act = vec![0f32; chosen.len() * m];
         for (a, gu) in act.chunks_exact_mut(m).zip(gu.chunks_exact(2 * m)) {
             let (g, u) = gu.split_at(m);
@@ -256,7 +259,7 @@ impl Moe {
                 out: &mut shared_out,
             });
         }
-        gemv::matvecs(jobs)?;
+        gemv::matvecs(isa, jobs)?;
         let scale = self.scale as f32;
         for (i, o) in out.iter_mut().enumerate() {
             let weighted: f32 = chosen
@@ -270,9 +273,9 @@ impl Moe {
     }
 
     /// Expert MLP on rows `x` `[n, H]` with that expert's `gate_up` `[2M, H]` and `down`.
-    fn expert(&self, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
-        let gu = lin(x, gate_up)?;
-        lin(&self.activate(&gu), down)
+    fn expert(&self, x: &Tensor, gate_up: &Tensor, down: &Tensor, path: Path) -> Result<Tensor> {
+        let gu = lin(x, gate_up, path)?;
+        lin(&self.activate(&gu), down, path)
     }
 
     /// `silu(gate) * up` of `[n, 2M]` gate-and-up projections: `[n, M]`.
@@ -297,7 +300,7 @@ impl Moe {
 
     /// Many tokens: sort the assignments by expert and run each expert once on its rows.
     /// Returns `[tokens * k, H]` in assignment order.
-    fn grouped(&self, x: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    fn grouped(&self, x: &Tensor, ids: &Tensor, path: Path) -> Result<Tensor> {
         let experts = self.gate_up.size()[0];
         let flat = ids.reshape([-1]);
         let order = flat.argsort(0, false);
@@ -317,6 +320,7 @@ impl Moe {
                 &rows.narrow(0, start, n),
                 &self.gate_up.get(e),
                 &self.down.get(e),
+                path,
             )?);
             start += n;
         }
@@ -361,11 +365,18 @@ impl Attention {
             .unsqueeze(0)
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope, cache: &mut LayerCache, pos: i64) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cache: &mut LayerCache,
+        pos: i64,
+        path: Path,
+    ) -> Result<Tensor> {
         let t = x.size()[0];
-        let q = rope.apply(&self.split_heads(&lin(x, &self.q)?), pos);
-        let k = rope.apply(&self.split_heads(&lin(x, &self.k)?), pos);
-        let v = self.split_heads(&lin(x, &self.v)?);
+        let q = rope.apply(&self.split_heads(&lin(x, &self.q, path)?), pos);
+        let k = rope.apply(&self.split_heads(&lin(x, &self.k, path)?), pos);
+        let v = self.split_heads(&lin(x, &self.v, path)?);
         cache.k.narrow(2, pos, t).copy_(&k);
         cache.v.narrow(2, pos, t).copy_(&v);
         let keys = cache.k.narrow(2, 0, pos + t);
@@ -387,7 +398,7 @@ impl Attention {
             .squeeze_dim(0)
             .transpose(0, 1)
             .reshape([t, self.heads * self.head_dim]);
-        lin(&out, &self.o)
+        lin(&out, &self.o, path)
     }
 }
 
@@ -526,16 +537,19 @@ pub struct Decoder {
     vocab: i64,
     /// Dtype of activations and KV cache (the stored weights may be narrower).
     compute: Kind,
-    /// One-token steps run on [`cpu_step`] and [`gemv`] (CPU, f32 arithmetic) instead of
-    /// libtorch operations.
-    one_token_kernels: bool,
+    /// Where the prefill and the decode steps run.
+    plan: Plan,
+    /// One-token steps run on [`cpu_step`] and [`gemv`] (CPU, f32 arithmetic) of this tier
+    /// instead of libtorch operations: the plan's decode tier, where the kernels apply.
+    step_isa: Option<Isa>,
 }
 
 impl Decoder {
     /// Build the decoder from the checkpoint tensors (taken out of `w`, which must already hold
     /// them on the compute device), computing in `compute`: the stored dtype, or f32 over
-    /// narrower stored weights. Norm weights are converted to `compute` here.
-    pub fn load(cfg: &Config, w: &mut Weights, compute: Kind) -> Result<Self> {
+    /// narrower stored weights, with the prefill and decode paths of `plan`. Norm weights are
+    /// converted to `compute` here.
+    pub fn load(cfg: &Config, w: &mut Weights, compute: Kind, plan: Plan) -> Result<Self> {
         let l = &cfg.language_config;
         let embed = w.take("model.embed_tokens.weight")?;
         let (device, stored) = (embed.device(), embed.kind());
@@ -579,15 +593,12 @@ impl Decoder {
             max_positions: l.max_position_embeddings,
             vocab: l.vocab_size,
             compute,
-            one_token_kernels: Self::kernels_apply(device, stored, compute),
+            plan,
+            step_isa: plan
+                .decode
+                .isa()
+                .filter(|_| Self::kernels_apply(device, stored, compute)),
         })
-    }
-
-    /// Use the one-token CPU kernels when they apply (the default), or always libtorch (to
-    /// compare the two).
-    pub fn set_one_token_kernels(&mut self, on: bool) {
-        self.one_token_kernels =
-            on && Self::kernels_apply(self.embed.device(), self.embed.kind(), self.compute);
     }
 
     /// The one-token kernels run f32 arithmetic on the CPU over bf16 or f32 matrices (f16
@@ -598,11 +609,25 @@ impl Decoder {
             && matches!(stored, Kind::BFloat16 | Kind::Float)
     }
 
+    /// Where the prefill and decode steps run.
+    pub fn plan(&self) -> Plan {
+        self.plan
+    }
+
+    /// The path of a call over `rows` tokens: the decode step's for one, the prefill's otherwise.
+    fn path(&self, rows: i64) -> Path {
+        if rows == 1 {
+            self.plan.decode
+        } else {
+            self.plan.prefill
+        }
+    }
+
     /// One decode step on the CPU: `embeds` `[1, H]` at position `cache.len` through every
     /// layer with [`cpu_step`] kernels and [`gemv`] products (each layer's q, k and v in one
     /// parallel pass; a MoE layer's chosen and shared experts in two); returns the final-normed
     /// hidden state `[1, H]`. Does not advance `cache.len`.
-    fn step_cpu(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    fn step_cpu(&self, isa: Isa, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let pos = cache.len as usize;
         let d = self.head_dim as usize;
         let width = (self.heads * self.head_dim) as usize;
@@ -620,23 +645,26 @@ impl Decoder {
             let norm = cpu_step::f32_values(&layer.input_norm.weight)?;
             cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
             let a = &layer.attn;
-            gemv::matvecs(vec![
-                MatVec {
-                    m: Matrix::of(&a.q)?,
-                    x: &normed,
-                    out: &mut q,
-                },
-                MatVec {
-                    m: Matrix::of(&a.k)?,
-                    x: &normed,
-                    out: &mut k,
-                },
-                MatVec {
-                    m: Matrix::of(&a.v)?,
-                    x: &normed,
-                    out: &mut v,
-                },
-            ])?;
+            gemv::matvecs(
+                isa,
+                vec![
+                    MatVec {
+                        m: Matrix::of(&a.q)?,
+                        x: &normed,
+                        out: &mut q,
+                    },
+                    MatVec {
+                        m: Matrix::of(&a.k)?,
+                        x: &normed,
+                        out: &mut k,
+                    },
+                    MatVec {
+                        m: Matrix::of(&a.v)?,
+                        x: &normed,
+                        out: &mut v,
+                    },
+                ],
+            )?;
             cpu_step::rotate(&mut q, d, cos, sin);
             cpu_step::rotate(&mut k, d, cos, sin);
             // SAFETY: the cache's tensors belong to this `KvCache`, borrowed mutably here;
@@ -651,15 +679,15 @@ impl Decoder {
             for (h, row) in v.chunks_exact(d).enumerate() {
                 values[(h * capacity + pos) * d..][..d].copy_from_slice(row);
             }
-            cpu_step::attend(&q, keys, values, d, pos + 1, &mut attended)?;
-            gemv::matvec_pool(Matrix::of(&a.o)?, &attended, &mut delta)?;
+            cpu_step::attend(isa, &q, keys, values, d, pos + 1, &mut attended)?;
+            gemv::matvec_pool(isa, Matrix::of(&a.o)?, &attended, &mut delta)?;
             x.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
 
             let norm = cpu_step::f32_values(&layer.post_norm.weight)?;
             cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
             match &layer.ffn {
-                Ffn::Dense(mlp) => mlp.step_cpu(&normed, &mut delta)?,
-                Ffn::Moe(moe) => moe.step_cpu(&normed, &mut delta)?,
+                Ffn::Dense(mlp) => mlp.step_cpu(isa, &normed, &mut delta)?,
+                Ffn::Moe(moe) => moe.step_cpu(isa, &normed, &mut delta)?,
             }
             x.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
         }
@@ -672,8 +700,7 @@ impl Decoder {
     /// [`gemv`]'s kernels (f32 arithmetic on the CPU, over bf16 or f32 weights), a guard that keeps
     /// libtorch's pool to one thread (see [`gemv::SoloTorch`]); otherwise nothing.
     pub fn decode_threads(&self) -> Option<gemv::SoloTorch> {
-        Self::kernels_apply(self.embed.device(), self.embed.kind(), self.compute)
-            .then(gemv::SoloTorch::new)
+        self.step_isa.map(|_| gemv::SoloTorch::new())
     }
 
     /// Vocabulary size (rows of the embedding and of the logits).
@@ -730,21 +757,22 @@ impl Decoder {
                 cache.capacity
             )));
         }
-        if t == 1 && self.one_token_kernels {
-            let hidden = self.step_cpu(embeds, cache)?;
+        if let (1, Some(isa)) = (t, self.step_isa) {
+            let hidden = self.step_cpu(isa, embeds, cache)?;
             cache.len = pos + 1;
             return Ok(hidden);
         }
+        let path = self.path(t);
         let mut x = embeds.shallow_clone();
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = &x
                 + layer
                     .attn
-                    .forward(&layer.input_norm.forward(&x), &self.rope, lc, pos)?;
+                    .forward(&layer.input_norm.forward(&x), &self.rope, lc, pos, path)?;
             let normed = layer.post_norm.forward(&h);
             let f = match &layer.ffn {
-                Ffn::Dense(mlp) => mlp.forward(&normed)?,
-                Ffn::Moe(moe) => moe.forward(&normed)?,
+                Ffn::Dense(mlp) => mlp.forward(&normed, path)?,
+                Ffn::Moe(moe) => moe.forward(&normed, path)?,
             };
             x = h + f;
         }
@@ -754,7 +782,8 @@ impl Decoder {
 
     /// f32 logits `[n, V]` of hidden states `[n, H]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(lin(hidden, &self.lm_head)?.to_kind(Kind::Float))
+        let path = self.path(hidden.size()[0]);
+        Ok(lin(hidden, &self.lm_head, path)?.to_kind(Kind::Float))
     }
 }
 
@@ -800,9 +829,10 @@ mod tests {
         let x = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
         let probs = x.linear::<Tensor>(&m.gate, None).softmax(-1, Kind::Float);
         let (_, ids) = probs.topk(3, -1, true, true);
+        let isa = Isa::best();
         let a = m.gathered(&x, &ids);
-        let b = gemv::routed_experts(&x, &ids, &m.gate_up, &m.down).expect("routed");
-        let c = m.grouped(&x, &ids).expect("grouped");
+        let b = gemv::routed_experts(isa, &x, &ids, &m.gate_up, &m.down).expect("routed");
+        let c = m.grouped(&x, &ids, Path::Libtorch).expect("grouped");
         // Reference: every (token, slot) through its expert one by one.
         let ids_v = Vec::<i64>::try_from(ids.reshape([-1])).expect("ids");
         let rows: Vec<Tensor> = ids_v
@@ -823,7 +853,7 @@ mod tests {
             m.gate_up.to_kind(Kind::BFloat16),
             m.down.to_kind(Kind::BFloat16),
         );
-        let d = gemv::routed_experts(&x, &ids, &gu16, &down16).expect("routed bf16");
+        let d = gemv::routed_experts(isa, &x, &ids, &gu16, &down16).expect("routed bf16");
         let rounded = Moe {
             gate_up: gu16.to_kind(Kind::Float),
             down: down16.to_kind(Kind::Float),

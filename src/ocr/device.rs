@@ -45,36 +45,6 @@ pub fn parse_kind(name: &str) -> Result<Kind> {
     }
 }
 
-/// True when the CPU has bf16 matrix instructions (`avx512_bf16` or AMX), the ones libtorch's
-/// bf16 matmuls need to be fast (read once from `/proc/cpuinfo`; false elsewhere).
-pub fn cpu_has_bf16_matmul() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
-            info.lines()
-                .find(|l| l.starts_with("flags"))
-                .is_some_and(|l| {
-                    l.split_whitespace()
-                        .any(|f| f == "avx512_bf16" || f == "amx_bf16")
-                })
-        })
-    })
-}
-
-/// The dtype of activations and arithmetic for weights stored in `weights` on `device`: the
-/// weights' own dtype, except on a CPU without bf16 matrix instructions, where bf16 (and f16)
-/// weights are multiplied in f32 (they stay narrow in memory; see [`crate::ocr::gemv`]).
-/// libtorch's bf16 kernels there are slower than its f32 ones.
-pub fn compute_kind(device: Device, weights: Kind) -> Kind {
-    let narrow = matches!(weights, Kind::BFloat16 | Kind::Half);
-    let native = weights == Kind::BFloat16 && cpu_has_bf16_matmul();
-    if device == Device::Cpu && narrow && !native {
-        Kind::Float
-    } else {
-        weights
-    }
-}
-
 /// Short name of a compute dtype (`bf16`, `f16`, `f32`), for reports.
 pub fn kind_name(kind: Kind) -> &'static str {
     match kind {

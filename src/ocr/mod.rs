@@ -8,19 +8,15 @@
 //! generate with streamed text and a cancel flag, grounding, output files).
 
 pub mod config;
-pub mod cpu_step;
+pub mod cpu;
 pub mod decoder;
 pub mod device;
 pub mod error;
-pub mod gemv;
 pub mod generate;
 pub mod grounding;
-pub mod hostmem;
 pub mod model;
-pub mod par;
 pub mod preprocess;
 pub mod prompt;
-pub mod relpos_attn;
 pub mod session;
 pub mod vision;
 pub mod weights;

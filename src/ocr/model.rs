@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use super::config::Config;
+use super::cpu::{Kernels, Plan};
 use super::decoder::Decoder;
-use super::device::compute_kind;
 use super::error::{OcrError, Result};
 use super::vision::{ImageFeatures, VisionModel};
 use super::weights::{KeepAlive, Weights};
@@ -38,17 +38,25 @@ pub struct DeepseekOcr {
     pub device: Device,
     /// Dtype the weights are stored in.
     pub kind: Kind,
-    /// Dtype of the activations and arithmetic: `kind`, or f32 when the weights are stored in
-    /// bf16/f16 on a CPU without bf16 matrix instructions ([`compute_kind`]).
+    /// Dtype of the activations and arithmetic: `kind` on libtorch's path, f32 over bf16/f16
+    /// weights where dsocr's CPU kernels run ([`Plan::compute_kind`]).
     pub compute: Kind,
+    /// Where each phase runs: libtorch's ops or dsocr's CPU kernels of one tier.
+    pub plan: Plan,
     /// Declared last: dropped after the tensors that may view the mapped files.
     _keep: KeepAlive,
 }
 
 impl DeepseekOcr {
-    /// Load a model folder: `config.json` and its `*.safetensors` files (all of them, checked
-    /// against the names and shapes the config implies), in `kind` on `device`.
+    /// [`Self::load_with`] on the compute path of `$DSOCR_KERNELS` (auto when unset).
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        Self::load_with(dir, device, kind, Kernels::from_env()?.plan(device)?)
+    }
+
+    /// Load a model folder: `config.json` and its `*.safetensors` files (all of them, checked
+    /// against the names and shapes the config implies), in `kind` on `device`, each phase on
+    /// the path of `plan`.
+    pub fn load_with(dir: &Path, device: Device, kind: Kind, plan: Plan) -> Result<Self> {
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             return Err(OcrError::Invalid(format!(
@@ -60,13 +68,31 @@ impl DeepseekOcr {
         let config = Config::from_file(&config_path)?;
         let files = safetensors_files(dir)?;
         let weights = Weights::load_checked(&files, &config, kind, device)?;
-        Self::from_weights(config, weights, device, kind)
+        Self::from_weights(config, weights, device, kind, plan)
     }
 
-    /// The full-size (or any) architecture of `config` with the fixtures' seeded weights.
+    /// The full-size (or any) architecture of `config` with the fixtures' seeded weights, on
+    /// the compute path of `$DSOCR_KERNELS`.
     pub fn seeded(config: Config, seed: i64, device: Device, kind: Kind) -> Result<Self> {
+        Self::seeded_with(
+            config,
+            seed,
+            device,
+            kind,
+            Kernels::from_env()?.plan(device)?,
+        )
+    }
+
+    /// [`Self::seeded`] on the paths of `plan`.
+    pub fn seeded_with(
+        config: Config,
+        seed: i64,
+        device: Device,
+        kind: Kind,
+        plan: Plan,
+    ) -> Result<Self> {
         let weights = Weights::seeded(&config, seed, kind, device)?;
-        Self::from_weights(config, weights, device, kind)
+        Self::from_weights(config, weights, device, kind, plan)
     }
 
     /// Build the model from weights already in `kind` on `device`.
@@ -75,11 +101,17 @@ impl DeepseekOcr {
         mut weights: Weights,
         device: Device,
         kind: Kind,
+        plan: Plan,
     ) -> Result<Self> {
         let keep = weights.keep_alive();
-        let compute = compute_kind(device, kind);
-        let vision = VisionModel::load(&config, &weights, compute)?;
-        let decoder = Decoder::load(&config, &mut weights, compute)?;
+        let compute = plan.compute_kind(device, kind);
+        tracing::info!(
+            "compute path: {} ({} arithmetic)",
+            plan.describe(),
+            super::device::kind_name(compute)
+        );
+        let vision = VisionModel::load(&config, &weights, compute, plan.vision)?;
+        let decoder = Decoder::load(&config, &mut weights, compute, plan)?;
         drop(weights);
         super::weights::release_free_heap();
         Ok(Self {
@@ -89,6 +121,7 @@ impl DeepseekOcr {
             device,
             kind,
             compute,
+            plan,
             _keep: keep,
         })
     }

@@ -30,6 +30,7 @@ use image::RgbImage;
 use serde::Serialize;
 use tch::{Device, Kind};
 
+use super::cpu::{Kernels, Plan};
 use super::error::{OcrError, Result};
 use super::generate::{
     GenerateEvent, GenerateOptions, GenerateOutput, NoRepeatNgram, StopReason, generate,
@@ -130,9 +131,14 @@ impl Session {
     /// Check that `dir` holds a model (config.json, tokenizer.json, *.safetensors), then load
     /// the tokenizer and the weights in `kind` on `device`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        Self::load_with(dir, device, kind, Kernels::from_env()?.plan(device)?)
+    }
+
+    /// [`Self::load`] with each phase on the path of `plan`.
+    pub fn load_with(dir: &Path, device: Device, kind: Kind, plan: Plan) -> Result<Self> {
         check_model_dir(dir)?;
         let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let model = DeepseekOcr::load(dir, device, kind)?;
+        let model = DeepseekOcr::load_with(dir, device, kind, plan)?;
         Ok(Self { model, tokenizer })
     }
 

@@ -172,8 +172,10 @@ pub struct OcrRequest {
     pub max_new_tokens: usize,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// `bf16`, `f16` or `f32`; `None`: bf16 (f32 arithmetic over bf16 weights on CPUs without bf16 instructions).
+    /// `bf16`, `f16` or `f32`; `None`: bf16 (f32 arithmetic over bf16 weights where dsocr's CPU kernels run).
     pub dtype: Option<String>,
+    /// `auto`, `libtorch` or a CPU tier; `None`: `$DSOCR_KERNELS`, else auto.
+    pub kernels: Option<String>,
 }
 
 /// The sending half that workers hold. A send to a closed dashboard is dropped silently: the

@@ -538,6 +538,7 @@ impl App {
                 max_new_tokens: self.settings.ocr.max_new_tokens,
                 device: self.settings.ocr.device.clone(),
                 dtype: self.settings.ocr.dtype.clone(),
+                kernels: self.settings.ocr.kernels.clone(),
             })),
             CancelOcr => vec![Job::CancelOcr],
             Copy => {

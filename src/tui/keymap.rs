@@ -507,8 +507,11 @@ struct ConfigFile {
 pub struct OcrSettings {
     /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// `bf16`, `f16` or `f32`; `None`: bf16 (f32 arithmetic over bf16 weights on CPUs without bf16 instructions).
+    /// `bf16`, `f16` or `f32`; `None`: bf16 (f32 arithmetic over bf16 weights where dsocr's CPU kernels run).
     pub dtype: Option<String>,
+    /// Compute path: `auto`, `libtorch`, `avx512`, `avx2` or `scalar`; `None`: `$DSOCR_KERNELS`,
+    /// else auto.
+    pub kernels: Option<String>,
     /// Stop a run after this many new tokens.
     pub max_new_tokens: usize,
 }
@@ -519,6 +522,7 @@ impl Default for OcrSettings {
         Self {
             device: "auto".to_string(),
             dtype: None,
+            kernels: None,
             max_new_tokens: 8192,
         }
     }

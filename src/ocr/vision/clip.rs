@@ -2,9 +2,9 @@
 //! embedding: class token, position embeddings resized to the feature grid, `pre_layrnorm`, and
 //! pre-LN blocks with quick-GELU (no post-layernorm).
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use super::layers::{LayerNorm, Linear, attention, get_small, resize_grid_bicubic_aa};
+use super::layers::{LayerNorm, Linear, Ops, attention, get_small, resize_grid_bicubic_aa};
 use crate::ocr::config::{CLIP_LN_EPS, CLIP_MLP_RATIO, Config};
 use crate::ocr::error::{OcrError, Result};
 use crate::ocr::weights::Weights;
@@ -22,28 +22,22 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(w: &Weights, [dim, heads]: [i64; 2], i: i64, compute: Kind) -> Result<Self> {
+    fn load(w: &Weights, [dim, heads]: [i64; 2], i: i64, ops: Ops) -> Result<Self> {
         let p = format!("{PREFIX}.transformer.layers.{i}");
         let ffn = CLIP_MLP_RATIO * dim;
         Ok(Self {
-            ln1: LayerNorm::load(w, &format!("{p}.layer_norm1"), dim, CLIP_LN_EPS, compute)?,
+            ln1: LayerNorm::load(w, &format!("{p}.layer_norm1"), dim, CLIP_LN_EPS, ops.kind)?,
             qkv: Linear::load(
                 w,
                 &format!("{p}.self_attn.qkv_proj"),
                 [dim, 3 * dim],
                 true,
-                compute,
+                ops,
             )?,
-            out: Linear::load(
-                w,
-                &format!("{p}.self_attn.out_proj"),
-                [dim, dim],
-                true,
-                compute,
-            )?,
-            ln2: LayerNorm::load(w, &format!("{p}.layer_norm2"), dim, CLIP_LN_EPS, compute)?,
-            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), [dim, ffn], true, compute)?,
-            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), [ffn, dim], true, compute)?,
+            out: Linear::load(w, &format!("{p}.self_attn.out_proj"), [dim, dim], true, ops)?,
+            ln2: LayerNorm::load(w, &format!("{p}.layer_norm2"), dim, CLIP_LN_EPS, ops.kind)?,
+            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), [dim, ffn], true, ops)?,
+            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), [ffn, dim], true, ops)?,
             heads,
         })
     }
@@ -82,7 +76,7 @@ pub(crate) struct Clip {
 
 impl Clip {
     /// Small tensors are converted to `compute`; matrices keep their stored dtype.
-    pub(crate) fn load(cfg: &Config, w: &Weights, compute: Kind) -> Result<Self> {
+    pub(crate) fn load(cfg: &Config, w: &Weights, ops: Ops) -> Result<Self> {
         let clip = &cfg.vision_config.width.clip;
         let dim = clip.width;
         if cfg.sam_out_channels() != dim {
@@ -97,7 +91,7 @@ impl Clip {
             w,
             &format!("{PREFIX}.embeddings.position_embedding.weight"),
             &[grid * grid + 1, dim],
-            compute,
+            ops.kind,
         )?;
         let grid_pos = pos
             .f_narrow(0, 1, grid * grid)?
@@ -108,7 +102,7 @@ impl Clip {
                 w,
                 &format!("{PREFIX}.embeddings.class_embedding"),
                 &[dim],
-                compute,
+                ops.kind,
             )?,
             cls_pos: pos.f_narrow(0, 0, 1)?,
             grid_pos,
@@ -117,10 +111,10 @@ impl Clip {
                 &format!("{PREFIX}.pre_layrnorm"),
                 dim,
                 CLIP_LN_EPS,
-                compute,
+                ops.kind,
             )?,
             layers: (0..clip.layers)
-                .map(|i| Layer::load(w, [dim, clip.heads], i, compute))
+                .map(|i| Layer::load(w, [dim, clip.heads], i, ops))
                 .collect::<Result<_>>()?,
         })
     }

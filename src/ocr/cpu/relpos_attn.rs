@@ -3,9 +3,8 @@
 //! window and head, key `kh * KW + kw` of the window, written straight into `[B, H, W, C]`.
 //!
 //! Through libtorch the additive mask is a `[L, KH * KW]` tensor per head (32 MB per head for a
-//! 1024-px global block) that is written, then read by SDPA; and libtorch's CPU flash attention
-//! reached about 110 GFLOP/s on this workload against 250 for its plain f32 GEMMs (2 threads,
-//! this machine). Here the mask is never built, and neither are the windows: a window's keys are
+//! 1024-px global block) that is written, then read by SDPA, whose CPU flash attention runs
+//! well below libtorch's plain f32 GEMMs on this workload (BENCHMARKS.md). Here the mask is never built, and neither are the windows: a window's keys are
 //! read from the grid (rows past its edge are padding, whose projections are the bias alone),
 //! scaled by `1/sqrt(d)` and packed in panels of 32, its values gathered contiguously (inside
 //! the task for windows that fit one task, once per head before the tasks for global
@@ -23,17 +22,16 @@
 //! Tried and not kept (alternated on the 1024-px global shape): tiles of twelve rows instead of
 //! eight (no difference), blocks of 2, 6 or 8 tiles instead of 4 (no better), and flash-style
 //! blocks of 512 keys with a running maximum, so that a block's scores, keys and values would
-//! all stay in L2 (slower: 525-550 ms against 395-445 ms per 12-head global block).
+//! all stay in L2 (slower; BENCHMARKS.md has the figures).
 //!
-//! Used for f32 activations on CPUs with AVX-512F and head dimensions that are multiples of 16
+//! Used for f32 activations on the AVX-512 tier and head dimensions that are multiples of 16
 //! ([`applies`]); elsewhere the caller keeps libtorch's SDPA with a mask.
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Device, Kind, Tensor};
 
+use super::features::{Isa, Tier};
+use super::{par, step as cpu_step};
 use crate::ocr::error::{OcrError, Result};
-use crate::ocr::{cpu_step, par};
 
 /// Query rows per register tile.
 const TILE_ROWS: usize = 8;
@@ -48,35 +46,15 @@ const BLOCK_ROWS: usize = BLOCK_TILES * TILE_ROWS;
 /// Keys per block of values (64 keys x 64 features: 16 KB, in L1 while the block's tiles use it).
 const VALUE_BLOCK: usize = 64;
 
-static FUSED: AtomicBool = AtomicBool::new(true);
-
-/// Use the fused kernel where it applies (the default), or leave every call to libtorch (to
-/// compare the two).
-pub fn set_fused(on: bool) {
-    FUSED.store(on, Ordering::Relaxed);
-}
-
-/// Whether [`grid_attention`] runs for activations like `x` with heads of `head_dim` features:
-/// f32 on the CPU, `head_dim` a multiple of 16, a CPU with AVX-512F, and the kernel not switched
-/// off.
-pub fn applies(x: &Tensor, head_dim: i64) -> bool {
-    FUSED.load(Ordering::Relaxed)
-        && x.device() == Device::Cpu
+/// Whether [`grid_attention`] runs for activations like `x` with heads of `head_dim` features
+/// on `isa`: f32 on the CPU, `head_dim` a multiple of 16, and the AVX-512 tier (the kernel has
+/// no other form; elsewhere SAM keeps libtorch's SDPA).
+pub fn applies(isa: Isa, x: &Tensor, head_dim: i64) -> bool {
+    x.device() == Device::Cpu
         && x.kind() == Kind::Float
         && head_dim > 0
         && head_dim % 16 == 0
-        && avx512()
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+        && isa.tier() == Tier::Avx512
 }
 
 /// Attention with decomposed relative positions over `window`-sized windows of a grid of
@@ -90,6 +68,7 @@ fn avx512() -> bool {
 /// window (the same for columns). Returns `[B, H, W, C]` f32. Errors when [`applies`] does not
 /// hold or shapes disagree.
 pub fn grid_attention(
+    isa: Isa,
     qkv: &Tensor,
     pad: Option<&Tensor>,
     heads: i64,
@@ -110,7 +89,7 @@ pub fn grid_attention(
     let c = c3 / 3;
     let d = if heads > 0 { c / heads } else { 0 };
     let cpu_f32 = |t: &Tensor| t.kind() == Kind::Float && t.device() == Device::Cpu;
-    if !applies(qkv, d) || !cpu_f32(rel_h) || !cpu_f32(rel_w) || !pad.is_none_or(cpu_f32) {
+    if !applies(isa, qkv, d) || !cpu_f32(rel_h) || !cpu_f32(rel_w) || !pad.is_none_or(cpu_f32) {
         return Err(OcrError::Invalid(format!(
             "fused relative-position attention needs CPU f32 tensors with a head dimension that \
              is a multiple of 16, on an AVX-512 CPU: {}",
@@ -216,8 +195,9 @@ pub fn grid_attention(
                 v,
                 tables,
             };
-            // SAFETY: each (query position, head) belongs to exactly one window and one task,
-            // so the rows this task writes are written by no other; `outs` outlives the tasks.
+            // SAFETY: `applies` checked that `isa` is the AVX-512 tier, so the CPU has AVX-512F.
+            // Each (query position, head) belongs to exactly one window and one task, so the
+            // rows this task writes are written by no other; `outs` outlives the tasks.
             unsafe { rows_of_window(&geo, &inputs, at, rows, out_rows, &mut scratch.block) };
         });
     });
@@ -469,12 +449,12 @@ unsafe impl Sync for OutRows {}
 /// Query rows `rows` (indices among the window's in-grid positions, row-major) of one window
 /// and head, [`BLOCK_TILES`] tiles of queries at a time: each panel of keys and each block of
 /// values is read once per block and used by all its tiles while it is in L1 (tiles one at a
-/// time, 1 MB of keys and 1 MB of values per head at 1024 px were read for every eight queries:
-/// 485 against 350 ms per global block).
+/// time, 1 MB of keys and 1 MB of values per head at 1024 px were read for every eight queries).
 ///
 /// # Safety
-/// `out` points to the `[B, H, W, C]` output; no other thread writes the elements of these
-/// query positions and this head, and nothing reads them meanwhile.
+/// The CPU has AVX-512F (the caller's [`Isa`], checked by [`applies`]). `out` points to the
+/// `[B, H, W, C]` output; no other thread writes the elements of these query positions and this
+/// head, and nothing reads them meanwhile.
 unsafe fn rows_of_window(
     geo: &Geometry,
     inp: &Inputs<'_>,
@@ -514,7 +494,7 @@ unsafe fn rows_of_window(
             tiles[r * d..][..d].copy_from_slice(&inp.grid[*cell * 3 * geo.c + head * d..][..d]);
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: [`applies`] checked AVX-512F. Every kernel asserts that its ranges lie inside
+        // SAFETY: the CPU has AVX-512F (this function's contract). Every kernel asserts that its ranges lie inside
         // the slices it is given.
         unsafe {
             let products_of = |packed: &[f32], panels: usize, out: &mut [f32], stride: usize| {
@@ -769,128 +749,5 @@ mod x86 {
             }
             f0 += if two { 32 } else { 16 };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The same attention written out with libtorch, one window and head at a time: the grid
-    /// padded with `pad` rows, the relative-position terms gathered from the tables and added to
-    /// the scaled scores, softmax, values; padding positions cropped.
-    fn reference(
-        qkv: &Tensor,
-        pad: &Tensor,
-        heads: i64,
-        (wh, ww): (i64, i64),
-        table_h: &Tensor,
-        table_w: &Tensor,
-    ) -> Tensor {
-        let (b, h, w, c3) = qkv.size4().unwrap();
-        let (c, nh, nw) = (c3 / 3, (h + wh - 1) / wh, (w + ww - 1) / ww);
-        let d = c / heads;
-        let padded = pad.view([1, 1, 1, c3]).repeat([b, nh * wh, nw * ww, 1]);
-        padded.narrow(1, 0, h).narrow(2, 0, w).copy_(qkv);
-        let out = Tensor::zeros([b, nh * wh, nw * ww, c], (Kind::Float, Device::Cpu));
-        let rel = |table: &Tensor, size: i64| {
-            let i = Tensor::arange(size, (Kind::Int64, Device::Cpu));
-            let idx = i.unsqueeze(1) - i.unsqueeze(0) + (size - 1);
-            table
-                .index_select(0, &idx.flatten(0, 1))
-                .view([size, size, d])
-        };
-        let (r_h, r_w) = (rel(table_h, wh), rel(table_w, ww));
-        for bi in 0..b {
-            for wy in 0..nh {
-                for wx in 0..nw {
-                    let win = padded.get(bi).narrow(0, wy * wh, wh).narrow(1, wx * ww, ww);
-                    for hd in 0..heads {
-                        let part = |p: i64| win.narrow(2, p * c + hd * d, d);
-                        let (q, k, v) = (part(0), part(1), part(2));
-                        let t_h = Tensor::einsum("hwc,hkc->hwk", &[&q, &r_h], None::<i64>);
-                        let t_w = Tensor::einsum("hwc,wkc->hwk", &[&q, &r_w], None::<i64>);
-                        let mask = (t_h.unsqueeze(-1) + t_w.unsqueeze(-2)).view([wh * ww, -1]);
-                        let (q, k, v) =
-                            (q.reshape([-1, d]), k.reshape([-1, d]), v.reshape([-1, d]));
-                        let scores = q.matmul(&k.tr()) / (d as f64).sqrt() + mask;
-                        let o = scores.softmax(-1, Kind::Float).matmul(&v);
-                        out.get(bi)
-                            .narrow(0, wy * wh, wh)
-                            .narrow(1, wx * ww, ww)
-                            .narrow(2, hd * d, d)
-                            .copy_(&o.view([wh, ww, d]));
-                    }
-                }
-            }
-        }
-        out.narrow(1, 0, h).narrow(2, 0, w)
-    }
-
-    /// Random projections on a `b x h x w` grid, `heads` heads of `d` features, checked against
-    /// [`reference`] with `window` (`(h, w)` for global attention); values scaled by `scale`.
-    fn case(b: i64, (h, w): (i64, i64), heads: i64, d: i64, window: (i64, i64), scale: f64) {
-        tch::manual_seed(7);
-        let opts = (Kind::Float, Device::Cpu);
-        let c3 = 3 * heads * d;
-        let qkv = Tensor::randn([b, h, w, c3], opts) * scale;
-        let pad = Tensor::randn([c3], opts) * scale;
-        let table_h = Tensor::randn([2 * window.0 - 1, d], opts) * scale;
-        let table_w = Tensor::randn([2 * window.1 - 1, d], opts) * scale;
-        let want = reference(&qkv, &pad, heads, window, &table_h, &table_w);
-        let got = grid_attention(&qkv, Some(&pad), heads, window, &table_h, &table_w).unwrap();
-        assert_eq!(got.size(), [b, h, w, heads * d]);
-        assert!(bool::try_from(got.isfinite().all()).unwrap());
-        let err = (&got - &want).abs().max().double_value(&[]);
-        let top = want.abs().max().double_value(&[]);
-        assert!(
-            err <= 2e-5 * top.max(1.0),
-            "{b}x{h}x{w}, {heads} heads of {d}, window {window:?}: max error {err:e} (values up \
-             to {top})"
-        );
-    }
-
-    #[test]
-    fn matches_libtorch_per_window() {
-        if !avx512() {
-            eprintln!("no AVX-512F: the fused kernel does not run on this CPU");
-            return;
-        }
-        // Windows with padding on both axes (the last window row and column partly outside the
-        // grid, padding keys attended to), a tail panel and tail tiles.
-        case(2, (17, 19), 2, 16, (7, 7), 1.0);
-        // SAM's window and head size on a grid that is not a multiple of the window.
-        case(1, (16, 16), 2, 64, (14, 14), 1.0);
-        // Global attention (the window is the grid): several tasks per head, 13 panels of keys
-        // (400 keys), tables padded from 20 to 32 keys.
-        case(1, (20, 20), 3, 32, (20, 20), 1.0);
-        // One position.
-        case(1, (1, 1), 1, 16, (1, 1), 1.0);
-    }
-
-    #[test]
-    fn large_scores_do_not_overflow() {
-        if !avx512() {
-            return;
-        }
-        case(1, (6, 6), 1, 32, (6, 6), 8.0);
-    }
-
-    #[test]
-    fn wrong_inputs_are_errors() {
-        let opts = (Kind::Float, Device::Cpu);
-        let qkv = Tensor::zeros([1, 4, 4, 96], opts);
-        let table = Tensor::zeros([7, 16], opts);
-        // The window of 4 needs tables of 7 rows of 16 features.
-        let short = Tensor::zeros([5, 16], opts);
-        assert!(grid_attention(&qkv, None, 2, (4, 4), &short, &table).is_err());
-        // Eight heads of 4 features: not a multiple of 16.
-        assert!(grid_attention(&qkv, None, 8, (4, 4), &table, &table).is_err());
-        // A padding row of the wrong length.
-        let pad = Tensor::zeros([95], opts);
-        assert!(grid_attention(&qkv, Some(&pad), 2, (4, 4), &table, &table).is_err());
-        // bf16 projections.
-        let qkv_bf16 = qkv.to_kind(Kind::BFloat16);
-        assert!(grid_attention(&qkv_bf16, None, 2, (4, 4), &table, &table).is_err());
     }
 }

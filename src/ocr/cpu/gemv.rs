@@ -13,13 +13,16 @@
 //! OpenMP threads where they can be reached). [`routed_experts`] reads the chosen expert ids
 //! inside the call and runs the experts straight from the stacked weights: no copy of expert
 //! weights, no `to_vec`.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//!
+//! Every entry point takes the [`Isa`] to run: AVX-512 and AVX2 kernels on x86-64, and a
+//! portable one (several independent accumulators, which the compiler vectorises for the
+//! target's baseline SIMD) everywhere.
 
 use tch::{Device, Kind, Tensor};
 
-use super::error::{OcrError, Result};
+use super::features::{Isa, Path, Tier};
 use super::par;
+use crate::ocr::error::{OcrError, Result};
 
 /// Output rows per parallel task (a block of `ROWS_PER_TASK * K` weights, ~160 KB at K = 1280).
 const ROWS_PER_TASK: usize = 64;
@@ -74,28 +77,28 @@ impl<'a> Rows<'a> {
     }
 
     /// `out[r] = dot(row r, x)` for every row.
-    fn dot(self, x: &[f32], out: &mut [f32]) {
+    fn dot(self, isa: Isa, x: &[f32], out: &mut [f32]) {
         match self {
-            Rows::Bf16(w) => dot_rows(w, x, out),
-            Rows::F32(w) => dot_rows_f32(w, x, out),
+            Rows::Bf16(w) => dot_rows(isa, w, x, out),
+            Rows::F32(w) => dot_rows_f32(isa, w, x, out),
         }
     }
 }
 
 /// Run every product, split into blocks of [`ROWS_PER_TASK`] output rows, in parallel.
-fn run(jobs: Vec<MatVec<'_>>) {
+fn run(isa: Isa, jobs: Vec<MatVec<'_>>) {
     let mut blocks = Vec::new();
     for MatVec { m, x, out } in jobs {
         for (i, o) in out.chunks_mut(ROWS_PER_TASK).enumerate() {
             blocks.push((m.first_rows(i * ROWS_PER_TASK, o.len()).rows, x, o));
         }
     }
-    par::for_each(blocks, &|(rows, x, out)| rows.dot(x, out));
+    par::for_each(blocks, &|(rows, x, out)| rows.dot(isa, x, out));
 }
 
 /// Compute every product of `jobs` (in parallel across all of their rows); returns one f32
 /// tensor `[N_i]` per job, in order.
-pub fn products(jobs: &[Product<'_>]) -> Result<Vec<Tensor>> {
+pub fn products(isa: Isa, jobs: &[Product<'_>]) -> Result<Vec<Tensor>> {
     let mut xs = Vec::with_capacity(jobs.len());
     let mut ws = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -119,7 +122,7 @@ pub fn products(jobs: &[Product<'_>]) -> Result<Vec<Tensor>> {
             out,
         });
     }
-    matvecs(jobs)?;
+    matvecs(isa, jobs)?;
     Ok(outs)
 }
 
@@ -130,7 +133,13 @@ pub fn products(jobs: &[Product<'_>]) -> Result<Vec<Tensor>> {
 /// rows then up rows) and `down` `[E, H, M]`, bf16 or f32, all on the CPU. Returns `[T*k, H]`
 /// f32 in (token, slot) order. All gate-and-up products run in one parallel pass, then all
 /// down products in another.
-pub fn routed_experts(x: &Tensor, ids: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+pub fn routed_experts(
+    isa: Isa,
+    x: &Tensor,
+    ids: &Tensor,
+    gate_up: &Tensor,
+    down: &Tensor,
+) -> Result<Tensor> {
     let (experts, two_m, hidden) = gate_up.size3()?;
     let inner = two_m / 2;
     let (tokens, width) = x.size2()?;
@@ -188,7 +197,7 @@ pub fn routed_experts(x: &Tensor, ids: &Tensor, gate_up: &Tensor, down: &Tensor)
             })
         })
         .collect::<Result<_>>()?;
-    matvecs(jobs)?;
+    matvecs(isa, jobs)?;
     let act: Vec<f32> = gu
         .chunks_exact(2 * m)
         .flat_map(|row| {
@@ -210,7 +219,7 @@ pub fn routed_experts(x: &Tensor, ids: &Tensor, gate_up: &Tensor, down: &Tensor)
             })
         })
         .collect::<Result<_>>()?;
-    matvecs(jobs)?;
+    matvecs(isa, jobs)?;
     Ok(out)
 }
 
@@ -296,7 +305,7 @@ pub struct MatVec<'a> {
 
 /// Compute every product of `jobs`, in parallel across all of their rows.
 /// Errors (before computing anything) when a job's sizes do not match.
-pub fn matvecs(jobs: Vec<MatVec<'_>>) -> Result<()> {
+pub fn matvecs(isa: Isa, jobs: Vec<MatVec<'_>>) -> Result<()> {
     if let Some(bad) = jobs
         .iter()
         .find(|j| j.x.len() != j.m.k || j.out.len() != j.m.n || j.m.k == 0)
@@ -309,17 +318,17 @@ pub fn matvecs(jobs: Vec<MatVec<'_>>) -> Result<()> {
             bad.out.len()
         )));
     }
-    run(jobs);
+    run(isa, jobs);
     Ok(())
 }
 
 /// `out = m x`, its rows shared out in parallel.
-pub fn matvec_pool(m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
-    matvecs(vec![MatVec { m, x, out }])
+pub fn matvec_pool(isa: Isa, m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
+    matvecs(isa, vec![MatVec { m, x, out }])
 }
 
 /// `out = m x` on the calling thread (for products too small to share out).
-pub fn matvec_here(m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
+pub fn matvec_here(isa: Isa, m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
     if x.len() != m.k || out.len() != m.n || m.k == 0 {
         return Err(OcrError::Invalid(format!(
             "matrix-vector product of [{}, {}] by [{}] into [{}]: sizes do not match",
@@ -329,45 +338,52 @@ pub fn matvec_here(m: Matrix<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
             out.len()
         )));
     }
-    m.rows.dot(x, out);
+    m.rows.dot(isa, x, out);
     Ok(())
 }
 
 /// `x W^T` for `x` `[T, K]` f32 and `weight` `[N, K]` bf16 or f32: `[T, N]` f32, each row one
 /// product.
-pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+pub fn linear(isa: Isa, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let rows: Vec<Tensor> = (0..x.size()[0]).map(|t| x.get(t)).collect();
     let jobs: Vec<Product<'_>> = rows.iter().map(|x| Product { weight, x }).collect();
-    Ok(Tensor::f_stack(&products(&jobs)?, 0)?)
+    Ok(Tensor::f_stack(&products(isa, &jobs)?, 0)?)
 }
 
 /// Largest number of rows of activations sent through [`linear`] by [`linear_any`]; above it
 /// the weight is widened once and libtorch's f32 matmul runs (it reuses each weight across rows).
 pub const GEMV_MAX_ROWS: i64 = 4;
 
-/// `x W^T (+ b)` whatever the two dtypes: bf16 weights with 2 to [`FEW_ROWS_MAX`] rows of f32
-/// activations go through [`few_rows`] (AVX-512); up to [`GEMV_MAX_ROWS`] rows of f32
-/// activations on the CPU otherwise through [`linear`] (bf16 or f32 weights, in parallel);
-/// otherwise equal dtypes go straight to libtorch, and a weight stored narrower than the
-/// activations (bf16 weights, f32 arithmetic) through an f32 copy made for this call. `x` is
-/// `[..., K]`, `weight` `[N, K]`, `bias` `[N]`.
-pub fn linear_any(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    // Two rows or more: `few_rows` reads the weight once where `linear` reads it once per row
-    // (the prefill's experts with 2-4 tokens; measured 1.6-2.4x faster at 2-4 rows, the same
-    // at one row).
-    let matrices = x.dim() == 2 && weight.dim() == 2 && applies(x, weight);
-    let rows = if matrices { x.size()[0] } else { 0 };
-    let plus_bias = |y: Tensor| -> Result<Tensor> {
-        Ok(match bias {
-            Some(b) => y.f_add(&b.f_to_kind(Kind::Float)?)?,
-            None => y,
-        })
-    };
-    if (2..=FEW_ROWS_MAX).contains(&rows) && weight.kind() == Kind::BFloat16 && few_rows_kernel() {
-        return plus_bias(few_rows(x, weight)?);
-    }
-    if matrices && rows <= GEMV_MAX_ROWS {
-        return plus_bias(linear(x, weight)?);
+/// `x W^T (+ b)` whatever the two dtypes. On the kernels' path: bf16 weights with 2 to
+/// [`FEW_ROWS_MAX`] rows of f32 activations go through [`few_rows`]; up to [`GEMV_MAX_ROWS`] rows
+/// of f32 activations on the CPU otherwise through [`linear`] (bf16 or f32 weights, in
+/// parallel). Everything else, and everything on libtorch's path, is libtorch's `linear`: equal
+/// dtypes directly, a weight stored narrower than the activations (bf16 weights, f32
+/// arithmetic) through an f32 copy made for this call. `x` is `[..., K]`, `weight` `[N, K]`,
+/// `bias` `[N]`.
+pub fn linear_any(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    path: Path,
+) -> Result<Tensor> {
+    if let Path::Kernels(isa) = path {
+        let matrices = x.dim() == 2 && weight.dim() == 2 && applies(x, weight);
+        let rows = if matrices { x.size()[0] } else { 0 };
+        let plus_bias = |y: Tensor| -> Result<Tensor> {
+            Ok(match bias {
+                Some(b) => y.f_add(&b.f_to_kind(Kind::Float)?)?,
+                None => y,
+            })
+        };
+        // Two rows or more: `few_rows` reads the weight once where `linear` reads it once per
+        // row (the prefill's experts with a few tokens each).
+        if (2..=FEW_ROWS_MAX).contains(&rows) && weight.kind() == Kind::BFloat16 {
+            return plus_bias(few_rows(isa, x, weight)?);
+        }
+        if matrices && rows <= GEMV_MAX_ROWS {
+            return plus_bias(linear(isa, x, weight)?);
+        }
     }
     if x.kind() == weight.kind() {
         return Ok(x.f_linear(weight, bias)?);
@@ -380,33 +396,12 @@ pub fn linear_any(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
 /// [`few_rows`]; above it, libtorch's f32 matmul over a widened copy of the weight wins.
 pub const FEW_ROWS_MAX: i64 = 64;
 
-static FEW_ROWS: AtomicBool = AtomicBool::new(true);
-
-/// Use [`few_rows`] where it applies (the default), or always widen the weight for libtorch
-/// (to compare the two).
-pub fn set_few_rows(on: bool) {
-    FEW_ROWS.store(on, Ordering::Relaxed);
-}
-
-/// Whether [`few_rows`] has its AVX-512 kernel on this CPU (otherwise [`linear_any`] widens
-/// the weight and uses libtorch).
-fn few_rows_kernel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        FEW_ROWS.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `x W^T` for a few rows of f32 activations `x` `[T, K]` and bf16 weights `[N, K]`: `[T, N]`
 /// f32. The prefill's experts see a few dozen tokens each; widening each expert's weights to an
 /// f32 copy for libtorch's matmul wrote twice the weight's bytes per call and cost as much as the
 /// products. Here each block of four weight rows is widened in registers and used against four
 /// rows of `x` at a time. Blocks of output columns run in parallel.
-pub fn few_rows(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+pub fn few_rows(isa: Isa, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (t, k) = x.size2()?;
     let w = Matrix::of(weight)?;
     if !applies(x, weight) || w.k != k as usize || weight.kind() != Kind::BFloat16 {
@@ -433,27 +428,33 @@ pub fn few_rows(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         .chunks(ROWS_PER_TASK * k)
         .zip(outs.chunks_mut(ROWS_PER_TASK * t))
         .collect();
-    let work = |(w, o): (&[u16], &mut [f32])| {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: callers reach here only when the CPU has AVX-512F ([`few_rows_kernel`]);
-        // `w` holds whole rows of `k`, `o` the matching rows of `t` outputs, `xs` `t` rows of `k`.
-        unsafe {
-            x86::few_rows_avx512(w, xs, k, o)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        few_rows_scalar(w, xs, k, o)
-    };
+    let work = |(w, o): (&[u16], &mut [f32])| few_rows_block(isa, w, xs, k, o);
     par::for_each(blocks, &work);
     Ok(out.f_transpose(0, 1)?.f_contiguous()?)
 }
 
-/// `o[r * T + m] = dot(w row r, x row m)`, plain loops (reference for the SIMD kernel).
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn few_rows_scalar(w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
+/// `o[r * T + m] = dot(w row r, x row m)` for whole weight rows `w` (of `k`) and the `T` rows of
+/// `x`, on the tier of `isa`.
+fn few_rows_block(isa: Isa, w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
+    match isa.tier() {
+        // SAFETY: `isa` proves the CPU has AVX-512F; `w` holds whole rows of `k`, `o` the
+        // matching rows of `T` outputs, `x` `T` rows of `k`.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => unsafe { x86::few_rows_avx512(w, x, k, o) },
+        // SAFETY: `isa` proves the CPU has AVX2 and FMA; sizes as above.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { x86::few_rows_avx2(w, x, k, o) },
+        _ => few_rows_portable(w, x, k, o),
+    }
+}
+
+/// [`few_rows_block`] in portable code: each weight row against each row of `x`.
+#[inline(always)]
+fn few_rows_portable(w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
     let t = x.len() / k;
     for (row, out) in w.chunks_exact(k).zip(o.chunks_exact_mut(t)) {
         for (xm, om) in x.chunks_exact(k).zip(out.iter_mut()) {
-            *om = row.iter().zip(xm).map(|(&b, &v)| widen(b) * v).sum();
+            *om = dot_bf16(row, xm);
         }
     }
 }
@@ -522,20 +523,16 @@ impl Drop for SoloTorch {
 }
 
 /// `out[r] = dot(w[r*K..(r+1)*K], x)` for every row of the block `w` (bf16 bits).
-fn dot_rows(w: &[u16], x: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { x86::dot_rows_avx512(w, x, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { x86::dot_rows_avx2(w, x, out) };
-        }
+fn dot_rows(isa: Isa, w: &[u16], x: &[f32], out: &mut [f32]) {
+    match isa.tier() {
+        // SAFETY: `isa` proves the CPU has AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => unsafe { x86::dot_rows_avx512(w, x, out) },
+        // SAFETY: `isa` proves the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { x86::dot_rows_avx2(w, x, out) },
+        _ => dot_rows_portable(w, x, out),
     }
-    dot_rows_scalar(w, x, out);
 }
 
 /// bf16 bits to f32: the bf16 value is the upper half of the f32 one.
@@ -543,21 +540,60 @@ fn widen(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
-/// f32 weights: the compiler vectorises this with the target's SIMD.
-fn dot_rows_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        return unsafe { x86::dot_rows_f32_avx512(w, x, out) };
-    }
-    for (row, o) in w.chunks_exact(x.len()).zip(out.iter_mut()) {
-        *o = row.iter().zip(x).map(|(&a, &b)| a * b).sum();
+/// f32 weights: `out[r] = dot(row r, x)`.
+fn dot_rows_f32(isa: Isa, w: &[f32], x: &[f32], out: &mut [f32]) {
+    match isa.tier() {
+        // SAFETY: `isa` proves the CPU has AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => unsafe { x86::dot_rows_f32_avx512(w, x, out) },
+        // SAFETY: `isa` proves the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { x86::dot_rows_f32_avx2(w, x, out) },
+        _ => dot_rows_f32_portable(w, x, out),
     }
 }
 
-fn dot_rows_scalar(w: &[u16], x: &[f32], out: &mut [f32]) {
+/// Lanes of the portable kernels' accumulators: eight independent sums, which the compiler
+/// keeps in SIMD registers (two SSE2 or NEON registers, one AVX register).
+const LANES: usize = 8;
+
+/// `dot(row, x)` over values read through `get`, in [`LANES`] independent sums (a single
+/// running sum would pin the additions to one order, which the compiler may not vectorise).
+#[inline(always)]
+fn dot_lanes<T: Copy>(row: &[T], x: &[f32], get: impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (rows, xs) = (row.chunks_exact(LANES), x.chunks_exact(LANES));
+    let tail: f32 = rows
+        .remainder()
+        .iter()
+        .zip(xs.remainder())
+        .map(|(&w, &v)| get(w) * v)
+        .sum();
+    for (r, v) in rows.zip(xs) {
+        for l in 0..LANES {
+            acc[l] += get(r[l]) * v[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `dot(row, x)` of bf16 weights and f32 activations, portable.
+#[inline(always)]
+fn dot_bf16(row: &[u16], x: &[f32]) -> f32 {
+    dot_lanes(row, x, widen)
+}
+
+#[inline(always)]
+fn dot_rows_portable(w: &[u16], x: &[f32], out: &mut [f32]) {
     for (row, o) in w.chunks_exact(x.len()).zip(out.iter_mut()) {
-        *o = row.iter().zip(x).map(|(&b, &v)| widen(b) * v).sum();
+        *o = dot_bf16(row, x);
+    }
+}
+
+#[inline(always)]
+fn dot_rows_f32_portable(w: &[f32], x: &[f32], out: &mut [f32]) {
+    for (row, o) in w.chunks_exact(x.len()).zip(out.iter_mut()) {
+        *o = dot_lanes(row, x, |v| v);
     }
 }
 
@@ -565,7 +601,7 @@ fn dot_rows_scalar(w: &[u16], x: &[f32], out: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::widen;
+    use super::{dot_rows_f32_portable, widen};
 
     /// `dot(row, x)`: 32 columns per step with two accumulators, `load` reading 16 weights as
     /// f32 lanes and `scalar` widening one weight for the tail.
@@ -613,9 +649,9 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_rows_f32_avx512(w: &[f32], x: &[f32], out: &mut [f32]) {
         let k = x.len();
-        // Four rows at a time: four independent streams of weights, `x` loaded once (measured:
-        // f32 decode 7.2-7.4 tokens/s against 5.5-6.0 one row at a time; the same blocking made
-        // the bf16 kernel slower, 8.4-8.9 against 10.1-10.9, so that one reads one row at a time).
+        // Four rows at a time: four independent streams of weights, `x` loaded once (faster for
+        // f32 weights; the bf16 kernel reads one row at a time, where this blocking was slower:
+        // BENCHMARKS.md).
         let quads = out.len() / 4;
         let body16 = k - k % 16;
         for (rows, o) in w
@@ -701,8 +737,8 @@ mod x86 {
     pub(super) unsafe fn few_rows_avx512(w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
         let (rows, t) = (w.len() / k, x.len() / k);
         // Activation rows outside (four rows of x stay in L1), weight rows inside (the task's
-        // weights stay in L2 and are read as bf16, half the bytes of f32). Measured against the
-        // other order (weight rows outside), alternated in one process: 10-20% faster.
+        // weights stay in L2 and are read as bf16, half the bytes of f32); the faster of the two
+        // orders (BENCHMARKS.md).
         let mut m0 = 0;
         while m0 < t {
             let mr = (t - m0).min(4);
@@ -754,15 +790,103 @@ mod x86 {
                 i += 16;
             }
             let s = _mm256_add_ps(a0, a1);
-            let hi = _mm256_extractf128_ps::<1>(s);
-            let q = _mm_add_ps(_mm256_castps256_ps128(s), hi);
-            let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-            let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
-            let mut sum = _mm_cvtss_f32(q);
-            for j in body..k {
-                sum += widen(row[j]) * x[j];
+            *o = hsum256(s) + (body..k).map(|j| widen(row[j]) * x[j]).sum::<f32>();
+        }
+    }
+
+    /// The sum of the eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum256(s: __m256) -> f32 {
+        let q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+        _mm_cvtss_f32(q)
+    }
+
+    /// f32 weights: the portable kernel compiled for AVX2 and FMA (the compiler vectorises its
+    /// eight lanes into one register).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows_f32_avx2(w: &[f32], x: &[f32], out: &mut [f32]) {
+        dot_rows_f32_portable(w, x, out)
+    }
+
+    /// Eight bf16 weights at `p` widened to f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points to 8 readable u16 values; the CPU has AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn wide8(p: *const u16) -> __m256 {
+        // SAFETY: per the contract.
+        unsafe {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        }
+    }
+
+    /// [`few_rows_block`]'s AVX2 form: `NR` weight rows by `MR` activation rows, eight columns
+    /// per step (`NR * MR` accumulators, `NR` widened weights and one activation vector in the
+    /// sixteen registers).
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn few_rows_block_avx2<const NR: usize, const MR: usize>(
+        w: &[u16],
+        x: &[f32],
+        k: usize,
+        t: usize,
+        r0: usize,
+        m0: usize,
+        o: &mut [f32],
+    ) {
+        let body = k - k % 8;
+        let mut acc = [[_mm256_setzero_ps(); MR]; NR];
+        let mut i = 0;
+        while i < body {
+            let mut wv = [_mm256_setzero_ps(); NR];
+            for (r, v) in wv.iter_mut().enumerate() {
+                // SAFETY: row r0 + r exists (the caller's block) and i + 8 <= k.
+                *v = unsafe { wide8(w.as_ptr().add((r0 + r) * k + i)) };
             }
-            *o = sum;
+            for m in 0..MR {
+                // SAFETY: row m0 + m of x exists and i + 8 <= k.
+                let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add((m0 + m) * k + i)) };
+                for r in 0..NR {
+                    acc[r][m] = _mm256_fmadd_ps(wv[r], xv, acc[r][m]);
+                }
+            }
+            i += 8;
+        }
+        for r in 0..NR {
+            for m in 0..MR {
+                let row = &w[(r0 + r) * k..][..k];
+                let xm = &x[(m0 + m) * k..][..k];
+                let tail: f32 = (body..k).map(|j| widen(row[j]) * xm[j]).sum();
+                o[(r0 + r) * t + m0 + m] = hsum256(acc[r][m]) + tail;
+            }
+        }
+    }
+
+    /// Every weight row of `w` against every row of `x` (`t` rows of `k`): `o` `[rows, t]`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn few_rows_avx2(w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
+        let (rows, t) = (w.len() / k, x.len() / k);
+        let mut m0 = 0;
+        while m0 < t {
+            let mr = (t - m0).min(2);
+            let mut r0 = 0;
+            while r0 < rows {
+                let nr = (rows - r0).min(4);
+                // SAFETY: the block lies inside `w`, `x` and `o` (nr, mr within bounds).
+                unsafe {
+                    match (nr, mr) {
+                        (4, 2) => few_rows_block_avx2::<4, 2>(w, x, k, t, r0, m0, o),
+                        (4, _) => few_rows_block_avx2::<4, 1>(w, x, k, t, r0, m0, o),
+                        (_, 2) => few_rows_block_avx2::<1, 2>(w, x, k, t, r0, m0, o),
+                        _ => few_rows_block_avx2::<1, 1>(w, x, k, t, r0, m0, o),
+                    }
+                }
+                r0 += if nr == 4 { 4 } else { 1 };
+            }
+            m0 += mr;
         }
     }
 }
@@ -771,139 +895,38 @@ mod x86 {
 mod tests {
     use super::*;
 
-    unsafe fn u16_slice(t: &Tensor) -> &[u16] {
-        unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u16, t.numel()) }
-    }
-
-    /// Products against libtorch's f32 matmul of the same (bf16-representable) numbers, for
-    /// sizes with and without a SIMD tail, and every code path this CPU has.
-    #[test]
-    fn matches_f32_matmul() {
-        tch::manual_seed(11);
-        for (n, k) in [(1, 1), (3, 17), (130, 1280), (70, 896), (5, 6848), (64, 33)] {
-            let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-            let x = Tensor::randn([2, k], (Kind::Float, Device::Cpu));
-            let want = x.matmul(&w.to_kind(Kind::Float).tr());
-            let scale = want.abs().max().double_value(&[]).max(1.0);
-            for (what, weight) in [("bf16", w.shallow_clone()), ("f32", w.to_kind(Kind::Float))] {
-                let got = linear(&x, &weight).expect("product");
-                let diff = (&got - &want).abs().max().double_value(&[]) / scale;
-                assert!(diff < 1e-5, "{what} [{n}, {k}]: relative difference {diff}");
-            }
-            // The scalar path on the same data.
-            let (ws, xs) = (w.contiguous(), x.get(1).contiguous());
-            let mut out = vec![0f32; n as usize];
-            // SAFETY: contiguous CPU tensors of the kinds the slices assume, alive here.
-            unsafe { dot_rows_scalar(u16_slice(&ws), f32_slice(&xs), &mut out) };
-            let scalar = Tensor::from_slice(&out);
-            let diff = (&scalar - &want.get(1)).abs().max().double_value(&[]) / scale;
-            assert!(diff < 1e-5, "scalar [{n}, {k}]: relative difference {diff}");
-        }
-    }
-
-    /// The few-row kernel against libtorch's f32 matmul of the same numbers, over row counts
-    /// that exercise every block shape, column counts with partial blocks and tasks, and depths
-    /// with and without a SIMD tail; then through `linear_any` with a bias.
-    #[test]
-    fn few_rows_match_f32_matmul() {
-        tch::manual_seed(13);
-        for (t, n, k) in [
-            (1, 1, 16),
-            (5, 7, 17),
-            (26, 130, 1280),
-            (9, 67, 896),
-            (64, 64, 48),
-        ] {
-            let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-            let x = Tensor::randn([t, k], (Kind::Float, Device::Cpu));
-            let want = x.matmul(&w.to_kind(Kind::Float).tr());
-            let scale = want.abs().max().double_value(&[]).max(1.0);
-            let got = few_rows(&x, &w).expect("few rows");
-            assert_eq!(got.size(), [t, n]);
-            let diff = (&got - &want).abs().max().double_value(&[]) / scale;
-            assert!(
-                diff < 1e-5,
-                "[{t}, {k}] x [{n}, {k}]: relative difference {diff}"
-            );
-            let mut out = vec![0f32; (n * t) as usize];
-            let (ws, xs) = (w.contiguous(), x.contiguous());
-            // SAFETY: contiguous CPU tensors of the kinds the slices assume, alive here.
-            unsafe { few_rows_scalar(u16_slice(&ws), f32_slice(&xs), k as usize, &mut out) };
-            let scalar = Tensor::from_slice(&out).view([n, t]).tr();
-            let diff = (&scalar - &want).abs().max().double_value(&[]) / scale;
-            assert!(
-                diff < 1e-5,
-                "scalar [{t}, {k}] x [{n}, {k}]: relative difference {diff}"
-            );
-        }
-        // linear_any with a bias: one row (matrix-vector products), two and three rows (the
-        // few-row kernel below GEMV_MAX_ROWS), forty rows.
-        let w = Tensor::randn([24, 32], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-        let b = Tensor::randn([24], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-        for rows in [1, 2, 3, 40] {
-            let x = Tensor::randn([rows, 32], (Kind::Float, Device::Cpu));
-            let want = x.linear(&w.to_kind(Kind::Float), Some(&b.to_kind(Kind::Float)));
-            let got = linear_any(&x, &w, Some(&b)).expect("linear_any");
-            assert!(got.allclose(&want, 1e-5, 1e-4, false), "{rows} rows");
-        }
-        let x = Tensor::randn([40, 32], (Kind::Float, Device::Cpu));
-        assert!(few_rows(&x, &w.to_kind(Kind::Float)).is_err());
-    }
-
-    #[test]
-    fn several_products_at_once_keep_their_order() {
-        tch::manual_seed(12);
-        let w1 = Tensor::randn([200, 64], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-        let w2 = Tensor::randn([7, 48], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-        let x1 = Tensor::randn([64], (Kind::Float, Device::Cpu));
-        let x2 = Tensor::randn([48], (Kind::Float, Device::Cpu));
-        let outs = products(&[
-            Product {
-                weight: &w1,
-                x: &x1,
-            },
-            Product {
-                weight: &w2,
-                x: &x2,
-            },
-            Product {
-                weight: &w1,
-                x: &x1,
-            },
-        ])
-        .expect("products");
-        let want1 = w1.to_kind(Kind::Float).mv(&x1);
-        let want2 = w2.to_kind(Kind::Float).mv(&x2);
-        assert_eq!(outs[0].size(), [200]);
-        assert!(outs[0].allclose(&want1, 1e-5, 1e-4, false));
-        assert!(outs[1].allclose(&want2, 1e-5, 1e-4, false));
-        assert!(outs[2].equal(&outs[0]));
-    }
-
+    /// Bad shapes, kinds and expert ids are errors on every tier (checked before any kernel).
     #[test]
     fn wrong_inputs_are_errors() {
+        let isa = Isa::scalar();
         let w = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
         let f = Tensor::ones([4, 8], (Kind::Float, Device::Cpu));
         let int = Tensor::zeros([4, 8], (Kind::Int, Device::Cpu));
         let x = Tensor::ones([8], (Kind::Float, Device::Cpu));
         let short = Tensor::zeros([7], (Kind::Float, Device::Cpu));
         assert!(
-            products(&[Product {
-                weight: &int,
-                x: &x
-            }])
+            products(
+                isa,
+                &[Product {
+                    weight: &int,
+                    x: &x
+                }]
+            )
             .is_err()
         );
         assert!(
-            products(&[Product {
-                weight: &w,
-                x: &short
-            }])
+            products(
+                isa,
+                &[Product {
+                    weight: &w,
+                    x: &short
+                }]
+            )
             .is_err()
         );
-        assert!(products(&[Product { weight: &w, x: &w }]).is_err());
-        assert!(products(&[Product { weight: &w, x: &x }]).is_ok());
-        let out = products(&[Product { weight: &f, x: &x }]).expect("f32 weights");
+        assert!(products(isa, &[Product { weight: &w, x: &w }]).is_err());
+        assert!(products(isa, &[Product { weight: &w, x: &x }]).is_ok());
+        let out = products(isa, &[Product { weight: &f, x: &x }]).expect("f32 weights");
         assert_eq!(Vec::<f32>::try_from(&out[0]).expect("out"), vec![8.0; 4]);
         // An expert id outside the stack is an error, not a read out of bounds.
         let gate_up = Tensor::zeros([2, 6, 8], (Kind::Float, Device::Cpu));
@@ -911,9 +934,9 @@ mod tests {
         let xs = Tensor::zeros([1, 8], (Kind::Float, Device::Cpu));
         let bad = Tensor::from_slice(&[0i64, 2]).view([1, 2]);
         let good = Tensor::from_slice(&[1i64, 0]).view([1, 2]);
-        assert!(routed_experts(&xs, &bad, &gate_up, &down).is_err());
+        assert!(routed_experts(isa, &xs, &bad, &gate_up, &down).is_err());
         assert_eq!(
-            routed_experts(&xs, &good, &gate_up, &down)
+            routed_experts(isa, &xs, &good, &gate_up, &down)
                 .expect("ids in range")
                 .size(),
             [2, 8]

@@ -3,9 +3,8 @@
 //!
 //! A CPU decode step streams every decoder weight it uses from memory once per token, so the
 //! step runs at the speed the memory delivers. With 4 KiB pages the hardware prefetchers stop at
-//! each page boundary and every 4 KiB costs a TLB entry; with 2 MiB pages neither happens.
-//! Measured on the 2-core Cascade Lake of BENCHMARKS.md (two threads, AVX-512 loads over 1 GiB):
-//! 15.2-15.6 GB/s from 4 KiB pages, 16.6-18.9 GB/s from 2 MiB pages.
+//! each page boundary and every 4 KiB costs a TLB entry; with 2 MiB pages neither happens
+//! (BENCHMARKS.md has the bandwidth measured both ways).
 //!
 //! The buffer is one libtorch `uint8` tensor; each weight is a typed view of a slice of it, so
 //! libtorch's reference counting keeps the buffer alive as long as any weight is used (no raw
@@ -16,7 +15,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::error::{OcrError, Result};
+use crate::ocr::error::{OcrError, Result};
 
 /// Huge page size on x86-64 and most aarch64 kernels.
 const HUGE_PAGE: i64 = 2 << 20;
