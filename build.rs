@@ -33,12 +33,35 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
     (!dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
+/// The operator counter (src/ocr/opcount): one C++ file against libtorch's headers, which sit
+/// beside its `lib` folder (`include/`), with the C++ ABI libtorch 2.x is built with.
+fn compile_opcount(lib: &std::path::Path) {
+    let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
+    if !include.join("ATen/record_function.h").is_file() {
+        panic!(
+            "dsocr: libtorch's headers are not in {} (LIBTORCH must hold lib/ and include/)",
+            include.display()
+        );
+    }
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("src/ocr/opcount/opcount.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("NDEBUG", None)
+        .warnings(false)
+        .compile("dsocr_opcount");
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/ocr/opcount/opcount.cpp");
 
     let Some(lib) = libtorch_lib_dir() else {
         println!(
@@ -46,6 +69,7 @@ fn main() {
         );
         return;
     };
+    compile_opcount(&lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-env=DSOCR_LIBTORCH_LIB={}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {

@@ -964,6 +964,72 @@ fn cuda_bf16_tracks_the_f32_reference() {
     assert!(check.passed(), "{}", check.line("full-seeded-base-1x1"));
 }
 
+/// The tiny architecture with the real checkpoint's layer and expert counts (small widths): the
+/// same operators per decode step as the full-size model, in a few MB.
+fn real_depth_tiny_config() -> Config {
+    let mut cfg = read_json(&fixtures().join("tiny-model/config.json"));
+    let real = read_json(&fixtures().join("real-checkpoint/config.json"));
+    for key in [
+        "num_hidden_layers",
+        "first_k_dense_replace",
+        "n_routed_experts",
+        "num_experts_per_tok",
+        "n_shared_experts",
+    ] {
+        cfg["language_config"][key] = real["language_config"][key].clone();
+    }
+    Config::from_json(&cfg.to_string()).expect("config")
+}
+
+/// The operators and host reads of one decode step (choice of the next id, its embedding, the
+/// decoder, the logits) on libtorch's path, the sequence CUDA runs, for the real architecture's
+/// depth: counted by libtorch's RecordFunction hook over 8 steps after a prefill.
+fn decode_ops_per_token() {
+    use dsocr::ocr::generate::{choose, next_logits};
+    use dsocr::ocr::opcount::Counter;
+    let _no_grad = tch::no_grad_guard();
+    let cfg = real_depth_tiny_config();
+    let layers = cfg.language_config.num_hidden_layers;
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let model = DeepseekOcr::seeded_with(cfg.clone(), 5, Device::Cpu, kind, Plan::libtorch())
+            .expect("seeded model");
+        let (input, _) = text_only_input();
+        let embeds = model.input_embeds(&input, &[]).expect("embeds");
+        let steps = 8;
+        let t = embeds.size()[0];
+        let mut cache = model.decoder.new_cache(t + steps + 1).expect("cache");
+        let hidden = model.decoder.forward(&embeds, &mut cache).expect("prefill");
+        let mut logits = model
+            .decoder
+            .logits(&hidden.narrow(0, t - 1, 1))
+            .expect("logits");
+        let mut tokens = Vec::new();
+        let counter = Counter::start().expect("counter");
+        for _ in 0..steps {
+            let id = choose(&logits, &tokens, None).expect("choose");
+            tokens.push(id);
+            logits = next_logits(&model, &mut cache, id).expect("step");
+        }
+        let c = counter.stop();
+        let per = |n: i64| n as f64 / steps as f64;
+        println!(
+            "{kind:?}, {layers} layers, libtorch path: per decode token {:.1} operators issued \
+             ({:.1} with nested ones), {:.1} host reads",
+            per(c.top),
+            per(c.all),
+            per(c.host_reads)
+        );
+        assert!(per(c.host_reads) <= 1.0, "host reads per token: {c:?}");
+        assert!(
+            per(c.top) <= OPS_PER_TOKEN_CEILING,
+            "operators per token: {c:?}"
+        );
+    }
+}
+
+/// Most operators one decode token may issue on libtorch's path (see [`decode_ops_per_token`]).
+const OPS_PER_TOKEN_CEILING: f64 = 530.0;
+
 /// The compute paths the tiny parity set runs through: libtorch's ops (what CUDA runs), then
 /// each CPU tier.
 fn paths() -> Vec<(&'static str, Option<Tier>)> {
@@ -1036,6 +1102,7 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials = vec![
         trial("parity_tiny_model_cases", parity_tiny_model_cases),
+        trial("decode_ops_per_token", decode_ops_per_token),
         trial(
             "parity_full_size_seeded_cases",
             parity_full_size_seeded_cases,

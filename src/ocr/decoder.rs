@@ -33,7 +33,8 @@ fn lin(x: &Tensor, weight: &Tensor, path: Path) -> Result<Tensor> {
     gemv::linear_any(x, weight, None, path)
 }
 
-/// RMSNorm computed in f32, scaled by the weight in the compute dtype.
+/// RMSNorm: statistics in f32, the normalised values cast back to the activations' dtype, then
+/// scaled by the weight in that dtype (the reference's order), as libtorch's one `rms_norm` op.
 struct RmsNorm {
     weight: Tensor,
 }
@@ -46,60 +47,55 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.square().mean_dim(-1, true, Kind::Float);
-        let normed = xf * (var + RMS_NORM_EPS).rsqrt();
-        &self.weight * normed.to_kind(kind)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let width = x.size().last().copied().unwrap_or(0);
+        Ok(x.f_rms_norm([width], Some(&self.weight), RMS_NORM_EPS)?)
     }
 }
 
-/// Gated SiLU MLP: `down(silu(gate(x)) * up(x))`.
+/// Gated SiLU MLP: `down(silu(gate(x)) * up(x))`, the gate and up projections stacked into one
+/// matrix (`[2I, H]`: gate rows, then up rows), so that one product computes both.
 struct Mlp {
-    gate: Tensor,
-    up: Tensor,
+    gate_up: Tensor,
     down: Tensor,
 }
 
 impl Mlp {
     fn load(w: &mut Loader<'_>, prefix: &str) -> Result<Self> {
+        let gate = format!("{prefix}.gate_proj.weight");
+        let up = format!("{prefix}.up_proj.weight");
         Ok(Self {
-            gate: w.take(&format!("{prefix}.gate_proj.weight"))?,
-            up: w.take(&format!("{prefix}.up_proj.weight"))?,
+            gate_up: w.stacked(&[&gate, &up])?,
             down: w.take(&format!("{prefix}.down_proj.weight"))?,
         })
     }
 
+    /// Rows of the gate projection (the inner width).
+    fn inner(&self) -> i64 {
+        self.gate_up.size()[0] / 2
+    }
+
     /// `out = down(silu(gate x) * up x)` for one token on the CPU.
     fn step_cpu(&self, isa: Isa, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let (inner, _) = Matrix::of(&self.gate)?.shape();
-        let (mut g, mut u) = (vec![0f32; inner], vec![0f32; inner]);
-        gemv::matvecs(
-            isa,
-            vec![
-                MatVec {
-                    m: Matrix::of(&self.gate)?,
-                    x,
-                    out: &mut g,
-                },
-                MatVec {
-                    m: Matrix::of(&self.up)?,
-                    x,
-                    out: &mut u,
-                },
-            ],
-        )?;
+        let inner = self.inner() as usize;
+        let mut gu = vec![0f32; 2 * inner];
+        gemv::matvec_pool(isa, Matrix::of(&self.gate_up)?, x, &mut gu)?;
         let mut act = vec![0f32; inner];
-        cpu_step::silu_mul(&g, &u, &mut act);
+        let (g, u) = gu.split_at(inner);
+        cpu_step::silu_mul(g, u, &mut act);
         gemv::matvec_pool(isa, Matrix::of(&self.down)?, &act, out)
     }
 
     fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
-        let g = lin(x, &self.gate, path)?.silu();
-        let u = lin(x, &self.up, path)?;
-        lin(&(g * u), &self.down, path)
+        let gu = lin(x, &self.gate_up, path)?;
+        lin(&swiglu(&gu)?, &self.down, path)
     }
+}
+
+/// `silu(gate) * up` of `[..., 2M]` gate-and-up projections (gate first): `[..., M]`.
+fn swiglu(gu: &Tensor) -> Result<Tensor> {
+    let halves = gu.f_chunk(2, -1)?;
+    Ok(halves[0].f_silu()?.f_mul(&halves[1])?)
 }
 
 /// Mixture of experts: softmax gate in f32, top-k without renormalisation, routed experts
@@ -110,6 +106,12 @@ struct Moe {
     /// Stacked routed experts: gate and up projections `[E, 2M, H]`, down `[E, H, M]`.
     gate_up: Tensor,
     down: Tensor,
+    /// The same weights seen as `[E, H, 2M]` and `[E, M, H]` (transposed views, no copy): the
+    /// right-hand operands of a grouped matmul.
+    gate_up_t: Tensor,
+    down_t: Tensor,
+    /// `0..E` (int64) on the weights' device.
+    expert_ids: Tensor,
     inner: i64,
     top_k: i64,
     scale: f64,
@@ -150,6 +152,9 @@ impl Moe {
                 .weights
                 .take(&format!("{prefix}.gate.weight"))?
                 .f_to_kind(Kind::Float)?,
+            gate_up_t: gate_up.f_transpose(1, 2)?,
+            down_t: down.f_transpose(1, 2)?,
+            expert_ids: Tensor::f_arange(experts, (Kind::Int64, gate_up.device()))?,
             gate_up,
             down,
             inner: l.moe_intermediate_size,
@@ -161,24 +166,30 @@ impl Moe {
 
     fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
         let tokens = x.size()[0];
-        let probs = x
-            .to_kind(Kind::Float)
-            .linear::<Tensor>(&self.gate, None)
-            .softmax(-1, Kind::Float);
-        let (weights, ids) = probs.topk(self.top_k, -1, true, true);
-        let routed = match path {
-            _ if tokens > GATHER_MAX_TOKENS => self.grouped(x, &ids, path)?,
-            Path::Kernels(isa) if gemv::applies(x, &self.gate_up) => {
-                gemv::routed_experts(isa, x, &ids, &self.gate_up, &self.down)?
-            }
-            _ => self.gathered(x, &ids),
+        let x32 = if x.kind() == Kind::Float {
+            x.shallow_clone()
+        } else {
+            x.f_to_kind(Kind::Float)?
         };
-        let hidden = x.size()[1];
-        let weighted = (routed
-            .view([tokens, self.top_k, hidden])
-            .to_kind(Kind::Float)
-            * weights.unsqueeze(-1))
-        .sum_dim_intlist(1, false, Kind::Float);
+        let probs = x32
+            .f_linear::<Tensor>(&self.gate, None)?
+            .f_softmax(-1, Kind::Float)?;
+        let (weights, ids) = probs.f_topk(self.top_k, -1, true, true)?;
+        let weighted = match path {
+            Path::Kernels(isa)
+                if tokens <= GATHER_MAX_TOKENS && gemv::applies(x, &self.gate_up) =>
+            {
+                let routed = gemv::routed_experts(isa, x, &ids, &self.gate_up, &self.down)?;
+                self.weigh(&routed, &weights)?
+            }
+            _ if tokens <= GATHER_MAX_TOKENS && x.kind() == self.gate_up.kind() => {
+                self.grouped_mm(x, &weights, &ids)?
+            }
+            // Weights stored narrower than the activations (f16 weights, f32 arithmetic, on the
+            // CPU): the chosen experts are copied and widened.
+            _ if tokens <= GATHER_MAX_TOKENS => self.weigh(&self.gathered(x, &ids), &weights)?,
+            _ => self.weigh(&self.grouped(x, &ids, path)?, &weights)?,
+        };
         let weighted = if self.scale != 1.0 {
             weighted * self.scale
         } else {
@@ -212,21 +223,13 @@ impl Moe {
                 out,
             });
         }
-        let shared_inner = match &self.shared {
-            Some(s) => Matrix::of(&s.gate)?.shape().0,
-            None => 0,
-        };
-        let (mut sg, mut su) = (vec![0f32; shared_inner], vec![0f32; shared_inner]);
+        let shared_inner = self.shared.as_ref().map_or(0, |s| s.inner() as usize);
+        let mut shared_gu = vec![0f32; 2 * shared_inner];
         if let Some(s) = &self.shared {
             jobs.push(MatVec {
-                m: Matrix::of(&s.gate)?,
+                m: Matrix::of(&s.gate_up)?,
                 x,
-                out: &mut sg,
-            });
-            jobs.push(MatVec {
-                m: Matrix::of(&s.up)?,
-                x,
-                out: &mut su,
+                out: &mut shared_gu,
             });
         }
         gemv::matvecs(isa, jobs)?;
@@ -236,7 +239,8 @@ impl Moe {
             cpu_step::silu_mul(g, u, a);
         }
         let mut shared_act = vec![0f32; shared_inner];
-        cpu_step::silu_mul(&sg, &su, &mut shared_act);
+        let (sg, su) = shared_gu.split_at(shared_inner);
+        cpu_step::silu_mul(sg, su, &mut shared_act);
         let hidden = out.len();
         let mut routed = vec![0f32; chosen.len() * hidden];
         let mut jobs = Vec::with_capacity(chosen.len() + 1);
@@ -272,19 +276,62 @@ impl Moe {
         Ok(())
     }
 
+    /// The routed outputs `[T * k, H]` (assignment order) weighted by their probabilities
+    /// `weights` `[T, k]` and summed per token, in f32: `[T, H]`.
+    fn weigh(&self, routed: &Tensor, weights: &Tensor) -> Result<Tensor> {
+        let (tokens, hidden) = (weights.size()[0], routed.size()[1]);
+        Ok((routed
+            .f_view([tokens, self.top_k, hidden])?
+            .f_to_kind(Kind::Float)?
+            * weights.f_unsqueeze(-1)?)
+        .f_sum_dim_intlist(1, false, Kind::Float)?)
+    }
+
+    /// A few tokens (decode) through libtorch's grouped matmul, straight from the stacked
+    /// weights: the assignments sorted by expert, each expert's rows multiplied by its own
+    /// matrices in one call, nothing copied and nothing read back to the host (the group
+    /// boundaries are computed on the device). Returns the weighted sum `[T, H]` in f32.
+    fn grouped_mm(&self, x: &Tensor, weights: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let (tokens, hidden) = x.size2()?;
+        let k = self.top_k;
+        let run = |rows: &Tensor, sorted: &Tensor| -> Result<Tensor> {
+            // Group e ends after the assignments to experts 0..=e: a search of the sorted ids,
+            // on the device (`bincount` would read its maximum back to the host on CUDA).
+            let offs =
+                self.expert_ids
+                    .f_searchsorted(sorted, true, true, "right", None::<Tensor>)?;
+            let gu = rows.f_internal_grouped_mm(&self.gate_up_t, Some(&offs), None, None)?;
+            let out = swiglu(&gu)?.f_internal_grouped_mm(&self.down_t, Some(&offs), None, None)?;
+            Ok(if out.kind() == Kind::Float {
+                out
+            } else {
+                out.f_to_kind(Kind::Float)?
+            })
+        };
+        if tokens == 1 {
+            // One token: its k distinct experts in increasing order, its row repeated.
+            let (sorted, perm) = ids.f_sort(-1, false)?;
+            let out = run(&x.f_repeat([k, 1])?, &sorted.f_view([-1])?)?;
+            return Ok(weights.f_gather(-1, &perm, false)?.f_matmul(&out)?);
+        }
+        let (sorted, perm) = ids.f_reshape([-1])?.f_sort(0, false)?;
+        let token = perm.f_floor_divide_scalar(k)?;
+        let out = run(&x.f_index_select(0, &token)?, &sorted)?;
+        let w = weights.f_reshape([-1])?.f_index_select(0, &perm)?;
+        let zeros = Tensor::f_zeros([tokens, hidden], (Kind::Float, x.device()))?;
+        Ok(zeros.f_index_add(0, &token, &(out * w.f_unsqueeze(-1)?))?)
+    }
+
     /// Expert MLP on rows `x` `[n, H]` with that expert's `gate_up` `[2M, H]` and `down`.
     fn expert(&self, x: &Tensor, gate_up: &Tensor, down: &Tensor, path: Path) -> Result<Tensor> {
         let gu = lin(x, gate_up, path)?;
-        lin(&self.activate(&gu), down, path)
+        lin(&swiglu(&gu)?, down, path)
     }
 
-    /// `silu(gate) * up` of `[n, 2M]` gate-and-up projections: `[n, M]`.
-    fn activate(&self, gu: &Tensor) -> Tensor {
-        gu.narrow(-1, 0, self.inner).silu() * gu.narrow(-1, self.inner, self.inner)
-    }
-
-    /// Few tokens: gather each assignment's expert weights and run them as one batched matmul.
-    /// Returns `[tokens * k, H]` in assignment order.
+    /// Few tokens whose activations are wider than the stored weights (the grouped matmul needs
+    /// one dtype): gather each assignment's expert weights (a copy of k experts per token),
+    /// widen them, and run them as one batched matmul. Returns `[tokens * k, H]` in assignment
+    /// order.
     fn gathered(&self, x: &Tensor, ids: &Tensor) -> Tensor {
         let flat = ids.reshape([-1]);
         let xs = x
@@ -334,11 +381,10 @@ enum Ffn {
     Moe(Moe),
 }
 
-/// Multi-head attention with rotary positions and a slot in the KV cache.
+/// Multi-head attention with rotary positions and a slot in the KV cache. The q, k and v
+/// projections are stacked into one matrix (`[3W, H]`), so that one product computes all three.
 struct Attention {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    qkv: Tensor,
     o: Tensor,
     heads: i64,
     head_dim: i64,
@@ -346,41 +392,35 @@ struct Attention {
 
 impl Attention {
     fn load(w: &mut Loader<'_>, prefix: &str, l: &LanguageConfig) -> Result<Self> {
-        let mut get = |n: &str| w.take(&format!("{prefix}.self_attn.{n}.weight"));
+        let name = |n: &str| format!("{prefix}.self_attn.{n}.weight");
+        let (q, k, v) = (name("q_proj"), name("k_proj"), name("v_proj"));
         Ok(Self {
-            q: get("q_proj")?,
-            k: get("k_proj")?,
-            v: get("v_proj")?,
-            o: get("o_proj")?,
+            qkv: w.stacked(&[&q, &k, &v])?,
+            o: w.take(&name("o_proj"))?,
             heads: l.num_attention_heads,
             head_dim: l.head_dim(),
         })
     }
 
-    /// `[T, H]` -> `[1, heads, T, head_dim]`.
-    fn split_heads(&self, x: &Tensor) -> Tensor {
-        let t = x.size()[0];
-        x.view([t, self.heads, self.head_dim])
-            .transpose(0, 1)
-            .unsqueeze(0)
-    }
-
+    /// `x` `[T, H]` at positions `pos..pos + T` (`rope` holds their tables): q, k and v in one
+    /// product, viewed as `[T, 3, heads, d]`; the rotary positions applied to all three at once
+    /// (v's tables leave it as it is); k and v written into the cache in one copy; attention over
+    /// the cache; the output projection.
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
+        rope: &RopeAt,
         cache: &mut LayerCache,
         pos: i64,
         path: Path,
     ) -> Result<Tensor> {
         let t = x.size()[0];
-        let q = rope.apply(&self.split_heads(&lin(x, &self.q, path)?), pos);
-        let k = rope.apply(&self.split_heads(&lin(x, &self.k, path)?), pos);
-        let v = self.split_heads(&lin(x, &self.v, path)?);
-        cache.k.narrow(2, pos, t).copy_(&k);
-        cache.v.narrow(2, pos, t).copy_(&v);
-        let keys = cache.k.narrow(2, 0, pos + t);
-        let values = cache.v.narrow(2, 0, pos + t);
+        let (heads, d) = (self.heads, self.head_dim);
+        let qkv = rope.apply(&lin(x, &self.qkv, path)?.f_view([t, 3, heads, d])?)?;
+        let q = qkv.f_select(1, 0)?.f_transpose(0, 1)?;
+        let kv = qkv.f_narrow(1, 1, 2)?.f_permute([1, 2, 0, 3])?;
+        cache.kv.f_narrow(2, pos, t)?.f_copy_(&kv)?;
+        let cached = cache.kv.f_narrow(2, 0, pos + t)?.f_unbind(0)?;
         let (mask, causal) = if t == 1 {
             (None, false)
         } else if pos == 0 {
@@ -391,18 +431,18 @@ impl Attention {
             let kj = Tensor::arange(pos + t, (Kind::Int64, x.device())).unsqueeze(0);
             (Some(kj.le_tensor(&qi)), false)
         };
-        let out = Tensor::scaled_dot_product_attention(
-            &q, &keys, &values, mask, 0.0, causal, None, false,
-        );
-        let out = out
-            .squeeze_dim(0)
-            .transpose(0, 1)
-            .reshape([t, self.heads * self.head_dim]);
+        let out = Tensor::f_scaled_dot_product_attention(
+            &q, &cached[0], &cached[1], mask, 0.0, causal, None, false,
+        )?;
+        let out = out.f_transpose(0, 1)?.f_reshape([t, heads * d])?;
         lin(&out, &self.o, path)
     }
 }
 
-/// Rotary embedding tables (rotate-half convention over the whole head), in the compute dtype.
+/// Rotary embedding tables (rotate-half convention over the whole head) for q, k and v side by
+/// side, `[positions, 3, 1, d]` in the compute dtype, so that one expression rotates all three:
+/// `x * cos + roll(x, d/2) * sin`. The sign of rotate-half is folded into `sin` (its first half
+/// negated); v's slot is `cos = 1`, `sin = 0`, which leaves v exactly as it is.
 struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -416,21 +456,53 @@ impl Rope {
         let t = Tensor::arange(positions, opts);
         let freqs = t.outer(&inv_freq);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let (cos, sin) = (emb.cos(), emb.sin());
+        let half = head_dim / 2;
+        let signed = Tensor::cat(
+            &[
+                -sin.narrow(-1, 0, half),
+                sin.narrow(-1, half, head_dim - half),
+            ],
+            -1,
+        );
+        let slots = |qk: &Tensor, v: f64| {
+            Tensor::stack(&[qk, qk, &qk.full_like(v)], 1)
+                .unsqueeze(2)
+                .to_kind(kind)
+                .to_device(device)
+        };
         Self {
-            cos: emb.cos().to_kind(kind).to_device(device),
-            sin: emb.sin().to_kind(kind).to_device(device),
+            cos: slots(&cos, 1.0),
+            sin: slots(&signed, 0.0),
         }
     }
 
-    /// `x` `[1, heads, T, d]` at positions `pos..pos + T`.
-    fn apply(&self, x: &Tensor, pos: i64) -> Tensor {
-        let t = x.size()[2];
-        let d = x.size()[3];
-        let cos = self.cos.narrow(0, pos, t);
-        let sin = self.sin.narrow(0, pos, t);
-        let half = d / 2;
-        let rotated = Tensor::cat(&[-x.narrow(-1, half, d - half), x.narrow(-1, 0, half)], -1);
-        x * cos + rotated * sin
+    /// The tables of positions `pos..pos + t` (one narrow of each, shared by every layer).
+    fn at(&self, pos: i64, t: i64) -> Result<RopeAt> {
+        Ok(RopeAt {
+            cos: self.cos.f_narrow(0, pos, t)?,
+            sin: self.sin.f_narrow(0, pos, t)?,
+        })
+    }
+
+    /// The query's and key's tables `[d]` of position `pos` (f32 tables, for the CPU step).
+    fn row(table: &[f32], pos: usize, d: usize) -> &[f32] {
+        &table[pos * 3 * d..][..d]
+    }
+}
+
+/// [`Rope`]'s tables at the positions of one forward call, `[T, 3, 1, d]`.
+struct RopeAt {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeAt {
+    /// `qkv` `[T, 3, heads, d]` with q and k rotated.
+    fn apply(&self, qkv: &Tensor) -> Result<Tensor> {
+        let d = qkv.size()[3];
+        let rolled = qkv.f_roll([d / 2], [-1])?;
+        Ok(qkv.f_mul(&self.cos)?.f_addcmul(&rolled, &self.sin)?)
     }
 }
 
@@ -441,10 +513,9 @@ struct Layer {
     ffn: Ffn,
 }
 
-/// Keys and values of one layer, `[1, heads, capacity, head_dim]`.
+/// Keys and values of one layer, `[2, heads, capacity, head_dim]` (keys, then values).
 struct LayerCache {
-    k: Tensor,
-    v: Tensor,
+    kv: Tensor,
 }
 
 /// The KV cache of one sequence, preallocated to its maximum length.
@@ -513,6 +584,39 @@ impl<'a> Loader<'a> {
             }
             None => Ok(t),
         }
+    }
+
+    /// The matrices `names` (`[N_i, K]`, one dtype and device) stacked by rows into one new
+    /// `[sum N_i, K]` matrix, in the buffer when there is one; each original is released as
+    /// soon as it is copied.
+    fn stacked(&mut self, names: &[&str]) -> Result<Tensor> {
+        let mut shapes = Vec::with_capacity(names.len());
+        for name in names {
+            shapes.push(self.weights.get(name)?.size());
+        }
+        let probe = self.weights.get(names[0])?;
+        let cols = shapes[0][1];
+        if let Some((name, shape)) = names
+            .iter()
+            .zip(&shapes)
+            .find(|(_, s)| s.len() != 2 || s[1] != cols)
+        {
+            return Err(OcrError::Invalid(format!(
+                "{name} {shape:?} cannot be stacked with {} {:?}",
+                names[0], shapes[0]
+            )));
+        }
+        let rows: i64 = shapes.iter().map(|s| s[0]).sum();
+        let out = self.empty(&[rows, cols], (probe.kind(), probe.device()))?;
+        drop(probe);
+        let mut start = 0;
+        for (name, shape) in names.iter().zip(&shapes) {
+            let t = self.weights.take(name)?;
+            out.f_narrow(0, start, shape[0])?.f_copy_(&t)?;
+            self.weights.done_with(t);
+            start += shape[0];
+        }
+        Ok(out)
     }
 
     /// A new uninitialised tensor, in the buffer when there is one.
@@ -635,51 +739,31 @@ impl Decoder {
         let mut x = cpu_step::f32_values(&embeds)?.to_vec();
         let hidden = x.len();
         let mut normed = vec![0f32; hidden];
-        let (mut q, mut k, mut v) = (vec![0f32; width], vec![0f32; width], vec![0f32; width]);
+        let mut qkv = vec![0f32; 3 * width];
         let mut attended = vec![0f32; width];
         let mut delta = vec![0f32; hidden];
-        let cos = cpu_step::f32_values(&self.rope.cos)?;
-        let sin = cpu_step::f32_values(&self.rope.sin)?;
-        let (cos, sin) = (&cos[pos * d..][..d], &sin[pos * d..][..d]);
+        let cos = Rope::row(cpu_step::f32_values(&self.rope.cos)?, pos, d);
+        let sin = Rope::row(cpu_step::f32_values(&self.rope.sin)?, pos, d);
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let norm = cpu_step::f32_values(&layer.input_norm.weight)?;
             cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
             let a = &layer.attn;
-            gemv::matvecs(
-                isa,
-                vec![
-                    MatVec {
-                        m: Matrix::of(&a.q)?,
-                        x: &normed,
-                        out: &mut q,
-                    },
-                    MatVec {
-                        m: Matrix::of(&a.k)?,
-                        x: &normed,
-                        out: &mut k,
-                    },
-                    MatVec {
-                        m: Matrix::of(&a.v)?,
-                        x: &normed,
-                        out: &mut v,
-                    },
-                ],
-            )?;
-            cpu_step::rotate(&mut q, d, cos, sin);
-            cpu_step::rotate(&mut k, d, cos, sin);
-            // SAFETY: the cache's tensors belong to this `KvCache`, borrowed mutably here;
-            // nothing else views them during the step.
-            let keys = unsafe { cpu_step::f32_values_mut(&mut lc.k)? };
+            gemv::matvec_pool(isa, Matrix::of(&a.qkv)?, &normed, &mut qkv)?;
+            let (q, kv) = qkv.split_at_mut(width);
+            let (k, v) = kv.split_at_mut(width);
+            cpu_step::rotate(q, d, cos, sin);
+            cpu_step::rotate(k, d, cos, sin);
+            // SAFETY: the cache's tensor belongs to this `KvCache`, borrowed mutably here;
+            // nothing else views it during the step.
+            let cached = unsafe { cpu_step::f32_values_mut(&mut lc.kv)? };
+            let (keys, values) = cached.split_at_mut(cached.len() / 2);
             let capacity = keys.len() / width;
-            for (h, row) in k.chunks_exact(d).enumerate() {
-                keys[(h * capacity + pos) * d..][..d].copy_from_slice(row);
+            for (part, new) in [(&mut *keys, &*k), (&mut *values, &*v)] {
+                for (h, row) in new.chunks_exact(d).enumerate() {
+                    part[(h * capacity + pos) * d..][..d].copy_from_slice(row);
+                }
             }
-            // SAFETY: as for the keys.
-            let values = unsafe { cpu_step::f32_values_mut(&mut lc.v)? };
-            for (h, row) in v.chunks_exact(d).enumerate() {
-                values[(h * capacity + pos) * d..][..d].copy_from_slice(row);
-            }
-            cpu_step::attend(isa, &q, keys, values, d, pos + 1, &mut attended)?;
+            cpu_step::attend(isa, q, keys, values, d, pos + 1, &mut attended)?;
             gemv::matvec_pool(isa, Matrix::of(&a.o)?, &attended, &mut delta)?;
             x.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
 
@@ -722,13 +806,12 @@ impl Decoder {
                 self.max_positions
             )));
         }
-        let shape = [1, self.heads, capacity, self.head_dim];
+        let shape = [2, self.heads, capacity, self.head_dim];
         let opts = (self.compute, self.embed.device());
         let layers = (0..self.layers.len())
             .map(|_| {
                 Ok(LayerCache {
-                    k: Tensor::f_zeros(shape, opts)?,
-                    v: Tensor::f_zeros(shape, opts)?,
+                    kv: Tensor::f_zeros(shape, opts)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -763,13 +846,14 @@ impl Decoder {
             return Ok(hidden);
         }
         let path = self.path(t);
+        let rope = self.rope.at(pos, t)?;
         let mut x = embeds.shallow_clone();
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = &x
                 + layer
                     .attn
-                    .forward(&layer.input_norm.forward(&x), &self.rope, lc, pos, path)?;
-            let normed = layer.post_norm.forward(&h);
+                    .forward(&layer.input_norm.forward(&x)?, &rope, lc, pos, path)?;
+            let normed = layer.post_norm.forward(&h)?;
             let f = match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(&normed, path)?,
                 Ffn::Moe(moe) => moe.forward(&normed, path)?,
@@ -777,7 +861,7 @@ impl Decoder {
             x = h + f;
         }
         cache.len = pos + t;
-        Ok(self.norm.forward(&x))
+        self.norm.forward(&x)
     }
 
     /// f32 logits `[n, V]` of hidden states `[n, H]`.
@@ -791,35 +875,30 @@ impl Decoder {
 mod tests {
     use super::*;
 
-    /// A random MoE block: 8 experts of width 16 on hidden 32, top-3, one shared expert.
-    fn moe() -> Moe {
-        let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2;
+    /// A MoE block over the given stacked experts (`[E, 2M, H]`, `[E, H, M]`), top-3.
+    fn moe_of(gate: &Tensor, gate_up: Tensor, down: Tensor, shared: Option<Mlp>) -> Moe {
         Moe {
-            gate: r(&[8, 32]),
-            gate_up: r(&[8, 32, 32]),
-            down: r(&[8, 32, 16]),
-            inner: 16,
+            gate: gate.copy(),
+            gate_up_t: gate_up.transpose(1, 2),
+            down_t: down.transpose(1, 2),
+            expert_ids: Tensor::arange(gate_up.size()[0], (Kind::Int64, Device::Cpu)),
+            inner: down.size()[2],
+            gate_up,
+            down,
             top_k: 3,
             scale: 1.0,
-            shared: Some(Mlp {
-                gate: r(&[16, 32]),
-                up: r(&[16, 32]),
-                down: r(&[32, 16]),
-            }),
+            shared,
         }
     }
 
-    /// A copy of `m`'s gate and settings (shared experts left out).
-    fn moe_like(m: &Moe) -> Moe {
-        Moe {
-            gate: m.gate.copy(),
-            gate_up: m.gate_up.copy(),
-            down: m.down.copy(),
-            inner: m.inner,
-            top_k: m.top_k,
-            scale: m.scale,
-            shared: None,
-        }
+    /// A random MoE block: 8 experts of width 16 on hidden 32, top-3, one shared expert.
+    fn moe() -> Moe {
+        let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2;
+        let shared = Mlp {
+            gate_up: r(&[32, 32]),
+            down: r(&[32, 16]),
+        };
+        moe_of(&r(&[8, 32]), r(&[8, 32, 32]), r(&[8, 32, 16]), Some(shared))
     }
 
     #[test]
@@ -828,7 +907,7 @@ mod tests {
         let m = moe();
         let x = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
         let probs = x.linear::<Tensor>(&m.gate, None).softmax(-1, Kind::Float);
-        let (_, ids) = probs.topk(3, -1, true, true);
+        let (weights, ids) = probs.topk(3, -1, true, true);
         let isa = Isa::best();
         let a = m.gathered(&x, &ids);
         let b = gemv::routed_experts(isa, &x, &ids, &m.gate_up, &m.down).expect("routed");
@@ -854,11 +933,12 @@ mod tests {
             m.down.to_kind(Kind::BFloat16),
         );
         let d = gemv::routed_experts(isa, &x, &ids, &gu16, &down16).expect("routed bf16");
-        let rounded = Moe {
-            gate_up: gu16.to_kind(Kind::Float),
-            down: down16.to_kind(Kind::Float),
-            ..moe_like(&m)
-        };
+        let rounded = moe_of(
+            &m.gate,
+            gu16.to_kind(Kind::Float),
+            down16.to_kind(Kind::Float),
+            None,
+        );
         let want16 = rounded.gathered(&x, &ids);
         let diff = (&d - &want16).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "routed bf16: max diff {diff}");
@@ -866,5 +946,22 @@ mod tests {
             let diff = (&got - &want).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{name}: max diff {diff}");
         }
+        // The grouped matmul gives the weighted sums directly: four tokens, then one.
+        let weighted = m.weigh(&want, &weights).expect("weigh");
+        let got = m.grouped_mm(&x, &weights, &ids).expect("grouped_mm");
+        let diff = (&got - &weighted).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "grouped_mm, 4 tokens: max diff {diff}");
+        let one = m
+            .grouped_mm(
+                &x.narrow(0, 2, 1),
+                &weights.narrow(0, 2, 1),
+                &ids.narrow(0, 2, 1),
+            )
+            .expect("grouped_mm, one token");
+        let diff = (&one - &weighted.narrow(0, 2, 1))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-5, "grouped_mm, 1 token: max diff {diff}");
     }
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tch::{Kind, Tensor};
 
+use super::decoder::KvCache;
 use super::error::{OcrError, Result};
 use super::model::{DeepseekOcr, PreparedInput};
 use super::vision::ImageFeatures;
@@ -244,9 +245,7 @@ pub fn generate_with_images(
         if out.tokens.len() >= max_new {
             break StopReason::MaxTokens;
         }
-        let embeds = model.decoder.embed(&Tensor::from_slice(&[next]));
-        let hidden = model.decoder.forward(&embeds, &mut cache)?;
-        logits = model.decoder.logits(&hidden)?;
+        logits = next_logits(model, &mut cache, next)?;
     };
     out.timings.decode = start.elapsed();
     if opts.record_logits && !recorded.is_empty() {
@@ -255,8 +254,17 @@ pub fn generate_with_images(
     Ok(out)
 }
 
-/// The greedy choice from `logits` `[1, V]` after the repetition rule bans its tokens.
-fn choose(logits: &Tensor, generated: &[i64], rule: Option<&NoRepeatNgram>) -> Result<i64> {
+/// One decode step's model work: the embedding of `id`, the decoder over it at the next position
+/// of `cache`, and its logits `[1, V]` (f32).
+pub fn next_logits(model: &DeepseekOcr, cache: &mut KvCache, id: i64) -> Result<Tensor> {
+    let embeds = model.decoder.embed(&Tensor::from_slice(&[id]));
+    let hidden = model.decoder.forward(&embeds, cache)?;
+    model.decoder.logits(&hidden)
+}
+
+/// The greedy choice from `logits` `[1, V]` after the repetition rule bans its tokens (the one
+/// host read of a decode step).
+pub fn choose(logits: &Tensor, generated: &[i64], rule: Option<&NoRepeatNgram>) -> Result<i64> {
     let banned = rule.map(|r| r.banned(generated)).unwrap_or_default();
     let logits = if banned.is_empty() {
         logits.shallow_clone()

@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod grounding;
 pub mod model;
+pub mod opcount;
 pub mod preprocess;
 pub mod prompt;
 pub mod session;

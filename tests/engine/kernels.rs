@@ -174,8 +174,9 @@ fn step_kernels_match_libtorch(isa: Isa) {
     let (cos, sin) = (angles.cos(), angles.sin());
     let rotated = Tensor::cat(&[-q.narrow(-1, 4, 4), q.narrow(-1, 0, 4)], -1);
     let want = &q * &cos + rotated * &sin;
+    let signed = Tensor::cat(&[-sin.narrow(-1, 0, 4), sin.narrow(-1, 4, 4)], -1);
     let mut got = values(&q);
-    step::rotate(&mut got, d, &values(&cos), &values(&sin));
+    step::rotate(&mut got, d, &values(&cos), &values(&signed));
     assert!(close(&got, &values(&want), 1e-5));
     // Attention over the first 5 of 7 cached positions against SDPA.
     let cap = 7;

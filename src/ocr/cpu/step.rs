@@ -55,13 +55,14 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
 }
 
 /// Rotary positions (rotate-half over the whole head) for `x` `[heads, d]` at one position,
-/// with that position's `cos` and `sin` rows `[d]`.
+/// with that position's `cos` and signed `sin` rows `[d]` (the first half of `sin` negated):
+/// `x * cos + roll(x, d/2) * sin`.
 pub fn rotate(x: &mut [f32], d: usize, cos: &[f32], sin: &[f32]) {
     let half = d / 2;
     for head in x.chunks_exact_mut(d) {
         for i in 0..half {
             let (a, b) = (head[i], head[i + half]);
-            head[i] = a * cos[i] - b * sin[i];
+            head[i] = a * cos[i] + b * sin[i];
             head[i + half] = b * cos[i + half] + a * sin[i + half];
         }
     }

@@ -1,0 +1,103 @@
+// Counts the ATen operators the calling thread dispatches, through libtorch's RecordFunction
+// callbacks (the same hook its profiler uses): every operator, the top-level ones (those not
+// called from inside another operator: what the caller issued), and the host reads (see
+// is_host_read). Used by dsocr's tests
+// and benchmarks to count the work of one decode step on libtorch's path; see opcount.rs.
+
+#include <ATen/record_function.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+struct Counts {
+  int64_t all = 0;
+  int64_t top = 0;
+  int64_t host_reads = 0;
+  int depth = 0;
+};
+
+thread_local Counts counts;
+thread_local at::CallbackHandle handle = 0;
+
+// Operators whose CUDA implementation reads a value back to the host before it returns
+// (a scalar, or a size that depends on the data).
+const char* const kSyncing[] = {
+    "aten::item",         "aten::_local_scalar_dense", "aten::bincount",
+    "aten::nonzero",      "aten::masked_select",       "aten::_unique2",
+    "aten::unique_dim",   "aten::unique_consecutive",  "aten::repeat_interleave",
+    "aten::is_nonzero",   "aten::equal",               "aten::allclose",
+};
+
+// A host read: an operator that synchronises (above) issued by the caller, or a copy from a
+// device into host memory at any depth. Reads inside a CPU operator's own implementation are
+// plain memory reads, not waits for a device, and are not counted.
+bool is_host_read(const at::RecordFunction& fn, bool top) {
+  const char* name = fn.name();
+  if (top) {
+    for (const char* s : kSyncing) {
+      if (std::strcmp(name, s) == 0) {
+        return true;
+      }
+    }
+  }
+  if (std::strcmp(name, "aten::copy_") != 0) {
+    return false;
+  }
+  // copy_(self = destination, src): a read when the destination is on the CPU and the
+  // source is not.
+  auto inputs = fn.inputs();
+  if (inputs.size() < 2 || !inputs[0].isTensor() || !inputs[1].isTensor()) {
+    return false;
+  }
+  return inputs[0].toTensor().device().is_cpu() && !inputs[1].toTensor().device().is_cpu();
+}
+
+std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
+  const bool top = counts.depth == 0;
+  counts.all += 1;
+  if (top) {
+    counts.top += 1;
+  }
+  counts.depth += 1;
+  if (is_host_read(fn, top)) {
+    counts.host_reads += 1;
+  }
+  return nullptr;
+}
+
+void on_end(const at::RecordFunction&, at::ObserverContext*) {
+  counts.depth -= 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Start counting on this thread (from zero). Returns 0, or -1 when already counting.
+int dsocr_opcount_start() {
+  if (handle != 0) {
+    return -1;
+  }
+  counts = Counts{};
+  handle = at::addThreadLocalCallback(at::RecordFunctionCallback(on_start, on_end)
+                                          .needsInputs(true)
+                                          .scopes({at::RecordScope::FUNCTION}));
+  return 0;
+}
+
+// Stop counting on this thread and write the counts. Returns 0, or -1 when not counting.
+int dsocr_opcount_stop(int64_t* all, int64_t* top, int64_t* host_reads) {
+  if (handle == 0) {
+    return -1;
+  }
+  at::removeCallback(handle);
+  handle = 0;
+  *all = counts.all;
+  *top = counts.top;
+  *host_reads = counts.host_reads;
+  return 0;
+}
+
+}  // extern "C"
