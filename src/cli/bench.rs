@@ -380,23 +380,13 @@ fn peak_rss_gb() -> Option<f64> {
     Some(kb * 1024.0 / 1e9)
 }
 
-/// GPU memory held by this process at the end (libtorch's caching allocator keeps what it once
-/// reserved, so this is its peak reservation), in GB, from `nvidia-smi`.
+/// The most GPU memory libtorch's caching allocator reserved during the run, in GB.
 fn gpu_memory_gb(device: Device) -> Option<f64> {
-    if !matches!(device, Device::Cuda(_)) {
+    let Device::Cuda(i) = device else {
         return None;
-    }
-    let out = nvidia_smi(&[
-        "--query-compute-apps=pid,used_memory",
-        "--format=csv,noheader,nounits",
-    ])?;
-    let pid = std::process::id().to_string();
-    out.lines()
-        .filter_map(|l| l.split_once(','))
-        .filter(|(p, _)| p.trim() == pid)
-        .filter_map(|(_, mib)| mib.trim().parse::<f64>().ok())
-        .map(|mib| mib * 1024.0 * 1024.0 / 1e9)
-        .reduce(f64::max)
+    };
+    // Peak reserved by libtorch's caching allocator (what the process held at most).
+    crate::ocr::opcount::gpu_memory(i).map(|m| m.reserved_peak as f64 / 1e9)
 }
 
 fn nvidia_smi(args: &[&str]) -> Option<String> {
@@ -454,7 +444,10 @@ fn print_table(r: &Report) {
     let gb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2} GB"));
     println!("peak RSS: {}", gb(r.peak_rss_gb));
     if matches!(r.machine.device.as_str(), d if d.starts_with("cuda")) {
-        println!("GPU memory (process): {}", gb(r.gpu_memory_gb));
+        println!(
+            "GPU memory (peak reserved by libtorch): {}",
+            gb(r.gpu_memory_gb)
+        );
     }
 }
 

@@ -1,4 +1,5 @@
-//! Counting the libtorch operators a piece of code dispatches, and its host reads.
+//! Counting the libtorch operators a piece of code dispatches, and its host reads; and the GPU
+//! memory libtorch's caching allocator holds.
 //!
 //! The counter is libtorch's own RecordFunction hook (what its profiler uses), set on the
 //! calling thread by a small C++ file compiled against libtorch's headers (`opcount.cpp`, built
@@ -14,6 +15,40 @@ use std::ffi::c_int;
 unsafe extern "C" {
     fn dsocr_opcount_start() -> c_int;
     fn dsocr_opcount_stop(all: *mut i64, top: *mut i64, host_reads: *mut i64) -> c_int;
+    fn dsocr_accelerator_memory(
+        device: c_int,
+        allocated: *mut i64,
+        allocated_peak: *mut i64,
+        reserved: *mut i64,
+        reserved_peak: *mut i64,
+    ) -> c_int;
+}
+
+/// What libtorch's caching allocator holds on a CUDA device, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuMemory {
+    pub allocated: i64,
+    pub allocated_peak: i64,
+    /// Reserved from the driver (allocated plus cached).
+    pub reserved: i64,
+    pub reserved_peak: i64,
+}
+
+/// The caching allocator's figures for CUDA device `index`, from libtorch itself (`None`
+/// without such a device).
+pub fn gpu_memory(index: usize) -> Option<GpuMemory> {
+    let mut m = GpuMemory::default();
+    // SAFETY: the pointers are to live i64s; the call only writes them.
+    let rc = unsafe {
+        dsocr_accelerator_memory(
+            index as c_int,
+            &mut m.allocated,
+            &mut m.allocated_peak,
+            &mut m.reserved,
+            &mut m.reserved_peak,
+        )
+    };
+    (rc == 0 && tch::Cuda::is_available()).then_some(m)
 }
 
 /// What the thread dispatched while a [`Counter`] ran.

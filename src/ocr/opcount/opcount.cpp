@@ -4,6 +4,7 @@
 // is_host_read). Used by dsocr's tests
 // and benchmarks to count the work of one decode step on libtorch's path; see opcount.rs.
 
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/record_function.h>
 
 #include <cstdint>
@@ -98,6 +99,28 @@ int dsocr_opcount_stop(int64_t* all, int64_t* top, int64_t* host_reads) {
   *top = counts.top;
   *host_reads = counts.host_reads;
   return 0;
+}
+
+// The caching allocator's bytes on accelerator `device` (CUDA): currently allocated, their
+// peak, currently reserved from the driver, and that peak. Returns 0, or -1 when there is no
+// such accelerator. (nvidia-smi's per-process list is empty inside containers.)
+int dsocr_accelerator_memory(int device, int64_t* allocated, int64_t* allocated_peak,
+                             int64_t* reserved, int64_t* reserved_peak) {
+  try {
+    if (!at::accelerator::getAccelerator(false).has_value() ||
+        device >= at::accelerator::deviceCount()) {
+      return -1;
+    }
+    const auto stats = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = stats.allocated_bytes[all].current;
+    *allocated_peak = stats.allocated_bytes[all].peak;
+    *reserved = stats.reserved_bytes[all].current;
+    *reserved_peak = stats.reserved_bytes[all].peak;
+    return 0;
+  } catch (...) {
+    return -1;
+  }
 }
 
 }  // extern "C"
