@@ -124,8 +124,11 @@ impl Moe {
     /// released), so loading needs one layer's experts of extra memory at most.
     fn load(w: &mut Loader<'_>, prefix: &str, l: &LanguageConfig) -> Result<Self> {
         let (experts, inner, hidden) = (l.n_routed_experts, l.moe_intermediate_size, l.hidden_size);
-        let probe = w.weights.get(&format!("{prefix}.gate.weight"))?;
-        let opts = (probe.kind(), probe.device());
+        let kind = w
+            .weights
+            .shape_and_kind(&format!("{prefix}.gate.weight"))?
+            .1;
+        let opts = (kind, w.weights.device());
         let gate_up = w.empty(&[experts, 2 * inner, hidden], opts)?;
         let down = w.empty(&[experts, hidden, inner], opts)?;
         for e in 0..experts {
@@ -136,7 +139,8 @@ impl Moe {
                 (slot.narrow(0, inner, inner), "up_proj"),
                 (down.get(e), "down_proj"),
             ] {
-                let t = w.weights.take(&format!("{p}.{name}.weight"))?;
+                // Straight from the host tensor into its slot (one upload on a GPU).
+                let t = w.weights.take_host(&format!("{p}.{name}.weight"))?;
                 dst.f_copy_(&t)?;
                 w.weights.done_with(t);
             }
@@ -592,9 +596,9 @@ impl<'a> Loader<'a> {
     fn stacked(&mut self, names: &[&str]) -> Result<Tensor> {
         let mut shapes = Vec::with_capacity(names.len());
         for name in names {
-            shapes.push(self.weights.get(name)?.size());
+            shapes.push(self.weights.shape_and_kind(name)?.0);
         }
-        let probe = self.weights.get(names[0])?;
+        let kind = self.weights.shape_and_kind(names[0])?.1;
         let cols = shapes[0][1];
         if let Some((name, shape)) = names
             .iter()
@@ -607,11 +611,11 @@ impl<'a> Loader<'a> {
             )));
         }
         let rows: i64 = shapes.iter().map(|s| s[0]).sum();
-        let out = self.empty(&[rows, cols], (probe.kind(), probe.device()))?;
-        drop(probe);
+        let out = self.empty(&[rows, cols], (kind, self.weights.device()))?;
         let mut start = 0;
         for (name, shape) in names.iter().zip(&shapes) {
-            let t = self.weights.take(name)?;
+            // Straight from the host tensor into its rows (one upload on a GPU).
+            let t = self.weights.take_host(name)?;
             out.f_narrow(0, start, shape[0])?.f_copy_(&t)?;
             self.weights.done_with(t);
             start += shape[0];

@@ -44,7 +44,11 @@ pub fn lock_global_rng() -> MutexGuard<'static, ()> {
 
 /// Tensors of one checkpoint, keyed by checkpoint name (`model.sam_model.blocks.0.attn.qkv.weight`).
 pub struct Weights {
+    /// The tensors on the CPU (mapped views or converted copies); [`Weights::get`] and
+    /// [`Weights::take`] move them to `device` when they are asked for, so a GPU receives each
+    /// tensor once, where the model wants it.
     tensors: HashMap<String, Tensor>,
+    device: Device,
     /// What the tensors came from, for error messages (a file, a folder or the seed).
     source: PathBuf,
     keep: KeepAlive,
@@ -225,11 +229,12 @@ impl Weights {
         let names: Vec<String> = file.shapes().map(|(n, _)| n).collect();
         let mut tensors = HashMap::with_capacity(names.len());
         for name in names {
-            let t = file.tensor(&name, kind, device)?;
+            let t = file.tensor(&name, kind, Device::Cpu)?;
             tensors.insert(name, t);
         }
         Ok(Self {
             tensors,
+            device,
             source: path.to_path_buf(),
             keep: KeepAlive {
                 _maps: vec![file.map.clone()],
@@ -286,11 +291,12 @@ impl Weights {
         })?;
         let mut tensors = HashMap::with_capacity(found.len());
         for (name, (_, i)) in found {
-            let t = mapped[i].tensor(&name, kind, device)?;
+            let t = mapped[i].tensor(&name, kind, Device::Cpu)?;
             tensors.insert(name, t);
         }
         Ok(Self {
             tensors,
+            device,
             source: folder,
             keep: KeepAlive {
                 _maps: mapped.into_iter().map(|f| f.map).collect(),
@@ -313,29 +319,48 @@ impl Weights {
         for (name, shape) in shapes {
             let z = Tensor::f_randn(&shape, (Kind::Float, Device::Cpu))?;
             let t = seeded_value(&name, &shape, z);
-            tensors.insert(name, t.f_to_kind(kind)?.f_to_device(device)?);
+            tensors.insert(name, t.f_to_kind(kind)?);
         }
         // The f32 draws were freed as they were converted; return their heap pages.
         release_free_heap();
         Ok(Self {
             tensors,
+            device,
             source: PathBuf::from(format!("seeded weights (seed {seed})")),
             keep: KeepAlive::default(),
         })
     }
 
-    /// The tensor named `name` (a shallow clone sharing storage).
+    /// The tensor named `name` on the weights' device (on the CPU a shallow clone sharing
+    /// storage; elsewhere a copy on that device).
     pub fn get(&self, name: &str) -> Result<Tensor> {
-        self.tensors
-            .get(name)
-            .map(Tensor::shallow_clone)
-            .ok_or_else(|| self.missing(name))
+        let t = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
+        Ok(t.f_to_device(self.device)?)
     }
 
-    /// Remove and return the tensor named `name`, so that its memory is freed as soon as the
-    /// caller drops it (used when the model repacks tensors, e.g. stacking experts).
+    /// Remove and return the tensor named `name` on the weights' device, so that its memory is
+    /// freed as soon as the caller drops it (used when the model repacks tensors).
     pub fn take(&mut self, name: &str) -> Result<Tensor> {
+        let t = self.take_host(name)?;
+        Ok(t.f_to_device(self.device)?)
+    }
+
+    /// Remove and return the tensor named `name` as it is held, on the CPU: for copying it
+    /// straight into a slot of a larger tensor on the device (stacked experts), one upload and
+    /// no intermediate device tensor.
+    pub fn take_host(&mut self, name: &str) -> Result<Tensor> {
         self.tensors.remove(name).ok_or_else(|| self.missing(name))
+    }
+
+    /// The shape and dtype of the tensor named `name` (without moving it anywhere).
+    pub fn shape_and_kind(&self, name: &str) -> Result<(Vec<i64>, Kind)> {
+        let t = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
+        Ok((t.size(), t.kind()))
+    }
+
+    /// The device the tensors are handed out on.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     fn missing(&self, name: &str) -> OcrError {
@@ -365,7 +390,13 @@ impl Weights {
 
     /// A handle that keeps the file mappings alive (hold it beside tensors from [`Weights::get`]).
     pub fn keep_alive(&self) -> KeepAlive {
-        self.keep.clone()
+        // On another device every tensor handed out is a copy: nothing views the mappings once
+        // the weights are dropped, so they go with them.
+        if self.device == Device::Cpu {
+            self.keep.clone()
+        } else {
+            KeepAlive::default()
+        }
     }
 
     /// Name -> shape of the tensors held.
