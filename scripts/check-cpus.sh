@@ -77,6 +77,7 @@ aarch64() {
     # empty stub (the real one would pull in cuBLAS, cuDNN, NCCL): CUDA is then unavailable.
     local torch=$cross/torch
     if [ ! -e "$torch/.complete" ]; then
+        python3 -m pip --version >/dev/null 2>&1 || need_apt python3-pip
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
             --platform manylinux_2_28_aarch64 --platform manylinux_2_25_aarch64 \
             --platform manylinux2014_aarch64 -d "$cross/wheel" \
