@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The engine's CPU kernel tests and tiny parity on CPUs this machine is not, under Debian's
-# qemu-user (which emulates another CPU's instruction set, a few hundred times slower).
+# qemu-user (which emulates another CPU's instruction set, far more slowly).
 #
 #   scripts/check-cpus.sh                  # every emulated CPU below
 #   scripts/check-cpus.sh haswell          # one of them

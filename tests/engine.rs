@@ -326,7 +326,7 @@ fn tiny_model_on(plan: Plan, kind: Kind) -> DeepseekOcr {
 }
 
 /// The case folders under `root`; only those named in `$DSOCR_TINY_CASES` (comma-separated)
-/// when it is set (scripts/check-cpus.sh: emulated CPUs run a few hundred times slower).
+/// when it is set (scripts/check-cpus.sh: emulated CPUs run far more slowly).
 fn case_dirs(root: &Path) -> Vec<PathBuf> {
     let only = std::env::var("DSOCR_TINY_CASES").ok();
     let wanted = |p: &Path| {

@@ -179,20 +179,19 @@ impl Moe {
             .f_linear::<Tensor>(&self.gate, None)?
             .f_softmax(-1, Kind::Float)?;
         let (weights, ids) = probs.f_topk(self.top_k, -1, true, true)?;
-        let weighted = match path {
-            Path::Kernels(isa)
-                if tokens <= GATHER_MAX_TOKENS && gemv::applies(x, &self.gate_up) =>
-            {
-                let routed = gemv::routed_experts(isa, x, &ids, &self.gate_up, &self.down)?;
-                self.weigh(&routed, &weights)?
+        let weighted = if tokens > GATHER_MAX_TOKENS {
+            self.weigh(&self.grouped(x, &ids, path)?, &weights)?
+        } else {
+            match path {
+                Path::Kernels(isa) if gemv::applies(x, &self.gate_up) => {
+                    let routed = gemv::routed_experts(isa, x, &ids, &self.gate_up, &self.down)?;
+                    self.weigh(&routed, &weights)?
+                }
+                _ if x.kind() == self.gate_up.kind() => self.grouped_mm(x, &weights, &ids)?,
+                // Weights stored narrower than the activations (f16 weights, f32 arithmetic, on
+                // the CPU): the chosen experts are copied and widened.
+                _ => self.weigh(&self.gathered(x, &ids), &weights)?,
             }
-            _ if tokens <= GATHER_MAX_TOKENS && x.kind() == self.gate_up.kind() => {
-                self.grouped_mm(x, &weights, &ids)?
-            }
-            // Weights stored narrower than the activations (f16 weights, f32 arithmetic, on the
-            // CPU): the chosen experts are copied and widened.
-            _ if tokens <= GATHER_MAX_TOKENS => self.weigh(&self.gathered(x, &ids), &weights)?,
-            _ => self.weigh(&self.grouped(x, &ids, path)?, &weights)?,
         };
         let weighted = if self.scale != 1.0 {
             weighted * self.scale
@@ -594,11 +593,13 @@ impl<'a> Loader<'a> {
     /// `[sum N_i, K]` matrix, in the buffer when there is one; each original is released as
     /// soon as it is copied.
     fn stacked(&mut self, names: &[&str]) -> Result<Tensor> {
-        let mut shapes = Vec::with_capacity(names.len());
-        for name in names {
-            shapes.push(self.weights.shape_and_kind(name)?.0);
-        }
-        let kind = self.weights.shape_and_kind(names[0])?.1;
+        let (shapes, kinds): (Vec<_>, Vec<_>) = names
+            .iter()
+            .map(|name| self.weights.shape_and_kind(name))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let kind = kinds[0];
         let cols = shapes[0][1];
         if let Some((name, shape)) = names
             .iter()
@@ -715,11 +716,6 @@ impl Decoder {
         device == Device::Cpu
             && compute == Kind::Float
             && matches!(stored, Kind::BFloat16 | Kind::Float)
-    }
-
-    /// Where the prefill and decode steps run.
-    pub fn plan(&self) -> Plan {
-        self.plan
     }
 
     /// The path of a call over `rows` tokens: the decode step's for one, the prefill's otherwise.
