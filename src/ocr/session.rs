@@ -152,13 +152,32 @@ impl Session {
         cancel: &AtomicBool,
         mut on_event: impl FnMut(Event),
     ) -> Result<OcrOutput> {
-        let cancelled = || cancel.load(Ordering::Relaxed);
-        if cancelled() {
+        if cancel.load(Ordering::Relaxed) {
             return Err(OcrError::Cancelled);
         }
         on_event(Event::Phase(Phase::Preprocess));
         let start = Instant::now();
         let original = preprocess::load_image(image)?;
+        self.run_image(image, original, start, opts, cancel, on_event)
+    }
+
+    /// [`Self::run`] on an image already in memory (a rendered PDF page, an upload). `name`
+    /// stands for it in the output ([`OcrOutput::image`]); `start` is when loading it began
+    /// (the preprocessing time reported counts from there).
+    pub fn run_image(
+        &self,
+        name: &Path,
+        original: RgbImage,
+        start: Instant,
+        opts: &RunOptions,
+        cancel: &AtomicBool,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<OcrOutput> {
+        let image = name;
+        let cancelled = || cancel.load(Ordering::Relaxed);
+        if cancelled() {
+            return Err(OcrError::Cancelled);
+        }
         let views = preprocess::preprocess(&original, opts.mode, opts.max_tiles);
         let input = self.prepare(&views, &opts.prompt)?;
         on_event(Event::Prepared(Prepared {
