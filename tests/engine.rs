@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use dsocr::ocr::Config;
 use dsocr::ocr::cpu::{Isa, Kernels, Path as Compute, Plan, Tier};
 use dsocr::ocr::generate::{
-    GenerateEvent, GenerateOptions, NoRepeatNgram, Phase, StopReason, generate,
-    generate_with_images,
+    Driver, GenerateEvent, GenerateOptions, GenerateOutput, NoRepeatNgram, Phase, Request,
+    StopReason, generate, generate_batch, generate_with_images,
 };
 use dsocr::ocr::model::{DeepseekOcr, ImageInput, PreparedInput};
 use dsocr::ocr::vision::{ImageFeatures, VisionStages};
@@ -369,6 +369,96 @@ fn tiny_cases_f32(model: &DeepseekOcr) {
         .map(|dir| dir.display().to_string())
         .collect();
     assert!(failed.is_empty(), "failing cases: {failed:?}");
+}
+
+/// Collects what [`generate_batch`] reports per sequence: the tokens of its events and its
+/// output, and the most sequences that were decoding at once.
+struct Collect {
+    requests: std::vec::IntoIter<Request>,
+    events: BTreeMap<usize, Vec<i64>>,
+    outputs: BTreeMap<usize, GenerateOutput>,
+    decoding: usize,
+    most_decoding: usize,
+}
+
+impl Driver for Collect {
+    fn next(&mut self) -> Option<dsocr::ocr::Result<Request>> {
+        self.requests.next().map(Ok)
+    }
+
+    fn event(&mut self, seq: usize, event: GenerateEvent) {
+        match event {
+            GenerateEvent::Token(id) => self.events.entry(seq).or_default().push(id),
+            GenerateEvent::Phase(Phase::Decode) => {
+                self.decoding += 1;
+                self.most_decoding = self.most_decoding.max(self.decoding);
+            }
+            GenerateEvent::Phase(_) => {}
+        }
+    }
+
+    fn done(&mut self, seq: usize, result: dsocr::ocr::Result<GenerateOutput>) {
+        self.decoding -= 1;
+        let out = result.unwrap_or_else(|e| panic!("sequence {seq} failed: {e}"));
+        assert!(
+            self.outputs.insert(seq, out).is_none(),
+            "sequence {seq} finished twice"
+        );
+    }
+}
+
+/// Batched greedy decoding gives every sequence exactly the tokens it gets alone: every tiny
+/// case (f32), three at a time, each with its own token limit (so that sequences finish at
+/// different steps and the next one takes the free slot) and its own repetition guard.
+fn batch_matches_single(plan: Plan) {
+    let model = tiny_model_on(plan, Kind::Float);
+    let dirs = case_dirs(&fixtures().join("cases"));
+    assert!(!dirs.is_empty(), "no tiny cases");
+    let rule = NoRepeatNgram {
+        size: 3,
+        window: 16,
+        whitelist: Vec::new(),
+    };
+    let mut inputs = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let input = prepared_input(dir, &read_json(&dir.join("case.json")));
+        let opts = GenerateOptions {
+            max_new_tokens: 5 + 4 * i,
+            eos_token_id: Some(-1),
+            no_repeat_ngram: (i % 2 == 0).then(|| rule.clone()),
+            record_logits: false,
+        };
+        let images = model.encode_images(&input).expect("vision");
+        let alone = generate_with_images(&model, &input, &images, &opts, &AtomicBool::new(false), |_| {})
+            .expect("generation alone");
+        assert_eq!(alone.tokens.len(), opts.max_new_tokens);
+        inputs.push((input, images, opts, alone.tokens));
+    }
+    let requests: Vec<Request> = inputs
+        .iter()
+        .map(|(input, images, opts, _)| Request {
+            input: input.shallow_clone(),
+            images: Some(images.iter().map(ImageFeatures::shallow_clone).collect()),
+            opts: opts.clone(),
+        })
+        .collect();
+    let mut collect = Collect {
+        requests: requests.into_iter(),
+        events: BTreeMap::new(),
+        outputs: BTreeMap::new(),
+        decoding: 0,
+        most_decoding: 0,
+    };
+    generate_batch(&model, 3, &mut collect);
+    assert_eq!(collect.outputs.len(), inputs.len(), "every sequence reports once");
+    assert_eq!(collect.most_decoding, 3.min(inputs.len()), "sequences decoded together");
+    for (seq, (dir, (_, _, _, alone))) in dirs.iter().zip(&inputs).enumerate() {
+        let out = &collect.outputs[&seq];
+        println!("{}: {} tokens, batch = alone: {}", dir.display(), out.tokens.len(), &out.tokens == alone);
+        assert_eq!(&out.tokens, alone, "{}: batched tokens differ", dir.display());
+        assert_eq!(collect.events.get(&seq), Some(alone), "{}: streamed tokens", dir.display());
+        assert_eq!(out.stop, StopReason::MaxTokens);
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -1215,6 +1305,11 @@ fn main() {
             format!("parity_tiny::{name}::f32"),
             tier,
             |plan| tiny_cases_f32(&tiny_model_on(plan, Kind::Float)),
+        ));
+        trials.push(tier_trial(
+            format!("batch_matches_single::{name}::f32"),
+            tier,
+            batch_matches_single,
         ));
         trials.push(tier_trial(
             format!("parity_tiny::{name}::bf16"),

@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -19,7 +18,10 @@ use tch::{Device, Kind};
 use crate::ocr::Config;
 use crate::ocr::cpu::{Kernels, Plan, Tier};
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
-use crate::ocr::generate::{GenerateOptions, generate_with_images};
+use crate::ocr::generate::{
+    Driver, GenerateEvent, GenerateOptions, GenerateOutput, Phase, Request, default_batch,
+    generate_batch,
+};
 use crate::ocr::model::{DeepseekOcr, ImageInput, PreparedInput};
 use crate::ocr::preprocess::{Mode, Views, load_image, preprocess};
 use crate::ocr::prompt::{PromptTokenizer, SpecialIds};
@@ -63,6 +65,11 @@ pub struct BenchArgs {
     /// How many times vision, prefill and decode run (after loading once)
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Pages decoded together: one number or a list (`1,4` times batch 1, then batch 4, in the
+    /// same run; the report compares them). Each page of a batch is a different page. Default:
+    /// chosen from free memory (printed)
+    #[arg(long, value_delimiter = ',', value_parser = parse_batch)]
+    batch: Vec<usize>,
     /// CPU threads for libtorch (default: libtorch's choice)
     #[arg(long)]
     threads: Option<i32>,
@@ -133,15 +140,42 @@ struct Report {
     prefill_s: Stats,
     prefill_incl_vision_s: Stats,
     decode_tokens_per_s: Stats,
+    /// Every batch size timed, in order (the fields above are the first one's).
+    batches: Vec<BatchReport>,
     peak_rss_gb: Option<f64>,
     gpu_memory_gb: Option<f64>,
 }
 
-/// One timed run of vision, prefill and decode.
+/// The figures of one batch size.
+#[derive(Debug, Serialize)]
+struct BatchReport {
+    batch: usize,
+    /// Vision per page.
+    vision_s: Stats,
+    /// Prefill per page.
+    prefill_s: Stats,
+    /// Tokens of all the batch's pages per second of decoding (the steps where all of them run).
+    decode_tokens_per_s: Stats,
+    /// That speed over batch 1's, when batch 1 was timed in the same run.
+    speedup_over_batch_1: Option<f64>,
+}
+
+/// One timed run of vision, prefill and decode of a batch.
 struct Run {
+    /// Per page.
     vision: f64,
+    /// Per page.
     prefill: f64,
+    /// Aggregate over the batch.
     decode_tps: f64,
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    let max = crate::ocr::decoder::MAX_BATCH;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("a batch is a number of pages from 1 to {max}")),
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -166,28 +200,66 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let load_s = start.elapsed().as_secs_f64();
 
     let (page, image_name) = page_image(args.image.as_deref())?;
+    let sizes = if args.batch.is_empty() {
+        let choice = default_batch(&model, args.new_tokens);
+        eprintln!("{}", super::describe_batch(&choice));
+        vec![choice.batch]
+    } else {
+        args.batch.clone()
+    };
+    let most = sizes.iter().copied().max().unwrap_or(1);
     let start = Instant::now();
     let views = preprocess(&page, mode, MAX_TILES);
     let input = prepared_input(&model, &views, args.model.as_deref())?;
     let preprocess_s = start.elapsed().as_secs_f64();
+    // The other pages of a batch: the same page shifted, so that every sequence differs.
+    let mut inputs = vec![input];
+    for i in 1..most {
+        let views = preprocess(&shifted(&page, i), mode, MAX_TILES);
+        inputs.push(prepared_input(&model, &views, args.model.as_deref())?);
+    }
 
-    let runs = (0..args.repeat)
-        .map(|i| {
-            let r = timed_run(&model, &input, args.new_tokens)?;
-            if !args.json {
-                eprintln!(
-                    "repeat {}/{}: vision {:.2} s, prefill {:.2} s, decode {:.2} tokens/s",
-                    i + 1,
-                    args.repeat,
-                    r.vision,
-                    r.prefill,
-                    r.decode_tps
-                );
+    let mut batches: Vec<(usize, Vec<Run>)> = Vec::new();
+    for &b in &sizes {
+        let runs = (0..args.repeat)
+            .map(|i| {
+                let r = timed_run(&model, &inputs[..b], args.new_tokens)?;
+                if !args.json {
+                    eprintln!(
+                        "batch {b}, repeat {}/{}: vision {:.2} s/page, prefill {:.2} s/page, decode {:.2} tokens/s",
+                        i + 1,
+                        args.repeat,
+                        r.vision,
+                        r.prefill,
+                        r.decode_tps
+                    );
+                }
+                Ok(r)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        batches.push((b, runs));
+    }
+    let series = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
+        Stats::of(&runs.iter().map(f).collect::<Vec<_>>())
+    };
+    let single = batches
+        .iter()
+        .find(|(b, _)| *b == 1)
+        .map(|(_, runs)| series(runs, &|r| r.decode_tps).median);
+    let batch_reports: Vec<BatchReport> = batches
+        .iter()
+        .map(|(b, runs)| {
+            let decode = series(runs, &|r| r.decode_tps);
+            BatchReport {
+                batch: *b,
+                vision_s: series(runs, &|r| r.vision),
+                prefill_s: series(runs, &|r| r.prefill),
+                speedup_over_batch_1: single.filter(|_| *b != 1).map(|s| decode.median / s),
+                decode_tokens_per_s: decode,
             }
-            Ok(r)
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let series = |f: &dyn Fn(&Run) -> f64| Stats::of(&runs.iter().map(f).collect::<Vec<_>>());
+        .collect();
+    let runs = &batches[0].1;
     let report = Report {
         machine: machine(device),
         weights,
@@ -196,16 +268,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         kernels: model.plan.describe(),
         mode: mode.name().into(),
         image: image_name,
-        prompt_tokens: input.input_ids.len(),
+        prompt_tokens: inputs[0].input_ids.len(),
         image_tokens: views.num_image_tokens,
         new_tokens: args.new_tokens,
         repeat: args.repeat,
         load_s,
         preprocess_s,
-        vision_s: series(&|r| r.vision),
-        prefill_s: series(&|r| r.prefill),
-        prefill_incl_vision_s: series(&|r| r.vision + r.prefill),
-        decode_tokens_per_s: series(&|r| r.decode_tps),
+        vision_s: series(runs, &|r| r.vision),
+        prefill_s: series(runs, &|r| r.prefill),
+        prefill_incl_vision_s: series(runs, &|r| r.vision + r.prefill),
+        decode_tokens_per_s: series(runs, &|r| r.decode_tps),
+        batches: batch_reports,
         peak_rss_gb: peak_rss_gb(),
         gpu_memory_gb: gpu_memory_gb(device),
     };
@@ -295,34 +368,97 @@ fn prepared_input(
     })
 }
 
-/// Vision, prefill and `new_tokens` greedy tokens (EOS ignored).
-fn timed_run(model: &DeepseekOcr, input: &PreparedInput, new_tokens: usize) -> anyhow::Result<Run> {
-    let start = Instant::now();
-    let images = model.encode_images(input).context("vision")?;
-    sync(model.device);
-    let vision = start.elapsed();
+/// `page` moved right and down by `i` times a few pixels (the background fills the gap).
+fn shifted(page: &RgbImage, i: usize) -> RgbImage {
+    let d = 7 * i as u32;
+    let fill = *page.get_pixel(0, 0);
+    RgbImage::from_fn(page.width(), page.height(), |x, y| {
+        if x >= d && y >= d {
+            *page.get_pixel(x - d, y - d)
+        } else {
+            fill
+        }
+    })
+}
+
+/// Vision and prefill of every page of `inputs`, then `new_tokens` greedy tokens (EOS ignored)
+/// for each, all of them in one batch.
+fn timed_run(model: &DeepseekOcr, inputs: &[PreparedInput], new_tokens: usize) -> anyhow::Result<Run> {
     let opts = GenerateOptions {
         max_new_tokens: new_tokens,
         eos_token_id: Some(-1),
         no_repeat_ngram: None,
         record_logits: false,
     };
-    let out = generate_with_images(
-        model,
-        input,
-        &images,
-        &opts,
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .context("generation")?;
-    // The first token comes from the prefill logits; each further one is a decode step.
-    let steps = out.tokens.len().saturating_sub(1);
+    let mut vision = Duration::ZERO;
+    let mut requests = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let start = Instant::now();
+        let images = model.encode_images(input).context("vision")?;
+        sync(model.device);
+        vision += start.elapsed();
+        requests.push(Request {
+            input: input.shallow_clone(),
+            images: Some(images),
+            opts: opts.clone(),
+        });
+    }
+    let mut timer = BatchTimer {
+        requests: requests.into_iter(),
+        first_decode: None,
+        outputs: Vec::new(),
+    };
+    generate_batch(model, inputs.len(), &mut timer);
+    let decode_end = Instant::now();
+    let outputs = timer
+        .outputs
+        .into_iter()
+        .collect::<crate::ocr::Result<Vec<_>>>()
+        .context("generation")?;
+    // The first token of each page comes from its prefill; each further one is a decode step,
+    // timed from the step where every page of the batch decodes.
+    let steps: usize = outputs.iter().map(|o| o.tokens.len().saturating_sub(1)).sum();
+    let decode = timer
+        .first_decode
+        .map_or(Duration::ZERO, |t| decode_end.duration_since(t));
+    let prefill: Duration = outputs.iter().map(|o| o.timings.prefill).sum();
+    let pages = inputs.len() as f64;
     Ok(Run {
-        vision: secs(vision),
-        prefill: secs(out.timings.prefill),
-        decode_tps: out.timings.tokens_per_second(steps),
+        vision: secs(vision) / pages,
+        prefill: secs(prefill) / pages,
+        decode_tps: if decode.is_zero() {
+            0.0
+        } else {
+            steps as f64 / secs(decode)
+        },
     })
+}
+
+/// The [`Driver`] of a benchmark batch: hands out its requests, keeps the outputs, and notes
+/// when the last page starts decoding.
+struct BatchTimer {
+    requests: std::vec::IntoIter<Request>,
+    first_decode: Option<Instant>,
+    outputs: Vec<crate::ocr::Result<GenerateOutput>>,
+}
+
+impl Driver for BatchTimer {
+    fn next(&mut self) -> Option<crate::ocr::Result<Request>> {
+        self.requests.next().map(Ok)
+    }
+
+    fn event(&mut self, _seq: usize, event: GenerateEvent) {
+        if event == GenerateEvent::Phase(Phase::Decode) {
+            // Every page of the batch is admitted before the first step.
+            if self.requests.len() == 0 && self.first_decode.is_none() {
+                self.first_decode = Some(Instant::now());
+            }
+        }
+    }
+
+    fn done(&mut self, _seq: usize, result: crate::ocr::Result<GenerateOutput>) {
+        self.outputs.push(result);
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -440,6 +576,23 @@ fn print_table(r: &Report) {
             "{name:<22} {:>10.2} {:>10.2} {:>10.2}",
             s.min, s.median, s.max
         );
+    }
+    if r.batches.len() > 1 || r.batches.iter().any(|b| b.batch > 1) {
+        println!(
+            "{:<8} {:>16} {:>16} {:>22} {:>10}",
+            "batch", "vision (s/page)", "prefill (s/page)", "decode (tokens/s, all)", "speedup"
+        );
+        for b in &r.batches {
+            println!(
+                "{:<8} {:>16.2} {:>16.2} {:>22.2} {:>10}",
+                b.batch,
+                b.vision_s.median,
+                b.prefill_s.median,
+                b.decode_tokens_per_s.median,
+                b.speedup_over_batch_1
+                    .map_or("-".to_string(), |s| format!("{s:.2}x"))
+            );
+        }
     }
     let gb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2} GB"));
     println!("peak RSS: {}", gb(r.peak_rss_gb));

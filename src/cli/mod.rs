@@ -67,6 +67,25 @@ pub fn kernels_choice(
     }
 }
 
+/// One line saying which batch was chosen and from what (`ocr` and `bench` print it).
+pub fn describe_batch(choice: &crate::ocr::generate::BatchChoice) -> String {
+    let bytes = crate::hub::diagnose::human_bytes;
+    match choice.free_bytes {
+        Some(free) => format!(
+            "batch {} (chosen from free memory: {} free, a page's KV cache up to {}; at most {} \
+             here; --batch N to change)",
+            choice.batch,
+            bytes(free),
+            bytes(choice.per_sequence_bytes),
+            choice.limit
+        ),
+        None => format!(
+            "batch {} (free memory unknown; --batch N to change)",
+            choice.batch
+        ),
+    }
+}
+
 /// Entry point of the `dsocr` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -28,6 +28,9 @@ use super::weights::{Weights, release_free_heap};
 /// grouped by expert (prefill).
 const GATHER_MAX_TOKENS: i64 = 4;
 
+/// Most sequences one decode step runs together ([`Decoder::step_batch`]).
+pub const MAX_BATCH: usize = 16;
+
 /// `x W^T` for any pair of stored and compute dtypes on `path` (see [`gemv::linear_any`]).
 fn lin(x: &Tensor, weight: &Tensor, path: Path) -> Result<Tensor> {
     gemv::linear_any(x, weight, None, path)
@@ -405,21 +408,42 @@ impl Attention {
         })
     }
 
-    /// `x` `[T, H]` at positions `pos..pos + T` (`rope` holds their tables): q, k and v in one
-    /// product, viewed as `[T, 3, heads, d]`; the rotary positions applied to all three at once
-    /// (v's tables leave it as it is); k and v written into the cache in one copy; attention over
-    /// the cache; the output projection.
+    /// `x` `[T, H]` (`rope` holds the tables of its rows' positions): q, k and v in one product,
+    /// viewed as `[T, 3, heads, d]`; the rotary positions applied to all three at once (v's
+    /// tables leave it as it is); then attention over the cache, and the output projection.
+    /// With one cache the T rows are the next T positions of that sequence; with several, row
+    /// `b` is the next token of the sequence of `caches[b]` (a decode step over a batch).
     fn forward(
         &self,
         x: &Tensor,
         rope: &RopeAt,
-        cache: &mut LayerCache,
-        pos: i64,
+        caches: &mut [&mut LayerCache],
+        positions: &[i64],
         path: Path,
     ) -> Result<Tensor> {
         let t = x.size()[0];
         let (heads, d) = (self.heads, self.head_dim);
         let qkv = rope.apply(&lin(x, &self.qkv, path)?.f_view([t, 3, heads, d])?)?;
+        let out = match caches {
+            [cache] => Self::attend(&qkv, cache, positions[0])?,
+            _ => {
+                let rows = caches
+                    .iter_mut()
+                    .zip(positions)
+                    .enumerate()
+                    .map(|(b, (cache, &pos))| Self::attend(&qkv.f_narrow(0, b as i64, 1)?, cache, pos))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::f_cat(&rows, 0)?
+            }
+        };
+        lin(&out, &self.o, path)
+    }
+
+    /// Attention of one sequence's rows `qkv` `[T, 3, heads, d]` (positions `pos..pos + T`): k
+    /// and v written into the cache in one copy, then every query over the keys up to its own
+    /// position. Returns `[T, heads * d]`.
+    fn attend(qkv: &Tensor, cache: &mut LayerCache, pos: i64) -> Result<Tensor> {
+        let (t, heads, d) = (qkv.size()[0], qkv.size()[2], qkv.size()[3]);
         let q = qkv.f_select(1, 0)?.f_transpose(0, 1)?;
         let kv = qkv.f_narrow(1, 1, 2)?.f_permute([1, 2, 0, 3])?;
         cache.kv.f_narrow(2, pos, t)?.f_copy_(&kv)?;
@@ -430,15 +454,15 @@ impl Attention {
             (None, true)
         } else {
             // Query i (at position pos + i) sees keys 0..=pos + i.
-            let qi = Tensor::arange(t, (Kind::Int64, x.device())).unsqueeze(1) + pos;
-            let kj = Tensor::arange(pos + t, (Kind::Int64, x.device())).unsqueeze(0);
+            let device = qkv.device();
+            let qi = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(1) + pos;
+            let kj = Tensor::arange(pos + t, (Kind::Int64, device)).unsqueeze(0);
             (Some(kj.le_tensor(&qi)), false)
         };
         let out = Tensor::f_scaled_dot_product_attention(
             &q, &cached[0], &cached[1], mask, 0.0, causal, None, false,
         )?;
-        let out = out.f_transpose(0, 1)?.f_reshape([t, heads * d])?;
-        lin(&out, &self.o, path)
+        Ok(out.f_transpose(0, 1)?.f_reshape([t, heads * d])?)
     }
 }
 
@@ -485,6 +509,14 @@ impl Rope {
         Ok(RopeAt {
             cos: self.cos.f_narrow(0, pos, t)?,
             sin: self.sin.f_narrow(0, pos, t)?,
+        })
+    }
+
+    /// The tables of the given positions, one row each (a decode step over a batch).
+    fn at_each(&self, positions: &Tensor) -> Result<RopeAt> {
+        Ok(RopeAt {
+            cos: self.cos.f_index_select(0, positions)?,
+            sin: self.sin.f_index_select(0, positions)?,
         })
     }
 
@@ -718,9 +750,10 @@ impl Decoder {
             && matches!(stored, Kind::BFloat16 | Kind::Float)
     }
 
-    /// The path of a call over `rows` tokens: the decode step's for one, the prefill's otherwise.
+    /// The path of the logits of `rows` hidden states: the decode step's for up to
+    /// [`MAX_BATCH`] (a step, one row per sequence), the prefill's for more.
     fn path(&self, rows: i64) -> Path {
-        if rows == 1 {
+        if rows <= MAX_BATCH as i64 {
             self.plan.decode
         } else {
             self.plan.prefill
@@ -797,6 +830,12 @@ impl Decoder {
         self.max_positions
     }
 
+    /// Bytes of the KV cache of a sequence of `capacity` tokens.
+    pub fn cache_bytes(&self, capacity: i64) -> u64 {
+        let per_position = 2 * self.layers.len() as i64 * self.heads * self.head_dim;
+        (per_position * capacity.max(0)) as u64 * self.compute.elt_size_in_bytes() as u64
+    }
+
     /// A KV cache for sequences of up to `capacity` tokens (at most `max_positions`).
     pub fn new_cache(&self, capacity: i64) -> Result<KvCache> {
         if capacity <= 0 || capacity > self.max_positions {
@@ -830,29 +869,80 @@ impl Decoder {
     }
 
     /// Run `embeds` `[T, H]` (the next T positions) through the layers, appending their keys and
-    /// values to `cache`; returns the final-normed hidden states `[T, H]`.
+    /// values to `cache`; returns the final-normed hidden states `[T, H]`. Several rows are a
+    /// prefill (the plan's prefill path), one row a decode step.
     pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let t = embeds.size()[0];
-        let pos = cache.len;
-        if pos + t > cache.capacity {
-            return Err(OcrError::Invalid(format!(
-                "KV cache full: {pos} + {t} tokens exceed its capacity {}",
-                cache.capacity
-            )));
-        }
         if let (1, Some(isa)) = (t, self.step_isa) {
+            Self::check_room(cache, 1)?;
             let hidden = self.step_cpu(isa, embeds, cache)?;
-            cache.len = pos + 1;
+            cache.len += 1;
             return Ok(hidden);
         }
-        let path = self.path(t);
-        let rope = self.rope.at(pos, t)?;
+        let path = if t == 1 {
+            self.plan.decode
+        } else {
+            self.plan.prefill
+        };
+        self.layers_forward(embeds, &mut [cache], path)
+    }
+
+    /// One decode step of several sequences at once: row `b` of `embeds` `[B, H]` is the next
+    /// token of the sequence whose cache is `caches[b]`. Every matrix product sees the B rows
+    /// together, so each weight is read once per step for all of them; attention runs per
+    /// sequence over its own cache. Returns the final-normed hidden states `[B, H]`. One
+    /// sequence is [`Self::forward`].
+    pub fn step_batch(&self, embeds: &Tensor, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        match caches {
+            [cache] => self.forward(embeds, cache),
+            _ if embeds.size()[0] != caches.len() as i64 => Err(OcrError::Invalid(format!(
+                "a decode step over {} sequences got {} rows",
+                caches.len(),
+                embeds.size()[0]
+            ))),
+            _ => self.layers_forward(embeds, caches, self.plan.decode),
+        }
+    }
+
+    fn check_room(cache: &KvCache, t: i64) -> Result<()> {
+        if cache.len + t > cache.capacity {
+            return Err(OcrError::Invalid(format!(
+                "KV cache full: {} + {t} tokens exceed its capacity {}",
+                cache.len, cache.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    /// The layers over `embeds`: with one cache, its next T positions; with B caches, one row
+    /// each (see [`Attention::forward`]). Advances the caches.
+    fn layers_forward(
+        &self,
+        embeds: &Tensor,
+        caches: &mut [&mut KvCache],
+        path: Path,
+    ) -> Result<Tensor> {
+        let t = embeds.size()[0];
+        let rows = if caches.len() == 1 { t } else { 1 };
+        for cache in caches.iter() {
+            Self::check_room(cache, rows)?;
+        }
+        let positions: Vec<i64> = caches.iter().map(|c| c.len).collect();
+        let rope = match caches {
+            [_] => self.rope.at(positions[0], t)?,
+            _ => self
+                .rope
+                .at_each(&Tensor::from_slice(&positions).to_device(embeds.device()))?,
+        };
         let mut x = embeds.shallow_clone();
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut LayerCache> =
+                caches.iter_mut().map(|c| &mut c.layers[i]).collect();
+            let normed = layer.input_norm.forward(&x)?;
             let h = &x
                 + layer
                     .attn
-                    .forward(&layer.input_norm.forward(&x)?, &rope, lc, pos, path)?;
+                    .forward(&normed, &rope, &mut layer_caches, &positions, path)?;
             let normed = layer.post_norm.forward(&h)?;
             let f = match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(&normed, path)?,
@@ -860,7 +950,9 @@ impl Decoder {
             };
             x = h + f;
         }
-        cache.len = pos + t;
+        for cache in caches.iter_mut() {
+            cache.len += rows;
+        }
         self.norm.forward(&x)
     }
 

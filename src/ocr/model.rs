@@ -30,6 +30,25 @@ pub struct PreparedInput {
     pub images: Vec<ImageInput>,
 }
 
+impl PreparedInput {
+    /// Another handle on the same ids and tensors (the tensors are not copied).
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            input_ids: self.input_ids.clone(),
+            image_mask: self.image_mask.clone(),
+            images: self
+                .images
+                .iter()
+                .map(|i| ImageInput {
+                    global: i.global.shallow_clone(),
+                    tiles: i.tiles.as_ref().map(Tensor::shallow_clone),
+                    spatial_crop: i.spatial_crop,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// DeepSeek-OCR: config, vision encoder and language model on one device and dtype.
 pub struct DeepseekOcr {
     pub config: Config,

@@ -33,7 +33,8 @@ use tch::{Device, Kind};
 use super::cpu::{Kernels, Plan};
 use super::error::{OcrError, Result};
 use super::generate::{
-    GenerateEvent, GenerateOptions, GenerateOutput, NoRepeatNgram, StopReason, generate,
+    BatchChoice, Driver, GenerateEvent, GenerateOptions, GenerateOutput, NoRepeatNgram, Request,
+    StopReason, default_batch, generate_batch,
 };
 use super::grounding::{self, LabeledBox};
 use super::model::{DeepseekOcr, ImageInput, PreparedInput};
@@ -150,15 +151,9 @@ impl Session {
         image: &Path,
         opts: &RunOptions,
         cancel: &AtomicBool,
-        mut on_event: impl FnMut(Event),
+        on_event: impl FnMut(Event),
     ) -> Result<OcrOutput> {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(OcrError::Cancelled);
-        }
-        on_event(Event::Phase(Phase::Preprocess));
-        let start = Instant::now();
-        let original = preprocess::load_image(image)?;
-        self.run_image(image, original, start, opts, cancel, on_event)
+        self.run_one(Job::file(image, opts.clone()), cancel, on_event)
     }
 
     /// [`Self::run`] on an image already in memory (a rendered PDF page, an upload). `name`
@@ -171,63 +166,53 @@ impl Session {
         start: Instant,
         opts: &RunOptions,
         cancel: &AtomicBool,
-        mut on_event: impl FnMut(Event),
+        on_event: impl FnMut(Event),
     ) -> Result<OcrOutput> {
-        let image = name;
-        let cancelled = || cancel.load(Ordering::Relaxed);
-        if cancelled() {
-            return Err(OcrError::Cancelled);
-        }
-        let views = preprocess::preprocess(&original, opts.mode, opts.max_tiles);
-        let input = self.prepare(&views, &opts.prompt)?;
-        on_event(Event::Prepared(Prepared {
-            width: original.width(),
-            height: original.height(),
-            spatial_crop: views.spatial_crop,
-            image_tokens: views.num_image_tokens,
-            prompt_tokens: input.input_ids.len(),
-            elapsed: start.elapsed(),
-        }));
-        if cancelled() {
-            return Err(OcrError::Cancelled);
-        }
-        let gen_opts = GenerateOptions {
-            max_new_tokens: opts.max_new_tokens,
-            no_repeat_ngram: opts.no_repeat_ngram.clone(),
-            ..GenerateOptions::default()
-        };
-        let mut streamer = Streamer::new(
-            self.tokenizer.stream(opts.skip_special),
-            self.model.config.language_config.eos_token_id,
-        );
-        let generation = generate(
-            &self.model,
-            &input,
-            &gen_opts,
+        let mut job = Job::image(name, original, opts.clone());
+        job.started = Some(start);
+        self.run_one(job, cancel, on_event)
+    }
+
+    fn run_one(
+        &self,
+        job: Job,
+        cancel: &AtomicBool,
+        on_event: impl FnMut(Event),
+    ) -> Result<OcrOutput> {
+        let mut one = OneJob {
+            job: Some(job),
             cancel,
-            |event| match event {
-                GenerateEvent::Phase(p) => on_event(Event::Phase(match p {
-                    super::generate::Phase::Vision => Phase::Vision,
-                    super::generate::Phase::Prefill => Phase::Prefill,
-                    super::generate::Phase::Decode => {
-                        streamer.decode_start = Some(Instant::now());
-                        Phase::Decode
-                    }
-                })),
-                GenerateEvent::Token(id) => {
-                    if let Some(ev) = streamer.token(id) {
-                        on_event(ev);
-                    }
-                }
-            },
-        )?;
-        if generation.stop == StopReason::Cancelled {
-            return Err(OcrError::Cancelled);
-        }
-        if let Some(ev) = streamer.finish()? {
-            on_event(ev);
-        }
-        self.finish(image, original, opts.mode, &views, generation)
+            on_event,
+            result: None,
+        };
+        self.run_batch(1, &mut one);
+        one.result
+            .unwrap_or_else(|| Err(OcrError::Invalid("the run ended without a result".into())))
+    }
+
+    /// OCR every job `jobs` hands out, up to `batch` at a time (see
+    /// [`generate_batch`]): each job is loaded and preprocessed when a slot is free for it, runs
+    /// vision and prefill alone, then shares each decode step with the others. Every job gets
+    /// its own events (phases, streamed text) and exactly one result, in [`Jobs::done`]; a
+    /// failing job does not stop the others. Jobs are numbered from 0 in the order they are
+    /// handed out.
+    pub fn run_batch(&self, batch: usize, jobs: &mut impl Jobs) {
+        let mut driver = Batcher {
+            session: self,
+            jobs,
+            states: Vec::new(),
+        };
+        generate_batch(&self.model, batch, &mut driver);
+    }
+
+    /// The batch to use when none is asked for (see [`default_batch`]).
+    pub fn default_batch(&self, max_new_tokens: usize) -> BatchChoice {
+        default_batch(&self.model, max_new_tokens)
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.model.device
     }
 
     /// Prompt ids and pixel tensors for one image's views.
@@ -282,6 +267,208 @@ impl Session {
             boxes,
             generation,
         })
+    }
+}
+
+/// One image for [`Session::run_batch`].
+pub struct Job {
+    /// The image file, or the name that stands for an image given in memory.
+    pub name: PathBuf,
+    /// The image when it is already in memory (a rendered PDF page, an upload); `None` reads
+    /// the file `name`.
+    pub image: Option<RgbImage>,
+    /// How to run it.
+    pub opts: RunOptions,
+    /// When loading the image began (the reported preprocessing time counts from there);
+    /// `None`: when the job is taken.
+    pub started: Option<Instant>,
+}
+
+impl Job {
+    /// The image file `path`.
+    pub fn file(path: &Path, opts: RunOptions) -> Self {
+        Self {
+            name: path.to_path_buf(),
+            image: None,
+            opts,
+            started: None,
+        }
+    }
+
+    /// An image in memory, called `name` in the outputs.
+    pub fn image(name: &Path, image: RgbImage, opts: RunOptions) -> Self {
+        Self {
+            name: name.to_path_buf(),
+            image: Some(image),
+            opts,
+            started: None,
+        }
+    }
+}
+
+/// Where [`Session::run_batch`] gets its jobs and sends their events and results. Jobs are
+/// numbered from 0 in the order [`Jobs::next`] hands them out.
+pub trait Jobs {
+    /// The next job, asked for whenever the batch has a free slot. `None`: nothing more for now
+    /// (the running jobs go on; once none is left, [`Session::run_batch`] returns).
+    fn next(&mut self) -> Option<Job>;
+    /// Job `job` has a new phase, its preprocessing result, or new text.
+    fn event(&mut self, job: usize, event: Event);
+    /// Job `job` is over (called exactly once per job); a cancelled job gets
+    /// [`OcrError::Cancelled`].
+    fn done(&mut self, job: usize, result: Result<OcrOutput>);
+    /// Whether job `job` should stop (checked between phases and before every token).
+    fn cancelled(&self, _job: usize) -> bool {
+        false
+    }
+}
+
+/// The [`Jobs`] of [`Session::run`]: one job, one cancel flag, one callback.
+struct OneJob<'a, F> {
+    job: Option<Job>,
+    cancel: &'a AtomicBool,
+    on_event: F,
+    result: Option<Result<OcrOutput>>,
+}
+
+impl<F: FnMut(Event)> Jobs for OneJob<'_, F> {
+    fn next(&mut self) -> Option<Job> {
+        self.job.take()
+    }
+
+    fn event(&mut self, _job: usize, event: Event) {
+        (self.on_event)(event);
+    }
+
+    fn done(&mut self, _job: usize, result: Result<OcrOutput>) {
+        self.result = Some(result);
+    }
+
+    fn cancelled(&self, _job: usize) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// What a job keeps between its preprocessing and its result.
+struct JobState<'s> {
+    name: PathBuf,
+    original: RgbImage,
+    mode: Mode,
+    views: preprocess::Views,
+    streamer: Streamer<'s>,
+}
+
+/// Runs [`Jobs`] through [`generate_batch`]: preprocessing as each job is handed out, events
+/// turned into text, outputs parsed when a sequence ends.
+struct Batcher<'s, 'j, J> {
+    session: &'s Session,
+    jobs: &'j mut J,
+    /// By job number; `None` once the job is over (or when it failed before generating).
+    states: Vec<Option<JobState<'s>>>,
+}
+
+impl<'s, J: Jobs> Batcher<'s, '_, J> {
+    /// Load and preprocess job `index`, and build its prompt.
+    fn prepare(&mut self, index: usize, job: Job) -> Result<Request> {
+        if self.jobs.cancelled(index) {
+            return Err(OcrError::Cancelled);
+        }
+        self.jobs.event(index, Event::Phase(Phase::Preprocess));
+        let start = job.started.unwrap_or_else(Instant::now);
+        let original = match job.image {
+            Some(image) => image,
+            None => preprocess::load_image(&job.name)?,
+        };
+        let opts = job.opts;
+        let views = preprocess::preprocess(&original, opts.mode, opts.max_tiles);
+        let input = self.session.prepare(&views, &opts.prompt)?;
+        self.jobs.event(
+            index,
+            Event::Prepared(Prepared {
+                width: original.width(),
+                height: original.height(),
+                spatial_crop: views.spatial_crop,
+                image_tokens: views.num_image_tokens,
+                prompt_tokens: input.input_ids.len(),
+                elapsed: start.elapsed(),
+            }),
+        );
+        let config = &self.session.model.config;
+        self.states[index] = Some(JobState {
+            name: job.name,
+            original,
+            mode: opts.mode,
+            views,
+            streamer: Streamer::new(
+                self.session.tokenizer.stream(opts.skip_special),
+                config.language_config.eos_token_id,
+            ),
+        });
+        Ok(Request {
+            input,
+            images: None,
+            opts: GenerateOptions {
+                max_new_tokens: opts.max_new_tokens,
+                no_repeat_ngram: opts.no_repeat_ngram,
+                ..GenerateOptions::default()
+            },
+        })
+    }
+
+    /// The output of a finished sequence.
+    fn finish(&mut self, index: usize, generation: GenerateOutput) -> Result<OcrOutput> {
+        let Some(state) = self.states[index].take() else {
+            return Err(OcrError::Invalid(format!("job {index} finished twice")));
+        };
+        if generation.stop == StopReason::Cancelled {
+            return Err(OcrError::Cancelled);
+        }
+        if let Some(ev) = state.streamer.finish()? {
+            self.jobs.event(index, ev);
+        }
+        self.session
+            .finish(&state.name, state.original, state.mode, &state.views, generation)
+    }
+}
+
+impl<J: Jobs> Driver for Batcher<'_, '_, J> {
+    fn next(&mut self) -> Option<Result<Request>> {
+        let job = self.jobs.next()?;
+        let index = self.states.len();
+        self.states.push(None);
+        Some(self.prepare(index, job))
+    }
+
+    fn event(&mut self, seq: usize, event: GenerateEvent) {
+        let Some(Some(state)) = self.states.get_mut(seq) else {
+            return;
+        };
+        let event = match event {
+            GenerateEvent::Phase(p) => Some(Event::Phase(match p {
+                super::generate::Phase::Vision => Phase::Vision,
+                super::generate::Phase::Prefill => Phase::Prefill,
+                super::generate::Phase::Decode => {
+                    state.streamer.decode_start = Some(Instant::now());
+                    Phase::Decode
+                }
+            })),
+            GenerateEvent::Token(id) => state.streamer.token(id),
+        };
+        if let Some(event) = event {
+            self.jobs.event(seq, event);
+        }
+    }
+
+    fn done(&mut self, seq: usize, result: Result<GenerateOutput>) {
+        let result = result.and_then(|generation| self.finish(seq, generation));
+        if let Some(state) = self.states.get_mut(seq) {
+            *state = None;
+        }
+        self.jobs.done(seq, result);
+    }
+
+    fn cancelled(&self, seq: usize) -> bool {
+        self.jobs.cancelled(seq)
     }
 }
 

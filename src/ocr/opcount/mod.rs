@@ -22,6 +22,7 @@ unsafe extern "C" {
         reserved: *mut i64,
         reserved_peak: *mut i64,
     ) -> c_int;
+    fn dsocr_accelerator_free(device: c_int, free: *mut i64, total: *mut i64) -> c_int;
 }
 
 /// What libtorch's caching allocator holds on a CUDA device, in bytes.
@@ -49,6 +50,18 @@ pub fn gpu_memory(index: usize) -> Option<GpuMemory> {
         )
     };
     (rc == 0 && tch::Cuda::is_available()).then_some(m)
+}
+
+/// Free and total bytes of CUDA device `index` as the driver reports them (`None` without
+/// such a device).
+pub fn gpu_free_memory(index: usize) -> Option<(u64, u64)> {
+    if !tch::Cuda::is_available() {
+        return None;
+    }
+    let (mut free, mut total) = (0i64, 0i64);
+    // SAFETY: the pointers are to live i64s; the call only writes them.
+    let rc = unsafe { dsocr_accelerator_free(index as c_int, &mut free, &mut total) };
+    (rc == 0).then(|| (free.max(0) as u64, total.max(0) as u64))
 }
 
 /// What the thread dispatched while a [`Counter`] ran.

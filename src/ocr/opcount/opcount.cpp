@@ -123,4 +123,21 @@ int dsocr_accelerator_memory(int device, int64_t* allocated, int64_t* allocated_
   }
 }
 
+// Free and total bytes of accelerator `device` as its driver reports them (CUDA's
+// cudaMemGetInfo). Returns 0, or -1 when there is no such accelerator.
+int dsocr_accelerator_free(int device, int64_t* free, int64_t* total) {
+  try {
+    if (!at::accelerator::getAccelerator(false).has_value() ||
+        device >= at::accelerator::deviceCount()) {
+      return -1;
+    }
+    const auto info = at::accelerator::getMemoryInfo(static_cast<c10::DeviceIndex>(device));
+    *free = static_cast<int64_t>(info.first);
+    *total = static_cast<int64_t>(info.second);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 }  // extern "C"

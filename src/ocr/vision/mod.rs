@@ -29,6 +29,17 @@ pub struct VisionStages {
     pub proj: Tensor,
 }
 
+impl VisionStages {
+    /// Another handle on the same tensors (no copy).
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            sam: self.sam.shallow_clone(),
+            clip: self.clip.shallow_clone(),
+            proj: self.proj.shallow_clone(),
+        }
+    }
+}
+
 /// Everything the vision path computes for one image.
 pub struct ImageFeatures {
     /// Stages of the global view (batch of one).
@@ -38,6 +49,17 @@ pub struct ImageFeatures {
     /// The image rows in sequence order: local rows with newline, global rows with newline,
     /// view separator. `[num_image_tokens, H]`.
     pub embeds: Tensor,
+}
+
+impl ImageFeatures {
+    /// Another handle on the same tensors (no copy).
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            global: self.global.shallow_clone(),
+            local: self.local.as_ref().map(VisionStages::shallow_clone),
+            embeds: self.embeds.shallow_clone(),
+        }
+    }
 }
 
 /// SAM, CLIP, the projector and the two learned layout vectors of a checkpoint.
