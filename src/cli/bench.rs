@@ -142,7 +142,10 @@ struct Report {
     decode_tokens_per_s: Stats,
     /// Every batch size timed, in order (the fields above are the first one's).
     batches: Vec<BatchReport>,
+    /// Peak resident memory of the whole run, in GB.
     peak_rss_gb: Option<f64>,
+    /// Peak resident memory while loading, in GB.
+    load_peak_rss_gb: Option<f64>,
     gpu_memory_gb: Option<f64>,
 }
 
@@ -158,6 +161,8 @@ struct BatchReport {
     decode_tokens_per_s: Stats,
     /// That speed over batch 1's, when batch 1 was timed in the same run.
     speedup_over_batch_1: Option<f64>,
+    /// Peak resident memory while this batch size ran (weights included), in GB.
+    peak_rss_gb: Option<f64>,
 }
 
 /// One timed run of vision, prefill and decode of a batch.
@@ -198,6 +203,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (model, weights) = load_model(&args, device, kind, plan)?;
     sync(device);
     let load_s = start.elapsed().as_secs_f64();
+    // From here on, peaks are per phase: the loading peak is kept, then the counter starts again.
+    let load_peak_rss_gb = peak_rss_gb();
+    let phase_peaks = reset_peak_rss();
 
     let (page, image_name) = page_image(args.image.as_deref())?;
     let sizes = if args.batch.is_empty() {
@@ -219,7 +227,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         inputs.push(prepared_input(&model, &views, args.model.as_deref())?);
     }
 
-    let mut batches: Vec<(usize, Vec<Run>)> = Vec::new();
+    let mut batches: Vec<(usize, Vec<Run>, Option<f64>)> = Vec::new();
     for &b in &sizes {
         let runs = (0..args.repeat)
             .map(|i| {
@@ -237,18 +245,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 Ok(r)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        batches.push((b, runs));
+        let peak = phase_peaks.then(peak_rss_gb).flatten();
+        reset_peak_rss();
+        batches.push((b, runs, peak));
     }
     let series = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
         Stats::of(&runs.iter().map(f).collect::<Vec<_>>())
     };
     let single = batches
         .iter()
-        .find(|(b, _)| *b == 1)
-        .map(|(_, runs)| series(runs, &|r| r.decode_tps).median);
+        .find(|(b, _, _)| *b == 1)
+        .map(|(_, runs, _)| series(runs, &|r| r.decode_tps).median);
     let batch_reports: Vec<BatchReport> = batches
         .iter()
-        .map(|(b, runs)| {
+        .map(|(b, runs, peak)| {
             let decode = series(runs, &|r| r.decode_tps);
             BatchReport {
                 batch: *b,
@@ -256,6 +266,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 prefill_s: series(runs, &|r| r.prefill),
                 speedup_over_batch_1: single.filter(|_| *b != 1).map(|s| decode.median / s),
                 decode_tokens_per_s: decode,
+                peak_rss_gb: *peak,
             }
         })
         .collect();
@@ -278,8 +289,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         prefill_s: series(runs, &|r| r.prefill),
         prefill_incl_vision_s: series(runs, &|r| r.vision + r.prefill),
         decode_tokens_per_s: series(runs, &|r| r.decode_tps),
+        peak_rss_gb: batch_reports
+            .iter()
+            .filter_map(|b| b.peak_rss_gb)
+            .chain(load_peak_rss_gb)
+            .reduce(f64::max)
+            .or_else(peak_rss_gb),
+        load_peak_rss_gb,
         batches: batch_reports,
-        peak_rss_gb: peak_rss_gb(),
         gpu_memory_gb: gpu_memory_gb(device),
     };
     if args.json {
@@ -516,6 +533,12 @@ fn peak_rss_gb() -> Option<f64> {
     Some(kb * 1024.0 / 1e9)
 }
 
+/// Start the peak resident memory (`VmHWM`) over from the current resident set (Linux 4.0+);
+/// false when the kernel refuses.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// The most GPU memory libtorch's caching allocator reserved during the run, in GB.
 fn gpu_memory_gb(device: Device) -> Option<f64> {
     let Device::Cuda(i) = device else {
@@ -579,23 +602,30 @@ fn print_table(r: &Report) {
     }
     if r.batches.len() > 1 || r.batches.iter().any(|b| b.batch > 1) {
         println!(
-            "{:<8} {:>16} {:>16} {:>22} {:>10}",
-            "batch", "vision (s/page)", "prefill (s/page)", "decode (tokens/s, all)", "speedup"
+            "{:<8} {:>16} {:>16} {:>22} {:>10} {:>12}",
+            "batch", "vision (s/page)", "prefill (s/page)", "decode (tokens/s, all)", "speedup",
+            "peak RSS"
         );
         for b in &r.batches {
             println!(
-                "{:<8} {:>16.2} {:>16.2} {:>22.2} {:>10}",
+                "{:<8} {:>16.2} {:>16.2} {:>22.2} {:>10} {:>12}",
                 b.batch,
                 b.vision_s.median,
                 b.prefill_s.median,
                 b.decode_tokens_per_s.median,
                 b.speedup_over_batch_1
-                    .map_or("-".to_string(), |s| format!("{s:.2}x"))
+                    .map_or("-".to_string(), |s| format!("{s:.2}x")),
+                b.peak_rss_gb
+                    .map_or("n/a".to_string(), |v| format!("{v:.2} GB"))
             );
         }
     }
     let gb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2} GB"));
-    println!("peak RSS: {}", gb(r.peak_rss_gb));
+    println!(
+        "peak RSS: {} (loading: {})",
+        gb(r.peak_rss_gb),
+        gb(r.load_peak_rss_gb)
+    );
     if matches!(r.machine.device.as_str(), d if d.starts_with("cuda")) {
         println!(
             "GPU memory (peak reserved by libtorch): {}",
