@@ -1,7 +1,7 @@
 //! dsocr: DeepSeek-OCR on libtorch, a Hugging Face hub client that explains its failures, and a
 //! terminal dashboard that puts both together.
 //!
-//! Layers (see `ARCHITECTURE.md` in the design notes): [`hub`] and [`ocr`] do not know about each
+//! Layers (ARCHITECTURE.md at the repository root): [`hub`] and [`ocr`] do not know about each
 //! other; [`cli`] and [`tui`] are the only places that combine them.
 
 pub mod cli;
