@@ -621,10 +621,16 @@ fn print_table(r: &Report) {
         }
     }
     let gb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2} GB"));
+    let running: Vec<String> = r
+        .batches
+        .iter()
+        .map(|b| format!("batch {}: {}", b.batch, gb(b.peak_rss_gb)))
+        .collect();
     println!(
-        "peak RSS: {} (loading: {})",
+        "peak RSS: {} (loading: {}; {})",
         gb(r.peak_rss_gb),
-        gb(r.load_peak_rss_gb)
+        gb(r.load_peak_rss_gb),
+        running.join(", ")
     );
     if matches!(r.machine.device.as_str(), d if d.starts_with("cuda")) {
         println!(

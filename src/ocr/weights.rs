@@ -315,13 +315,25 @@ impl Weights {
         let _rng = lock_global_rng();
         tch::manual_seed(seed);
         let shapes = expected_shapes(cfg);
+        // Every draw goes into one f32 buffer (`normal_` is what `randn` runs, so the numbers are
+        // the same): a fresh f32 tensor per draw, freed after its conversion, left the heap
+        // holding up to 5 GB of freed pages at the full size.
+        let largest = shapes.values().map(|s| s.iter().product::<i64>()).max();
+        let buffer = Tensor::f_empty([largest.unwrap_or(0)], (Kind::Float, Device::Cpu))?;
         let mut tensors = HashMap::with_capacity(shapes.len());
         for (name, shape) in shapes {
-            let z = Tensor::f_randn(&shape, (Kind::Float, Device::Cpu))?;
-            let t = seeded_value(&name, &shape, z);
-            tensors.insert(name, t.f_to_kind(kind)?);
+            let numel: i64 = shape.iter().product();
+            let mut z = buffer.f_narrow(0, 0, numel)?.f_view(shape.as_slice())?;
+            let _ = z.f_normal_(0.0, 1.0)?;
+            let z = seeded_value(&name, &shape, z);
+            let t = if kind == Kind::Float {
+                z.copy()
+            } else {
+                z.f_to_kind(kind)?
+            };
+            tensors.insert(name, t);
         }
-        // The f32 draws were freed as they were converted; return their heap pages.
+        drop(buffer);
         release_free_heap();
         Ok(Self {
             tensors,
