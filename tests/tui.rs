@@ -656,8 +656,8 @@ fn download_progress_cancel_resume_and_rescan() {
     );
     assert_eq!(
         jobs,
-        vec![Job::ScanCache],
-        "a finished download refreshes the cache"
+        vec![Job::ScanCache, Job::RefreshLogin(DEFAULT_MODEL.to_string())],
+        "a finished download refreshes the cache and the diagnosis"
     );
 }
 

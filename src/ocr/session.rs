@@ -307,6 +307,10 @@ fn check_model_dir(dir: &Path) -> Result<()> {
             )));
         }
     }
+    // A clone made without git-lfs: name the pointer files instead of a "bad header" later.
+    if let Some(problem) = crate::hub::lfs::folder_problem(dir) {
+        return Err(OcrError::Invalid(problem));
+    }
     Ok(())
 }
 

@@ -680,13 +680,15 @@ impl App {
         self.log.push_back(line);
     }
 
-    /// Results from workers; a finished download asks for a fresh cache scan.
+    /// Results from workers; a finished download asks for a fresh cache scan and diagnosis.
     fn on_result(&mut self, action: Action) -> Vec<Job> {
         if let Action::DownloadFinished(result) = action {
             let done = result.is_ok();
             self.on_download_finished(result);
+            // The cache changed: rescan it, and re-run the diagnosis so a `cache.missing`
+            // problem in the Login pane goes away once the download completes.
             return if done {
-                vec![Job::ScanCache]
+                vec![Job::ScanCache, Job::RefreshLogin(self.diag_repo())]
             } else {
                 Vec::new()
             };
