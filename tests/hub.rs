@@ -1201,9 +1201,7 @@ async fn diag_git_credentials_and_netrc_are_checked_with_whoami() {
 fn pointer_folder(root: &std::path::Path) -> PathBuf {
     let dir = root.join("cloned-without-lfs");
     std::fs::create_dir_all(&dir).expect("dir");
-    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-model");
-    std::fs::copy(format!("{tiny}/config.json"), dir.join("config.json")).expect("config");
-    std::fs::write(dir.join("tokenizer.json"), "{}").expect("tokenizer");
+    // Only the weights, as pointers: the LFS check comes before "no config.json".
     for (name, size) in [
         ("model-00001-of-000001.safetensors", 6_672_212_480u64),
         ("extra.safetensors", 1024),
@@ -1492,4 +1490,78 @@ fn hub_errors_have_stable_codes_and_fixes() {
         ),
         "http://localhost:9/blobs/abc"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_local_dir_is_checked_against_the_repo_and_resumed() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let dir = home.dir.path().join("deepseek_ocr");
+    let dir_s = dir.display().to_string();
+    let shard = mock::demo_repo(Access::Public, SHARD_SIZE)
+        .files
+        .into_iter()
+        .find(|f| f.path == SHARD)
+        .expect("shard");
+    // Python downloads everything, then the shard is "interrupted": its file and metadata go,
+    // and Python's partial file holds its first MiB, under the name huggingface_hub gives it.
+    let partial = python_ok(
+        &home,
+        &format!(
+            r#"
+from pathlib import Path
+from huggingface_hub import snapshot_download
+from huggingface_hub._local_folder import get_local_download_paths
+snapshot_download("{repo}", local_dir="{dir_s}")
+p = get_local_download_paths(Path("{dir_s}"), "{SHARD}")
+p.file_path.unlink(); p.metadata_path.unlink()
+print(p.incomplete_path("{etag}"))
+"#,
+            repo = mock::DEMO_REPO,
+            etag = shard.etag()
+        ),
+    )
+    .await;
+    std::fs::write(partial.trim(), &shard.content[..1 << 20]).expect("partial");
+    let (rc, out, _) = run(home.dsocr(&["doctor", "--json", "--model", &dir_s])).await;
+    assert_eq!(rc, 1, "{out}");
+    let f = findings_json(&out);
+    let msg = finding(&f, "model.incomplete")["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(
+        msg.contains("Python local_dir") && msg.contains(SHARD) && msg.contains("1 of 7"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1.0 MB already downloaded will be resumed"),
+        "{msg}"
+    );
+    hub.clear_requests();
+    let (rc, _, err) = run(home.dsocr(&["download", "--local-dir", &dir_s])).await;
+    assert_eq!(rc, 0, "{err}");
+    let cdn: Vec<(Option<String>, u64)> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.server == "cdn" && r.method == "GET")
+        .map(|r| (r.range, r.body_bytes))
+        .collect();
+    assert_eq!(
+        cdn,
+        vec![(
+            Some("bytes=1048576-".to_string()),
+            (SHARD_SIZE - (1 << 20)) as u64
+        )],
+        "only the rest of the shard is fetched; the other files are taken from the folder"
+    );
+    assert_eq!(
+        std::fs::read(dir.join(SHARD)).expect("shard"),
+        shard.content
+    );
+    assert!(!std::path::Path::new(partial.trim()).exists());
+    let (rc, out, _) = run(home.dsocr(&["doctor", "--json", "--model", &dir_s])).await;
+    let f = findings_json(&out);
+    assert_eq!(finding(&f, "model.ok")["severity"], "ok", "{out}");
+    assert_eq!(rc, 0, "{out}");
 }

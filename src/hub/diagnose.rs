@@ -223,7 +223,7 @@ pub async fn diagnose(env: &HubEnv, opts: &DiagnoseOptions) -> Report {
     credential_checks(&mut d, env).await;
     cache_checks(&mut d, env, opts, info.as_ref());
     if let Some(dir) = &opts.model_dir {
-        model_dir_check(&mut d, dir);
+        model_dir_check(&mut d, dir, info.as_ref());
     }
     if let Some(t) = opts.torch {
         torch_check(&mut d, t);
@@ -471,11 +471,11 @@ pub fn model_dir_findings(dir: &Path) -> Vec<Finding> {
     let mut d = Diag {
         findings: Vec::new(),
     };
-    model_dir_check(&mut d, dir);
+    model_dir_check(&mut d, dir, None);
     d.findings
 }
 
-fn model_dir_check(d: &mut Diag, dir: &Path) {
+fn model_dir_check(d: &mut Diag, dir: &Path, info: Option<&ModelInfo>) {
     if !dir.is_dir() {
         d.add(
             "model.incomplete",
@@ -492,6 +492,10 @@ fn model_dir_check(d: &mut Diag, dir: &Path) {
             problem,
             super::lfs::fix_for(dir),
         );
+        return;
+    }
+    if let (Some(local), Some(info)) = (super::localdir::read(dir), info) {
+        local_dir_against_info(d, &local, info);
         return;
     }
     let has_weights = std::fs::read_dir(dir)
@@ -535,6 +539,80 @@ fn model_dir_check(d: &mut Diag, dir: &Path) {
             ),
             format!(
                 "`dsocr download --local-dir {}` fetches the missing files",
+                dir.display()
+            ),
+        );
+    }
+}
+
+/// A Python `snapshot_download(local_dir=…)` folder compared with the repo's files.
+fn local_dir_against_info(d: &mut Diag, local: &super::localdir::LocalDir, info: &ModelInfo) {
+    let dir = &local.dir;
+    let commits: std::collections::BTreeSet<&str> =
+        local.files.iter().map(|f| f.commit.as_str()).collect();
+    let at = match commits.iter().next() {
+        Some(c) if commits.len() == 1 => format!("commit {}", short(c)),
+        Some(_) => format!("{} commits", commits.len()),
+        None => "no file recorded yet".into(),
+    };
+    let (mut missing, mut missing_bytes, mut partial) = (Vec::new(), 0u64, 0u64);
+    for s in &info.siblings {
+        let size = s.size.unwrap_or(0);
+        let ok = std::fs::metadata(dir.join(&s.rfilename))
+            .is_ok_and(|m| m.is_file() && s.size.is_none_or(|n| n == m.len()));
+        if !ok {
+            missing.push(s.rfilename.clone());
+            missing_bytes += size;
+            if let Some(etag) = s
+                .lfs
+                .as_ref()
+                .map(|l| l.sha256.as_str())
+                .or(s.blob_id.as_deref())
+                && let Some((_, n)) = local.partial(&s.rfilename, etag)
+            {
+                partial += n;
+            }
+        }
+    }
+    let what = format!(
+        "{} (a Python local_dir download of {}, {at})",
+        dir.display(),
+        info.id
+    );
+    let stale = if commits.len() == 1 && !commits.contains(info.sha.as_str()) {
+        format!("; the hub is now at {}", short(&info.sha))
+    } else {
+        String::new()
+    };
+    if missing.is_empty() {
+        d.add(
+            "model.ok",
+            Severity::Ok,
+            format!("{what} has every file of the repo{stale}"),
+            "",
+        );
+    } else {
+        let resumes = if partial > 0 {
+            format!(
+                "; {} already downloaded will be resumed",
+                human_bytes(partial)
+            )
+        } else {
+            String::new()
+        };
+        d.add(
+            "model.incomplete",
+            Severity::Error,
+            format!(
+                "{what} lacks {} of {} files ({}): {}{resumes}{stale}",
+                missing.len(),
+                info.siblings.len(),
+                human_bytes(missing_bytes),
+                missing.join(", ")
+            ),
+            format!(
+                "dsocr download {} --local-dir {} (it resumes Python's partial files)",
+                info.id,
                 dir.display()
             ),
         );

@@ -358,7 +358,7 @@ pub async fn download(
     // repo under the case someone typed).
     let paths = RepoPaths::new(&client.env().hub_cache, &repo)?;
     let commit = info.sha.clone();
-    let jobs: Vec<Job> = select_files(&info, &req.include, &req.exclude)?
+    let mut jobs: Vec<Job> = select_files(&info, &req.include, &req.exclude)?
         .into_iter()
         .map(|s| {
             let size = s.size.unwrap_or(0);
@@ -372,6 +372,9 @@ pub async fn download(
             }
         })
         .collect();
+    if let Some(local) = req.local_dir.as_deref().and_then(super::localdir::read) {
+        adopt_local_dir(&paths, &commit, &local, &mut jobs).await?;
+    }
     let to_fetch = check_disk(&paths, &jobs)?;
     let _ = events.send(DownloadEvent::Plan {
         folder: paths.repo_dir.clone(),
@@ -446,6 +449,59 @@ async fn info_with_fallback(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Takes over what Python's `snapshot_download(local_dir=…)` left in the `--local-dir`: a file
+/// its metadata vouches for and whose content hashes to the expected blob becomes the cache's
+/// blob (hard-linked when possible); a partial download (`….<etag>.incomplete`) becomes
+/// `blobs/<etag>.incomplete`, so the transfer resumes from its bytes.
+async fn adopt_local_dir(
+    paths: &RepoPaths,
+    commit: &str,
+    local: &super::localdir::LocalDir,
+    jobs: &mut [Job],
+) -> Result<(), HubError> {
+    for job in jobs.iter_mut().filter(|j| !j.cached) {
+        let Some(etag) = job.etag.clone() else {
+            continue;
+        };
+        if paths.blob(&etag).exists() {
+            continue;
+        }
+        if local.complete(&job.path, &etag, job.size) {
+            let file = local.dir.join(&job.path);
+            let (size, tag) = (job.size, etag.clone());
+            let hashed = file.clone();
+            let digest = tokio::task::spawn_blocking(move || {
+                let mut hasher = BlobHasher::for_etag(&tag, size);
+                hash_prefix(&hashed, &mut hasher).map(|_| hasher.finish())
+            })
+            .await
+            .map_err(|e| HubError::io(&file, std::io::Error::other(e)))??;
+            if digest.as_deref() == Some(etag.as_str()) {
+                fsutil::create_dir(&paths.blobs_dir(), false)?;
+                let blob = paths.blob(&etag);
+                if fs::hard_link(&file, &blob).is_err() {
+                    fs::copy(&file, &blob).map_err(|e| HubError::io(&blob, e))?;
+                }
+                paths.link_snapshot(commit, &job.path, &etag)?;
+                job.cached = true;
+                continue;
+            }
+        }
+        if let Some((partial, len)) = local.partial(&job.path, &etag) {
+            let ours = paths.incomplete(&etag);
+            let have = fs::metadata(&ours).map_or(0, |m| m.len());
+            if len <= job.size && len > have {
+                fsutil::create_dir(&paths.blobs_dir(), false)?;
+                if fs::rename(&partial, &ours).is_err() {
+                    fs::copy(&partial, &ours).map_err(|e| HubError::io(&ours, e))?;
+                    let _ = fs::remove_file(&partial);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bytes still to fetch; fails when the disk cannot hold them.

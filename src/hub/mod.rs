@@ -45,6 +45,7 @@ pub mod env;
 pub mod error;
 mod fsutil;
 pub mod lfs;
+pub mod localdir;
 pub mod mock;
 pub mod shellrc;
 pub mod token;
