@@ -1413,7 +1413,10 @@ async fn cli_login_token_flag_warns_and_org_tokens_are_refused() {
     assert!(err.contains("shell history") && err.contains("ps"), "{err}");
     let (rc, _, err) = run(home.dsocr(&["login", "--token", "api_org_abcdefghijklmnop"])).await;
     assert_eq!(rc, 1);
-    assert!(err.contains("organisation tokens"), "{err}");
+    assert!(
+        err.contains("error [token.org_token]: organisation tokens"),
+        "{err}"
+    );
     assert_eq!(
         token::check_login_token(&token::Secret::new("api_org_x").expect("secret"))
             .expect_err("org")
