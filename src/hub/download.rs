@@ -888,7 +888,9 @@ impl FetchContext<'_> {
             }
             416 if part.have == part.size => return Ok(Attempt::Complete),
             // A signed CDN link that expired (S3/CloudFront answer 403, some 400 or 410).
-            400 | 401 | 403 | 410 if !self.client.on_hub(&part.url) => {
+            400 | 401 | 403 | 410
+                if !self.client.on_hub(&part.url) || is_signed_link(&part.url) =>
+            {
                 return Ok(Attempt::LinkRefused { status });
             }
             _ => {
@@ -1075,6 +1077,23 @@ fn failed_reason(reason: String, progressed: bool) -> Attempt {
     }
 }
 
+/// True for a signed, expiring link (CloudFront `Expires`/`Signature`/`Key-Pair-Id`/`Policy`,
+/// S3 `X-Amz-Signature`/`X-Amz-Expires`), wherever it is served from.
+fn is_signed_link(url: &Url) -> bool {
+    url.query_pairs().any(|(k, _)| {
+        let k = k.to_ascii_lowercase();
+        matches!(
+            k.as_str(),
+            "expires"
+                | "signature"
+                | "key-pair-id"
+                | "policy"
+                | "x-amz-signature"
+                | "x-amz-expires"
+        )
+    })
+}
+
 fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
     let v = resp.headers().get("content-range")?.to_str().ok()?;
     let range = v.strip_prefix("bytes ")?;
@@ -1116,6 +1135,16 @@ mod tests {
             Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
         assert!(BlobHasher::for_etag("xyz", 1).finish().is_none());
+    }
+
+    #[test]
+    fn signed_links_are_recognised() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(is_signed_link(&u("http://h/cdn/x?Expires=1&Signature=ab")));
+        assert!(is_signed_link(&u("https://s3/x?X-Amz-Signature=ab")));
+        assert!(!is_signed_link(&u(
+            "http://h/api/resolve-cache/models/o/r/c/config.json?etag=%22ab%22"
+        )));
     }
 
     #[test]
