@@ -36,6 +36,9 @@ impl Home {
         let mut vars = HashMap::new();
         vars.insert("HF_HOME".to_string(), dir.path().display().to_string());
         vars.insert("HF_ENDPOINT".to_string(), endpoint.to_string());
+        // Shell startup files, .git-credentials and .netrc are read from HOME: never the
+        // real ones.
+        vars.insert("HOME".to_string(), dir.path().display().to_string());
         Home { dir, vars }
     }
     fn set(mut self, k: &str, v: &str) -> Self {
@@ -93,6 +96,7 @@ impl Home {
             "http_proxy",
             "https_proxy",
             "all_proxy",
+            "XDG_CONFIG_HOME",
         ]) {
             cmd.env_remove(v);
         }
@@ -140,6 +144,7 @@ async fn diagnose_with(home: &Home, repo: &str, revision: &str) -> Report {
         repo: repo.into(),
         revision: revision.into(),
         torch: None,
+        model_dir: None,
     };
     diagnose::diagnose(&home.env(), &opts).await
 }
@@ -1086,4 +1091,480 @@ login(token="{}", add_to_git_credential=False)
     )
     .await;
     assert_eq!(out.trim(), mock::TOKEN_GRANTED);
+}
+
+// ---------------------------------------------------------------- the guide's traps (issue 17)
+
+fn findings_json(out: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(out).expect("one JSON object");
+    v["findings"].as_array().expect("findings").clone()
+}
+
+fn finding<'a>(findings: &'a [serde_json::Value], code: &str) -> &'a serde_json::Value {
+    findings
+        .iter()
+        .find(|f| f["code"] == code)
+        .unwrap_or_else(|| panic!("no {code} in {findings:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_doctor_names_the_startup_file_line_that_sets_hf_token() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint).set("HF_TOKEN", mock::TOKEN_INVALID);
+    let bashrc = home.dir.path().join(".bashrc");
+    std::fs::write(
+        &bashrc,
+        format!(
+            "# ~/.bashrc\nalias ll='ls -l'\nexport HF_TOKEN={}\n",
+            mock::TOKEN_INVALID
+        ),
+    )
+    .expect("bashrc");
+    // A token written in another file, not exported in this shell.
+    std::fs::create_dir_all(home.dir.path().join(".config/fish")).expect("fish dir");
+    std::fs::write(
+        home.dir.path().join(".config/fish/config.fish"),
+        format!("set -gx HUGGING_FACE_HUB_TOKEN {}\n", mock::TOKEN_GRANTED),
+    )
+    .expect("fish config");
+    let (rc, out, _) = run(home.dsocr(&["doctor", "--json"])).await;
+    assert_eq!(rc, 1, "{out}");
+    assert!(!out.contains(mock::TOKEN_INVALID) && !out.contains(mock::TOKEN_GRANTED));
+    let f = findings_json(&out);
+    let invalid = finding(&f, "token.invalid");
+    let msg = invalid["message"].as_str().expect("message");
+    assert!(msg.contains(".bashrc line 3"), "{msg}");
+    let fix = invalid["fix"].as_str().expect("fix");
+    assert!(
+        fix.contains("line 3 of") && fix.contains(".bashrc") && fix.contains("dsocr login"),
+        "{fix}"
+    );
+    let origin = finding(&f, "token.env_from_file");
+    let msg = origin["message"].as_str().expect("message");
+    assert!(
+        msg.contains(".bashrc line 3") && msg.contains("hf_…"),
+        "{msg}"
+    );
+    let plain = finding(&f, "token.plaintext_in_shell_file");
+    let msg = plain["message"].as_str().expect("message");
+    assert!(msg.contains("config.fish line 1"), "{msg}");
+    assert!(
+        !msg.contains(".bashrc"),
+        "the exported line is not repeated: {msg}"
+    );
+    assert_eq!(plain["severity"], "warning");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diag_git_credentials_and_netrc_are_checked_with_whoami() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let host = hub.endpoint.trim_start_matches("http://");
+    std::fs::write(
+        home.dir.path().join(".git-credentials"),
+        format!(
+            "https://me:ghp_x@github.com\nhttp://hf_user:{}@{host}\n",
+            mock::TOKEN_INVALID
+        ),
+    )
+    .expect("git-credentials");
+    std::fs::write(
+        home.dir.path().join(".netrc"),
+        format!(
+            "machine 127.0.0.1\n  login alice\n  password {}\n",
+            mock::TOKEN_GRANTED
+        ),
+    )
+    .expect("netrc");
+    let r = diagnose_home(&home).await;
+    let bad = expect_code(&r, "token.git_credential_invalid", Severity::Error);
+    assert!(bad.message.contains(".git-credentials line 2"), "{bad:?}");
+    assert!(bad.fix.contains("delete line 2 of"), "{bad:?}");
+    let plain = expect_code(&r, "token.git_credential_plaintext", Severity::Info);
+    assert!(
+        plain.message.contains(".netrc line 1") && plain.message.contains("valid, user alice"),
+        "{plain:?}"
+    );
+    assert!(!r.ready);
+    // The same through the CLI, as a user runs it.
+    let (rc, out, _) = run(home.dsocr(&["doctor", "--json"])).await;
+    assert_eq!(rc, 1);
+    let f = findings_json(&out);
+    let msg = finding(&f, "token.git_credential_invalid")["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(msg.contains(".git-credentials"), "{msg}");
+    assert!(!out.contains(mock::TOKEN_INVALID), "token printed in full");
+}
+
+fn pointer_folder(root: &std::path::Path) -> PathBuf {
+    let dir = root.join("cloned-without-lfs");
+    std::fs::create_dir_all(&dir).expect("dir");
+    // Only the weights, as pointers: the LFS check comes before "no config.json".
+    for (name, size) in [
+        ("model-00001-of-000001.safetensors", 6_672_212_480u64),
+        ("extra.safetensors", 1024),
+    ] {
+        let pointer = format!(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {size}\n",
+            "ab".repeat(32)
+        );
+        std::fs::write(dir.join(name), pointer).expect("pointer");
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lfs_pointer_folders_are_named_by_ocr_and_doctor() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let dir = pointer_folder(home.dir.path());
+    let image = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/preprocess/letter-1275x1650.base.global.png"
+    );
+    let dir_arg = dir.to_str().expect("path");
+    let (rc, _, err) =
+        run(home.dsocr(&["ocr", image, "--model", dir_arg, "--device", "cpu"])).await;
+    assert_ne!(rc, 0, "{err}");
+    assert!(err.contains("Git LFS pointer"), "{err}");
+    assert!(
+        err.contains("6.7 GB") && err.contains("git lfs pull"),
+        "{err}"
+    );
+    assert!(!err.contains("header length"), "{err}");
+    let (rc, out, _) = run(home.dsocr(&["doctor", "--json", "--model", dir_arg])).await;
+    assert_eq!(rc, 1);
+    let f = findings_json(&out);
+    let lfs = finding(&f, "lfs.pointer");
+    assert!(
+        lfs["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(SHARD) && m.contains("so are extra.safetensors")),
+        "{lfs}"
+    );
+    assert!(
+        lfs["fix"]
+            .as_str()
+            .is_some_and(|m| m.contains("--local-dir"))
+    );
+    // `dsocr download --local-dir` replaces the pointers with the real files.
+    let (rc, _, err) = run(home.dsocr(&["download", "--local-dir", dir_arg])).await;
+    assert_eq!(rc, 0, "{err}");
+    let shard = std::fs::read(dir.join(SHARD)).expect("shard");
+    assert_eq!(shard, mock::pseudo_random(SHARD_SIZE, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repo_ids_match_in_any_case_and_reuse_the_cached_folder() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let (outcome, _) = fetch(&home, &demo()).await;
+    let first = outcome.expect("download");
+    hub.clear_requests();
+    let lower = "deepseek-ai/deepseek-ocr";
+    let (rc, out, err) = run(home.dsocr(&["download", lower])).await;
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out.trim(), first.snapshot.display().to_string());
+    assert!(err.contains("deepseek-ai/DeepSeek-OCR"), "{err}");
+    assert!(err.contains("models--deepseek-ai--DeepSeek-OCR"), "{err}");
+    assert!(err.contains("nothing downloaded"), "{err}");
+    let reqs = hub.requests();
+    assert!(
+        reqs.iter()
+            .all(|r| r.server == "hub" && r.target.starts_with("/api/models/")),
+        "only model info was asked for: {reqs:?}"
+    );
+    let folders: Vec<_> = std::fs::read_dir(home.cache())
+        .expect("cache")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("models--"))
+        .collect();
+    assert_eq!(folders.len(), 1, "one copy only");
+    // doctor says the typed name differs
+    let r = diagnose_with(&home, lower, "main").await;
+    let case = expect_code(&r, "repo.case", Severity::Warning);
+    assert!(
+        case.message.contains("deepseek-ai/DeepSeek-OCR"),
+        "{case:?}"
+    );
+    expect_code(&r, "cache.ok", Severity::Ok);
+    // offline, the cache folder is matched in any case
+    let offline = Home {
+        dir: tempfile::tempdir().expect("dir"),
+        vars: home.vars.clone(),
+    }
+    .set("HF_HUB_OFFLINE", "1");
+    let (rc, out, err) = run(offline.dsocr(&["download", "DEEPSEEK-AI/deepseek-ocr"])).await;
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out.trim(), first.snapshot.display().to_string());
+    let r = diagnose_with(&offline, lower, "main").await;
+    expect_code(&r, "repo.case", Severity::Warning);
+    expect_code(&r, "cache.ok", Severity::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_link_after_a_drop_is_refreshed_and_completes_in_one_run() {
+    const BIG: usize = 8 * 1024 * 1024;
+    const DROP: u64 = 5 * 1024 * 1024;
+    let config = MockConfig {
+        repos: vec![mock::demo_repo(Access::Public, BIG)],
+        // 5 MiB take ~1.25 s at 4 MiB/s: the link (1 s) has expired when the resume starts.
+        cdn_bytes_per_sec: Some(4 * 1024 * 1024),
+        cdn_url_ttl: Some(Duration::from_secs(1)),
+        ..MockConfig::default()
+    };
+    let hub = MockHub::start(config).await.expect("mock hub");
+    hub.add_fault(SHARD, FaultKind::DropAfter(DROP));
+    let home = Home::new(&hub.endpoint);
+    let (rc, out, err) = run(home.dsocr(&["download", "--json", "--include", SHARD])).await;
+    assert_eq!(rc, 0, "{out}\n{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let refreshed: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "link_refreshed")
+        .collect();
+    assert_eq!(refreshed.len(), 1, "{events:?}");
+    assert_eq!(refreshed[0]["resume_at"], DROP);
+    assert_eq!(refreshed[0]["status"], 403);
+    assert!(!out.contains("Signature=") && !err.contains("Signature="));
+    let expected = mock::demo_repo(Access::Public, BIG)
+        .files
+        .into_iter()
+        .find(|f| f.path == SHARD)
+        .expect("shard");
+    let cdn: Vec<(u16, Option<String>, u64)> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.server == "cdn" && r.method == "GET")
+        .map(|r| (r.status, r.range, r.body_bytes))
+        .collect();
+    assert_eq!(cdn.len(), 3, "{cdn:?}");
+    assert_eq!((cdn[0].0, cdn[0].2), (200, DROP));
+    assert_eq!(cdn[1].0, 403, "the old link expired: {cdn:?}");
+    assert_eq!(cdn[2].0, 206);
+    assert_eq!(cdn[2].1.as_deref(), Some("bytes=5242880-"));
+    assert_eq!(cdn[0].2 + cdn[2].2, BIG as u64, "nothing sent twice");
+    // sha256-verified: the blob is named by its sha256 and holds exactly the content.
+    let paths = RepoPaths::new(&home.cache(), mock::DEMO_REPO).expect("paths");
+    let blob = std::fs::read(paths.blob(&expected.etag())).expect("blob");
+    assert_eq!(blob, expected.content);
+    assert_eq!(paths.partial_bytes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cdn_refusing_fresh_links_is_not_called_a_token_problem() {
+    let config = MockConfig {
+        repos: vec![mock::demo_repo(Access::Public, SHARD_SIZE)],
+        cdn_url_ttl: Some(Duration::ZERO),
+        ..MockConfig::default()
+    };
+    let hub = MockHub::start(config).await.expect("mock hub");
+    let home = Home::new(&hub.endpoint);
+    home.save_token(mock::TOKEN_GRANTED);
+    let req = DownloadRequest {
+        include: vec![SHARD.into()],
+        ..demo()
+    };
+    let (result, _) = fetch(&home, &req).await;
+    let e = result.expect_err("every link is expired");
+    assert!(
+        matches!(e, HubError::CdnRefused { status: 403, .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), "download.cdn_refused");
+    let text = e.to_string();
+    assert!(!text.contains("Signature") && !text.contains('?'), "{text}");
+    assert!(!text.contains("give your token"), "{text}");
+    let refusals = hub
+        .requests()
+        .iter()
+        .filter(|r| r.server == "cdn" && r.status == 403)
+        .count();
+    assert_eq!(refusals, 3, "first link plus two fresh ones");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_hygiene_write_role_and_age() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    home.save_token(mock::TOKEN_WRITE_OLD);
+    let r = diagnose_home(&home).await;
+    let ok = expect_code(&r, "token.ok", Severity::Ok);
+    assert!(ok.message.contains("created 2024-01-05"), "{ok:?}");
+    let w = expect_code(&r, "token.more_than_read", Severity::Warning);
+    assert!(w.fix.contains("a read token is enough"), "{w:?}");
+    expect_code(&r, "token.old", Severity::Info);
+    home.save_token(mock::TOKEN_GRANTED);
+    let r = diagnose_home(&home).await;
+    assert!(r.get("token.more_than_read").is_none() && r.get("token.old").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_login_token_flag_warns_and_org_tokens_are_refused() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let (rc, _, err) = run(home.dsocr(&["login", "--token", mock::TOKEN_GRANTED])).await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("shell history") && err.contains("ps"), "{err}");
+    let (rc, _, err) = run(home.dsocr(&["login", "--token", "api_org_abcdefghijklmnop"])).await;
+    assert_eq!(rc, 1);
+    assert!(
+        err.contains("error [token.org_token]: organisation tokens"),
+        "{err}"
+    );
+    assert_eq!(
+        token::check_login_token(&token::Secret::new("api_org_x").expect("secret"))
+            .expect_err("org")
+            .code(),
+        "token.org_token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_prune_removes_detached_revisions_only() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let (outcome, _) = fetch(&home, &demo()).await;
+    let outcome = outcome.expect("download");
+    let paths = RepoPaths::new(&home.cache(), mock::DEMO_REPO).expect("paths");
+    // An older revision no ref points to: one file shared with main, one blob of its own.
+    let old = "1111111111111111111111111111111111111111";
+    let old_dir = paths.snapshot_dir(old);
+    std::fs::create_dir_all(&old_dir).expect("old snapshot");
+    std::fs::write(paths.blob("0ld0b10b"), b"only the old revision").expect("blob");
+    std::os::unix::fs::symlink("../../blobs/0ld0b10b", old_dir.join("old.txt")).expect("link");
+    let shared = std::fs::read_link(outcome.snapshot.join("config.json")).expect("link");
+    std::os::unix::fs::symlink(&shared, old_dir.join("config.json")).expect("link");
+    let (rc, out, _) = run(home.dsocr(&["cache", "prune", "--dry-run"])).await;
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains(&format!("would remove {}@{old} (21 B)", mock::DEMO_REPO)),
+        "{out}"
+    );
+    assert!(
+        old_dir.is_dir() && paths.blob("0ld0b10b").is_file(),
+        "dry run deleted"
+    );
+    let (rc, out, _) = run(home.dsocr(&["cache", "prune"])).await;
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("1 detached revision(s), 21 B freed"), "{out}");
+    assert!(!old_dir.exists() && !paths.blob("0ld0b10b").exists());
+    assert!(
+        outcome.snapshot.join("config.json").is_file(),
+        "main kept its shared blob"
+    );
+    assert!(cache::prune(&home.cache(), true).expect("prune").is_empty());
+}
+
+#[test]
+fn hub_errors_have_stable_codes_and_fixes() {
+    let errors = [
+        HubError::InvalidToken {
+            origin: token::TokenSource::EnvHfToken,
+        },
+        HubError::RepoNotFound {
+            repo: "o/r".into(),
+            token_sent: false,
+        },
+        HubError::GatedLoginRequired { repo: "o/r".into() },
+        HubError::RateLimited { retry_after: None },
+        HubError::DiskFull {
+            dir: PathBuf::from("/x"),
+            needed: 2,
+            available: 1,
+        },
+    ];
+    for e in &errors {
+        assert!(
+            diagnose::CODES.contains(&e.code()),
+            "{} is not a doctor code",
+            e.code()
+        );
+        assert!(!e.fix().is_empty());
+    }
+    assert_eq!(
+        dsocr::hub::error::short_url(
+            "http://localhost:9/blobs/abc?Expires=1&Signature=deadbeef&Key-Pair-Id=K"
+        ),
+        "http://localhost:9/blobs/abc"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_local_dir_is_checked_against_the_repo_and_resumed() {
+    let hub = hub(Access::Public).await;
+    let home = Home::new(&hub.endpoint);
+    let dir = home.dir.path().join("deepseek_ocr");
+    let dir_s = dir.display().to_string();
+    let shard = mock::demo_repo(Access::Public, SHARD_SIZE)
+        .files
+        .into_iter()
+        .find(|f| f.path == SHARD)
+        .expect("shard");
+    // Python downloads everything, then the shard is "interrupted": its file and metadata go,
+    // and Python's partial file holds its first MiB, under the name huggingface_hub gives it.
+    let partial = python_ok(
+        &home,
+        &format!(
+            r#"
+from pathlib import Path
+from huggingface_hub import snapshot_download
+from huggingface_hub._local_folder import get_local_download_paths
+snapshot_download("{repo}", local_dir="{dir_s}")
+p = get_local_download_paths(Path("{dir_s}"), "{SHARD}")
+p.file_path.unlink(); p.metadata_path.unlink()
+print(p.incomplete_path("{etag}"))
+"#,
+            repo = mock::DEMO_REPO,
+            etag = shard.etag()
+        ),
+    )
+    .await;
+    std::fs::write(partial.trim(), &shard.content[..1 << 20]).expect("partial");
+    let (rc, out, _) = run(home.dsocr(&["doctor", "--json", "--model", &dir_s])).await;
+    assert_eq!(rc, 1, "{out}");
+    let f = findings_json(&out);
+    let msg = finding(&f, "model.incomplete")["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(
+        msg.contains("Python local_dir") && msg.contains(SHARD) && msg.contains("1 of 7"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1.0 MB already downloaded will be resumed"),
+        "{msg}"
+    );
+    hub.clear_requests();
+    let (rc, _, err) = run(home.dsocr(&["download", "--local-dir", &dir_s])).await;
+    assert_eq!(rc, 0, "{err}");
+    let cdn: Vec<(Option<String>, u64)> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.server == "cdn" && r.method == "GET")
+        .map(|r| (r.range, r.body_bytes))
+        .collect();
+    assert_eq!(
+        cdn,
+        vec![(
+            Some("bytes=1048576-".to_string()),
+            (SHARD_SIZE - (1 << 20)) as u64
+        )],
+        "only the rest of the shard is fetched; the other files are taken from the folder"
+    );
+    assert_eq!(
+        std::fs::read(dir.join(SHARD)).expect("shard"),
+        shard.content
+    );
+    assert!(!std::path::Path::new(partial.trim()).exists());
+    let (rc, out, _) = run(home.dsocr(&["doctor", "--json", "--model", &dir_s])).await;
+    let f = findings_json(&out);
+    assert_eq!(finding(&f, "model.ok")["severity"], "ok", "{out}");
+    assert_eq!(rc, 0, "{out}");
 }

@@ -656,8 +656,8 @@ fn download_progress_cancel_resume_and_rescan() {
     );
     assert_eq!(
         jobs,
-        vec![Job::ScanCache],
-        "a finished download refreshes the cache"
+        vec![Job::ScanCache, Job::RefreshLogin(DEFAULT_MODEL.to_string())],
+        "a finished download refreshes the cache and the diagnosis"
     );
 }
 
@@ -1268,4 +1268,35 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
     );
     drop(t);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn login_problems_wrap_with_a_hanging_indent_and_scroll() {
+    let mut a = shadowed();
+    // Narrow and short: only the focused Login pane, too small for every row.
+    let before = render(&a, 60, 9);
+    assert!(
+        before.contains("Problem ✗ shadowed-token"),
+        "the problem is shown: {before}"
+    );
+    assert!(
+        !before.contains("Fix "),
+        "the fix is below the fold: {before}"
+    );
+    assert!(
+        before.contains("┃        "),
+        "continuation lines are indented under the value: {before}"
+    );
+    assert!(
+        !before.contains("401 Unauthorized"),
+        "the User row does not repeat the problem: {before}"
+    );
+    drive(&mut a, [key(KeyCode::PageDown)]);
+    let after = render(&a, 60, 9);
+    assert!(
+        after.contains("Fix     unset HF_TOKEN"),
+        "scrolled: {after}"
+    );
+    drive(&mut a, [key(KeyCode::Home)]);
+    assert_eq!(render(&a, 60, 9), before, "Home scrolls back to the top");
 }

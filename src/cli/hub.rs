@@ -24,6 +24,9 @@ pub struct DoctorArgs {
     /// Its revision (branch, tag or commit)
     #[arg(long, default_value = "main")]
     pub revision: String,
+    /// Also check this local model folder (Git LFS pointers, missing files)
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
     /// Print one JSON object {"findings":[…],"ready":bool}
     #[arg(long)]
     pub json: bool,
@@ -43,6 +46,9 @@ pub struct LoginArgs {
     /// Read the token from standard input instead of prompting
     #[arg(long)]
     pub token_stdin: bool,
+    /// The token itself (discouraged: it stays in shell history and shows in `ps`)
+    #[arg(long, conflicts_with = "token_stdin")]
+    pub token: Option<String>,
     /// Name to store it under (default: the token's name on the hub)
     #[arg(long)]
     pub name: Option<String>,
@@ -123,6 +129,12 @@ pub enum CacheCommand {
         #[arg(long)]
         revision: Option<String>,
     },
+    /// Remove detached revisions (no branch or tag points to them) and the blobs only they use
+    Prune {
+        /// Only say what would be removed and how much it frees
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Remove a repo (or one revision) from the cache
     Rm {
         /// The repo
@@ -155,6 +167,7 @@ pub fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             cuda_available: tch::Cuda::is_available(),
             device_count: tch::Cuda::device_count(),
         }),
+        model_dir: args.model,
     };
     let report = runtime()?.block_on(diagnose::diagnose(&env, &opts));
     if args.json {
@@ -251,12 +264,16 @@ fn read_token(from_stdin: bool) -> anyhow::Result<Secret> {
 /// `dsocr login`: validate with whoami, then save (token file + stored_tokens, 0600).
 pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let env = HubEnv::from_process();
-    let secret = read_token(args.token_stdin)?;
-    if secret.expose().starts_with("api_org") {
-        anyhow::bail!(
-            "organisation tokens (api_org_…) cannot log in; use a user token from https://huggingface.co/settings/tokens"
-        );
-    }
+    let secret = match &args.token {
+        Some(t) => {
+            eprintln!(
+                "warning: a token given with --token stays in your shell history and is visible to other users in `ps`; prefer the prompt or --token-stdin, and consider rotating this token"
+            );
+            Secret::new(t).context("no token given")?
+        }
+        None => read_token(args.token_stdin)?,
+    };
+    token::check_login_token(&secret)?;
     let found = FoundToken {
         source: TokenSource::Given,
         token: secret.clone(),
@@ -400,6 +417,19 @@ pub fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
         Ok(outcome) => {
             if !args.json {
                 eprintln!();
+                if outcome.downloaded == 0 {
+                    eprintln!(
+                        "nothing downloaded: {} was already complete in {}",
+                        outcome.repo,
+                        outcome.snapshot.display()
+                    );
+                } else {
+                    eprintln!(
+                        "{} downloaded and verified (sha256 / git sha1) into {}",
+                        human_bytes(outcome.downloaded),
+                        outcome.snapshot.display()
+                    );
+                }
                 println!("{}", outcome.snapshot.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -452,18 +482,39 @@ impl ProgressView {
         let mut err = std::io::stderr();
         let line = match event {
             DownloadEvent::AnonymousFallback { reason } => format!("warning: {reason}"),
+            DownloadEvent::CanonicalId {
+                requested,
+                canonical,
+            } => format!(
+                "note: the hub's name for {requested} is {canonical}; using {canonical} (the cache's folder names are case-sensitive)"
+            ),
             DownloadEvent::Plan {
+                folder,
                 commit,
                 files,
                 to_fetch,
             } => {
                 let cached = files.iter().filter(|f| f.cached).count();
+                let all = if cached == files.len() {
+                    "; everything is already cached, nothing to download"
+                } else {
+                    ""
+                };
                 format!(
-                    "commit {commit}: {} files, {cached} already cached, {} to fetch",
+                    "commit {commit}: {} files, {cached} already cached, {} to fetch, in {}{all}",
                     files.len(),
-                    human_bytes(*to_fetch)
+                    human_bytes(*to_fetch),
+                    folder.display()
                 )
             }
+            DownloadEvent::LinkRefreshed {
+                path,
+                resume_at,
+                status,
+            } => format!(
+                "{path}: the download link expired (HTTP {status}); got a fresh one from the hub, continuing at {}",
+                human_bytes(*resume_at)
+            ),
             DownloadEvent::WaitingForLock { path, lock } => {
                 format!(
                     "waiting: another process is downloading {path} (lock {})",
@@ -540,6 +591,26 @@ pub fn cache(args: CacheArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         CacheCommand::Ls { json } => cache_ls(&env, json),
         CacheCommand::Verify { repo, revision } => cache_verify(&env, &repo, revision.as_deref()),
+        CacheCommand::Prune { dry_run } => {
+            let pruned = cache::prune(&env.hub_cache, dry_run)?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for r in &pruned {
+                println!(
+                    "{verb} {}@{} ({})",
+                    r.repo_id,
+                    r.commit,
+                    human_bytes(r.freed)
+                );
+            }
+            let freed: u64 = pruned.iter().map(|r| r.freed).sum();
+            println!(
+                "{} detached revision(s), {} {}",
+                pruned.len(),
+                human_bytes(freed),
+                if dry_run { "would be freed" } else { "freed" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         CacheCommand::Rm { repo, revision } => {
             let freed = cache::remove(&env.hub_cache, &repo, revision.as_deref())?;
             println!(

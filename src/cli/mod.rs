@@ -104,7 +104,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Hub errors carry the same stable code as `doctor` and the dashboard.
+            match err.downcast_ref::<crate::hub::HubError>() {
+                Some(hub) => eprintln!("error [{}]: {err:#}", hub.code()),
+                None => eprintln!("error: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -32,15 +32,36 @@ pub struct RepoPaths {
 }
 
 impl RepoPaths {
-    /// The paths of model repo `repo` (checked with [`validate_repo_id`]).
+    /// The paths of model repo `repo` (checked with [`validate_repo_id`]). The hub matches
+    /// repo ids in any case but the cache's folder names are case-sensitive, so when the exact
+    /// folder does not exist an existing folder of another case is used (the same repo):
+    /// `deepseek-ai/deepseek-ocr` finds `models--deepseek-ai--DeepSeek-OCR`.
     pub fn new(cache: &Path, repo: &str) -> Result<Self, HubError> {
         validate_repo_id(repo)?;
-        let folder = format!("models--{}", repo.replace('/', "--"));
+        let exact = format!("models--{}", repo.replace('/', "--"));
+        let folder = if cache.join(&exact).is_dir() {
+            exact
+        } else {
+            other_case_folder(cache, &exact).unwrap_or(exact)
+        };
         Ok(RepoPaths {
             cache: cache.to_path_buf(),
             repo_dir: cache.join(&folder),
             folder,
         })
+    }
+
+    /// The repo id this folder holds, in the folder's case.
+    pub fn repo_id(&self) -> String {
+        self.folder
+            .strip_prefix("models--")
+            .unwrap_or(&self.folder)
+            .replace("--", "/")
+    }
+
+    /// True when the folder holds at least one snapshot.
+    pub fn exists(&self) -> bool {
+        self.repo_dir.join("snapshots").is_dir()
     }
     /// `blobs/`.
     pub fn blobs_dir(&self) -> PathBuf {
@@ -105,6 +126,20 @@ impl RepoPaths {
         make_link(&target, &tmp, &self.blob(etag))?;
         fs::rename(&tmp, &link).map_err(|e| HubError::io(&link, e))
     }
+}
+
+/// An existing folder of `cache` whose name equals `folder` ignoring ASCII case (the first in
+/// name order when several do).
+fn other_case_folder(cache: &Path, folder: &str) -> Option<String> {
+    let mut names: Vec<String> = fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.eq_ignore_ascii_case(folder))
+        .collect();
+    names.sort();
+    names.into_iter().next()
 }
 
 #[cfg(unix)]
@@ -215,11 +250,12 @@ pub struct CacheScan {
 }
 
 impl CacheScan {
-    /// The repo with this id (models).
+    /// The repo with this id (models); another case of the id when the exact one is absent.
     pub fn repo(&self, repo_id: &str) -> Option<&CachedRepo> {
-        self.repos
-            .iter()
-            .find(|r| r.repo_id == repo_id && r.repo_type == "model")
+        let models = || self.repos.iter().filter(|r| r.repo_type == "model");
+        models()
+            .find(|r| r.repo_id == repo_id)
+            .or_else(|| models().find(|r| r.repo_id.eq_ignore_ascii_case(repo_id)))
     }
 }
 
@@ -424,7 +460,11 @@ pub fn verify(
         ),
         cache: cache.to_path_buf(),
     };
-    let cached = scan.repo(repo).ok_or_else(not_cached)?;
+    let cached = scan
+        .repos
+        .iter()
+        .find(|r| r.path == paths.repo_dir)
+        .ok_or_else(not_cached)?;
     let commit = revision
         .map(|r| paths.resolve_revision(r).ok_or_else(not_cached))
         .transpose()?;
@@ -486,10 +526,14 @@ fn check_blob(
 pub fn remove(cache: &Path, repo: &str, revision: Option<&str>) -> Result<u64, HubError> {
     let paths = RepoPaths::new(cache, repo)?;
     let scan = scan(cache)?;
-    let cached = scan.repo(repo).ok_or_else(|| HubError::NotCached {
-        what: repo.to_string(),
-        cache: cache.to_path_buf(),
-    })?;
+    let cached = scan
+        .repos
+        .iter()
+        .find(|r| r.path == paths.repo_dir)
+        .ok_or_else(|| HubError::NotCached {
+            what: repo.to_string(),
+            cache: cache.to_path_buf(),
+        })?;
     let Some(revision) = revision else {
         let partial: u64 = cached.partials.iter().map(|p| p.bytes).sum();
         remove_dir(&paths.repo_dir)?;
@@ -522,6 +566,58 @@ pub fn remove(cache: &Path, repo: &str, revision: Option<&str>) -> Result<u64, H
     }
     remove_dir(&paths.snapshot_dir(&commit))?;
     Ok(freed)
+}
+
+/// A revision no ref points to (replaced by a newer `main`, say), as `hf cache prune` sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DetachedRevision {
+    /// `owner/name`.
+    pub repo_id: String,
+    /// The commit.
+    pub commit: String,
+    /// Bytes its removal frees: its blobs that no other revision of the repo uses.
+    pub freed: u64,
+}
+
+/// Removes every detached revision of every cached repo (its snapshot folder and the blobs no
+/// other revision uses), like `hf cache prune`; with `dry_run` only reports what it would do.
+pub fn prune(cache: &Path, dry_run: bool) -> Result<Vec<DetachedRevision>, HubError> {
+    let scan = scan(cache)?;
+    let mut out = Vec::new();
+    for repo in &scan.repos {
+        let (detached, kept): (Vec<_>, Vec<_>) =
+            repo.revisions.iter().partition(|r| r.refs.is_empty());
+        if detached.is_empty() {
+            continue;
+        }
+        let mut keep: BTreeSet<&PathBuf> = kept
+            .iter()
+            .flat_map(|r| r.files.iter().filter_map(|f| f.blob.as_ref()))
+            .collect();
+        for rev in detached {
+            let mut freed = 0;
+            for file in &rev.files {
+                let Some(blob) = file.blob.as_ref() else {
+                    continue;
+                };
+                if keep.insert(blob) {
+                    freed += file.size;
+                    if !dry_run {
+                        fs::remove_file(blob).map_err(|e| HubError::io(blob, e))?;
+                    }
+                }
+            }
+            if !dry_run {
+                remove_dir(&repo.path.join("snapshots").join(&rev.commit))?;
+            }
+            out.push(DetachedRevision {
+                repo_id: repo.repo_id.clone(),
+                commit: rev.commit.clone(),
+                freed,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn remove_dir(dir: &Path) -> Result<(), HubError> {

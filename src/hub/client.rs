@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::HubError;
 use super::env::HubEnv;
+use super::error::short_url;
 use super::token::{FoundToken, TokenSource};
 
 /// The message the hub sends with a 401 for a bad token.
@@ -132,6 +133,51 @@ pub struct WhoAmI {
     pub can_read_gated_repos: Option<bool>,
     /// Fine-grained tokens: scoped permissions as `entity: perm, perm`.
     pub scoped: Vec<String>,
+    /// Fine-grained tokens: global permissions.
+    pub global: Vec<String>,
+    /// When the token was created (`auth.accessToken.createdAt`, ISO 8601).
+    pub token_created_at: Option<String>,
+}
+
+impl WhoAmI {
+    /// True when the token can write (a `write` token, or a fine-grained one with a write
+    /// permission): more than downloading needs.
+    pub fn can_write(&self) -> bool {
+        self.token_role.as_deref() == Some("write")
+            || self
+                .scoped
+                .iter()
+                .chain(&self.global)
+                .any(|p| p.contains("write"))
+    }
+
+    /// The token's age in whole days at `now` (unix seconds), from `createdAt`.
+    pub fn token_age_days(&self, now: u64) -> Option<u64> {
+        let created = parse_iso_date(self.token_created_at.as_deref()?)?;
+        Some(now.saturating_sub(created) / 86_400)
+    }
+}
+
+/// Unix seconds of the date part of an ISO 8601 timestamp (`2026-07-23T10:27:03.276Z`;
+/// midnight UTC, which is all an age in days needs).
+pub fn parse_iso_date(text: &str) -> Option<u64> {
+    let date = text.get(..10)?;
+    let mut parts = date.split('-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days).ok().map(|d| d * 86_400)
 }
 
 /// One file of a model repo, from `/api/models/…?blobs=true`.
@@ -279,6 +325,11 @@ impl HubClient {
         ))
     }
 
+    /// True when `url` is on the hub itself (not the CDN that LFS files redirect to).
+    pub fn on_hub(&self, url: &Url) -> bool {
+        self.same_origin(url)
+    }
+
     fn same_origin(&self, url: &Url) -> bool {
         url.scheme() == self.endpoint.scheme()
             && url.host_str() == self.endpoint.host_str()
@@ -295,7 +346,7 @@ impl HubClient {
     ) -> Result<Response, HubError> {
         if self.env.offline {
             return Err(HubError::Offline {
-                url: url.to_string(),
+                url: short_url(url.as_str()),
             });
         }
         let mut request = self.http.request(method, url.clone()).headers(headers);
@@ -303,7 +354,7 @@ impl HubClient {
             request = request.bearer_auth(token.token.expose());
         }
         request.send().await.map_err(|e| HubError::Unreachable {
-            url: url.to_string(),
+            url: short_url(url.as_str()),
             reason: describe_transport_error(&e),
         })
     }
@@ -359,7 +410,7 @@ impl HubClient {
             current = next;
         }
         Err(HubError::Protocol {
-            url: url.to_string(),
+            url: short_url(url.as_str()),
             detail: "too many redirects".into(),
         })
     }
@@ -369,7 +420,7 @@ impl HubClient {
         classify_status(
             resp.status(),
             resp.headers(),
-            resp.url().as_str(),
+            &short_url(resp.url().as_str()),
             ctx,
             self.token_source(),
             &self.repo_page(&ctx.repo),
@@ -448,7 +499,7 @@ impl HubClient {
 
 /// The causes of a transport error, without the URL (the caller names it once) and without
 /// repeats: "client error (Connect): dns error: …".
-fn describe_transport_error(e: &reqwest::Error) -> String {
+pub(crate) fn describe_transport_error(e: &reqwest::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -493,7 +544,7 @@ pub fn normalize_etag(raw: &str) -> String {
 fn metadata_from(resp: &Response, url: &Url) -> Result<FileMetadata, HubError> {
     let headers = resp.headers();
     let missing = |what: &str| HubError::NotAHub {
-        url: url.to_string(),
+        url: short_url(url.as_str()),
         detail: format!("no {what} header"),
     };
     let commit = header_str(headers, "x-repo-commit").ok_or_else(|| missing("X-Repo-Commit"))?;
@@ -512,7 +563,7 @@ fn metadata_from(resp: &Response, url: &Url) -> Result<FileMetadata, HubError> {
     let location = match header_str(headers, "location") {
         Some(loc) if resp.status().is_redirection() => {
             resp.url().join(loc).map_err(|e| HubError::Protocol {
-                url: url.to_string(),
+                url: short_url(url.as_str()),
                 detail: format!("bad Location: {e}"),
             })?
         }
@@ -570,14 +621,14 @@ pub fn classify_status(
         },
         (401, _) => HubError::TokenRequired,
         (403, _) => HubError::Forbidden {
-            url: url.to_string(),
+            url: short_url(url),
             message,
         },
         (429, _) => HubError::RateLimited {
             retry_after: header_str(headers, "retry-after").and_then(|s| s.trim().parse().ok()),
         },
         (status, _) => HubError::Http {
-            url: url.to_string(),
+            url: short_url(url),
             status,
             message: with_request_id(message, headers),
         },
@@ -599,18 +650,18 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, HubError> {
     let is_json = header_str(resp.headers(), "content-type").is_some_and(|c| c.contains("json"));
     let body = resp.bytes().await.map_err(|e| HubError::Unreachable {
-        url: url.to_string(),
+        url: short_url(url.as_str()),
         reason: describe_transport_error(&e),
     })?;
     serde_json::from_slice(&body).map_err(|e| {
         if is_json {
             HubError::Protocol {
-                url: url.to_string(),
+                url: short_url(url.as_str()),
                 detail: e.to_string(),
             }
         } else {
             HubError::NotAHub {
-                url: url.to_string(),
+                url: short_url(url.as_str()),
                 detail: "a non-JSON answer to an API call".into(),
             }
         }
@@ -651,6 +702,8 @@ struct RawAccessToken {
     role: Option<String>,
     #[serde(rename = "fineGrained", default)]
     fine_grained: Option<RawFineGrained>,
+    #[serde(rename = "createdAt", default)]
+    created_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -659,6 +712,8 @@ struct RawFineGrained {
     can_read_gated_repos: Option<bool>,
     #[serde(default)]
     scoped: Vec<RawScoped>,
+    #[serde(default)]
+    global: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -697,6 +752,8 @@ impl From<RawWhoAmI> for WhoAmI {
                         .collect()
                 })
                 .unwrap_or_default(),
+            global: fine.map(|f| f.global.clone()).unwrap_or_default(),
+            token_created_at: access.as_ref().and_then(|a| a.created_at.clone()),
             token_name,
             name: raw.name,
         }
@@ -821,6 +878,18 @@ mod tests {
             }
         ));
         assert!(c(503, HeaderMap::new(), None).is_transient());
+    }
+
+    #[test]
+    fn iso_dates_to_unix_days() {
+        assert_eq!(parse_iso_date("1970-01-01T00:00:00Z"), Some(0));
+        // `date -u -d 2026-07-23 +%s`
+        assert_eq!(
+            parse_iso_date("2026-07-23T10:27:03.276Z"),
+            Some(1_784_764_800)
+        );
+        assert_eq!(parse_iso_date("2024-02-29"), Some(1_709_164_800));
+        assert_eq!(parse_iso_date("yesterday"), None);
     }
 
     #[test]

@@ -110,8 +110,18 @@ pub enum DownloadEvent {
         /// Why.
         reason: String,
     },
+    /// The hub's name for the repo differs from the one asked for (repo ids match in any
+    /// case on the hub, but not in the cache): the canonical one is used.
+    CanonicalId {
+        /// The id as asked for.
+        requested: String,
+        /// The hub's id.
+        canonical: String,
+    },
     /// What will be fetched.
     Plan {
+        /// The repo's cache folder used (an existing one of any case is reused).
+        folder: PathBuf,
         /// The commit.
         commit: String,
         /// Every selected file.
@@ -137,6 +147,16 @@ pub enum DownloadEvent {
     },
     /// Bytes arrived.
     Progress(Progress),
+    /// The download link expired (the CDN refused it); a fresh one came from the hub and the
+    /// file continues at the same byte.
+    LinkRefreshed {
+        /// Repo path.
+        path: String,
+        /// Where it continues.
+        resume_at: u64,
+        /// The CDN's status for the old link.
+        status: u16,
+    },
     /// The server ignored the Range request; the file restarts from zero.
     Restarted {
         /// Repo path.
@@ -172,6 +192,8 @@ pub enum DownloadEvent {
 /// The result of a finished download.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DownloadOutcome {
+    /// The hub's id of the repo (its canonical case).
+    pub repo: String,
     /// The commit.
     pub commit: String,
     /// `snapshots/<commit>`.
@@ -316,13 +338,27 @@ pub async fn download(
     events: &UnboundedSender<DownloadEvent>,
     cancel: &CancellationToken,
 ) -> Result<DownloadOutcome, HubError> {
-    let paths = RepoPaths::new(&client.env().hub_cache, &req.repo)?;
     if client.env().offline {
+        let paths = RepoPaths::new(&client.env().hub_cache, &req.repo)?;
         return from_cache_offline(&paths, req);
     }
     let (client, info, anonymous_fallback) = info_with_fallback(client, req, events).await?;
+    let repo = if info.id.is_empty() {
+        req.repo.clone()
+    } else {
+        info.id.clone()
+    };
+    if repo != req.repo {
+        let _ = events.send(DownloadEvent::CanonicalId {
+            requested: req.repo.clone(),
+            canonical: repo.clone(),
+        });
+    }
+    // The canonical folder, or an existing one of another case (Python's cache may hold the
+    // repo under the case someone typed).
+    let paths = RepoPaths::new(&client.env().hub_cache, &repo)?;
     let commit = info.sha.clone();
-    let jobs: Vec<Job> = select_files(&info, &req.include, &req.exclude)?
+    let mut jobs: Vec<Job> = select_files(&info, &req.include, &req.exclude)?
         .into_iter()
         .map(|s| {
             let size = s.size.unwrap_or(0);
@@ -336,8 +372,12 @@ pub async fn download(
             }
         })
         .collect();
+    if let Some(local) = req.local_dir.as_deref().and_then(super::localdir::read) {
+        adopt_local_dir(&paths, &commit, &local, &mut jobs).await?;
+    }
     let to_fetch = check_disk(&paths, &jobs)?;
     let _ = events.send(DownloadEvent::Plan {
+        folder: paths.repo_dir.clone(),
         commit: commit.clone(),
         files: jobs
             .iter()
@@ -352,6 +392,7 @@ pub async fn download(
     let mut meter = Meter::new(to_fetch);
     let mut ctx = FetchContext {
         client: &client,
+        repo: &repo,
         req,
         paths: &paths,
         events,
@@ -375,6 +416,7 @@ pub async fn download(
         downloaded: meter.received,
     });
     Ok(DownloadOutcome {
+        repo,
         commit,
         snapshot,
         files,
@@ -407,6 +449,59 @@ async fn info_with_fallback(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Takes over what Python's `snapshot_download(local_dir=…)` left in the `--local-dir`: a file
+/// its metadata vouches for and whose content hashes to the expected blob becomes the cache's
+/// blob (hard-linked when possible); a partial download (`….<etag>.incomplete`) becomes
+/// `blobs/<etag>.incomplete`, so the transfer resumes from its bytes.
+async fn adopt_local_dir(
+    paths: &RepoPaths,
+    commit: &str,
+    local: &super::localdir::LocalDir,
+    jobs: &mut [Job],
+) -> Result<(), HubError> {
+    for job in jobs.iter_mut().filter(|j| !j.cached) {
+        let Some(etag) = job.etag.clone() else {
+            continue;
+        };
+        if paths.blob(&etag).exists() {
+            continue;
+        }
+        if local.complete(&job.path, &etag, job.size) {
+            let file = local.dir.join(&job.path);
+            let (size, tag) = (job.size, etag.clone());
+            let hashed = file.clone();
+            let digest = tokio::task::spawn_blocking(move || {
+                let mut hasher = BlobHasher::for_etag(&tag, size);
+                hash_prefix(&hashed, &mut hasher).map(|_| hasher.finish())
+            })
+            .await
+            .map_err(|e| HubError::io(&file, std::io::Error::other(e)))??;
+            if digest.as_deref() == Some(etag.as_str()) {
+                fsutil::create_dir(&paths.blobs_dir(), false)?;
+                let blob = paths.blob(&etag);
+                if fs::hard_link(&file, &blob).is_err() {
+                    fs::copy(&file, &blob).map_err(|e| HubError::io(&blob, e))?;
+                }
+                paths.link_snapshot(commit, &job.path, &etag)?;
+                job.cached = true;
+                continue;
+            }
+        }
+        if let Some((partial, len)) = local.partial(&job.path, &etag) {
+            let ours = paths.incomplete(&etag);
+            let have = fs::metadata(&ours).map_or(0, |m| m.len());
+            if len <= job.size && len > have {
+                fsutil::create_dir(&paths.blobs_dir(), false)?;
+                if fs::rename(&partial, &ours).is_err() {
+                    fs::copy(&partial, &ours).map_err(|e| HubError::io(&ours, e))?;
+                    let _ = fs::remove_file(&partial);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bytes still to fetch; fails when the disk cannot hold them.
@@ -446,6 +541,7 @@ fn from_cache_offline(
     let snapshot = paths.snapshot_dir(&commit);
     let files = super::cache::snapshot_files(&snapshot);
     Ok(DownloadOutcome {
+        repo: paths.repo_id(),
         commit,
         snapshot,
         files,
@@ -561,6 +657,8 @@ impl Meter {
 
 struct FetchContext<'a> {
     client: &'a HubClient,
+    /// The hub's id of the repo.
+    repo: &'a str,
     req: &'a DownloadRequest,
     paths: &'a RepoPaths,
     events: &'a UnboundedSender<DownloadEvent>,
@@ -572,6 +670,9 @@ struct FetchContext<'a> {
 enum Attempt {
     /// All bytes are on disk.
     Complete,
+    /// The CDN refused the link (an expired signature answers 403 or 400): ask the hub for a
+    /// fresh one and go on at the same byte.
+    LinkRefused { status: u16 },
     /// Transient failure after `progressed` new bytes.
     Failed {
         reason: String,
@@ -584,13 +685,13 @@ impl FetchContext<'_> {
     async fn fetch(&mut self, job: &Job, commit: &str) -> Result<(), HubError> {
         let meta = self
             .client
-            .file_metadata(&self.req.repo, commit, &job.path)
+            .file_metadata(self.repo, commit, &job.path)
             .await?;
         if let Some(expected) = &job.etag
             && expected != &meta.etag
         {
             return Err(HubError::Protocol {
-                url: meta.location.to_string(),
+                url: super::error::short_url(meta.location.as_str()),
                 detail: format!(
                     "blob name {} differs from model info's {expected}",
                     meta.etag
@@ -602,7 +703,7 @@ impl FetchContext<'_> {
         if !blob.exists() {
             let lock = self.lock(&job.path, &meta.etag).await?;
             if !blob.exists() {
-                self.transfer(job, &meta.etag, meta.size, &meta.location)
+                self.transfer(job, commit, &meta.etag, meta.size, &meta.location)
                     .await?;
             }
             drop(lock);
@@ -652,6 +753,7 @@ impl FetchContext<'_> {
     async fn transfer(
         &mut self,
         job: &Job,
+        commit: &str,
         etag: &str,
         size: u64,
         url: &Url,
@@ -664,15 +766,25 @@ impl FetchContext<'_> {
         });
         let policy = self.client.retry_policy();
         let mut failures = 0u32;
+        let mut refreshes = 0u32;
         while part.have < size || (size == 0 && !part.file.exists()) {
-            let Attempt::Failed {
-                reason,
-                progressed,
-                retry_after,
-            } = self.attempt(&mut part).await?
-            else {
-                break;
+            let (reason, progressed, retry_after) = match self.attempt(&mut part).await? {
+                Attempt::Complete => break,
+                Attempt::LinkRefused { status } => {
+                    refreshes += 1;
+                    self.refresh_link(&mut part, commit, status, refreshes)
+                        .await?;
+                    continue;
+                }
+                Attempt::Failed {
+                    reason,
+                    progressed,
+                    retry_after,
+                } => (reason, progressed, retry_after),
             };
+            if progressed {
+                refreshes = 0;
+            }
             failures = if progressed { 1 } else { failures + 1 };
             if failures >= policy.max_attempts {
                 return Err(HubError::TooManyRetries {
@@ -694,6 +806,51 @@ impl FetchContext<'_> {
             }
         }
         part.finish(&self.paths.blob(etag))
+    }
+
+    /// The CDN refused `part.url` with `status`: asks the hub again for where the file is (a
+    /// fresh signed link) and points `part` at it, keeping the bytes already on disk. When the
+    /// hub refuses, that error (token, gate, permission) is the one reported; when a fresh link
+    /// is refused too, [`HubError::CdnRefused`].
+    async fn refresh_link(
+        &mut self,
+        part: &mut Part,
+        commit: &str,
+        status: u16,
+        refreshes: u32,
+    ) -> Result<(), HubError> {
+        if refreshes > 2 {
+            return Err(HubError::CdnRefused {
+                url: super::error::short_url(part.url.as_str()),
+                status,
+            });
+        }
+        let meta = tokio::select! {
+            () = self.cancel.cancelled() => return Err(HubError::Cancelled),
+            m = self.client.file_metadata(self.repo, commit, &part.path) => m?,
+        };
+        if meta.etag != part.etag {
+            return Err(HubError::Protocol {
+                url: super::error::short_url(meta.location.as_str()),
+                detail: format!(
+                    "{} changed on the hub during the download (blob {} became {})",
+                    part.path, part.etag, meta.etag
+                ),
+            });
+        }
+        tracing::info!(
+            "{}: the CDN refused the download link (HTTP {status}, expired); resuming at byte {} with a fresh link to {}",
+            part.path,
+            part.have,
+            super::error::short_url(meta.location.as_str())
+        );
+        part.url = meta.location;
+        let _ = self.events.send(DownloadEvent::LinkRefreshed {
+            path: part.path.clone(),
+            resume_at: part.have,
+            status,
+        });
+        Ok(())
     }
 
     /// One GET from `part.have` on; appends what arrives.
@@ -730,9 +887,15 @@ impl FetchContext<'_> {
                 }
             }
             416 if part.have == part.size => return Ok(Attempt::Complete),
+            // A signed CDN link that expired (S3/CloudFront answer 403, some 400 or 410).
+            400 | 401 | 403 | 410
+                if !self.client.on_hub(&part.url) || is_signed_link(&part.url) =>
+            {
+                return Ok(Attempt::LinkRefused { status });
+            }
             _ => {
                 let ctx = RequestContext {
-                    repo: self.req.repo.clone(),
+                    repo: self.repo.to_string(),
                     revision: Some(self.req.revision.clone()),
                     path: Some(part.path.clone()),
                 };
@@ -774,7 +937,12 @@ impl FetchContext<'_> {
             };
             match next {
                 None => break Attempt::Complete,
-                Some(Err(e)) => break failed_reason(e.to_string(), part.have > start),
+                Some(Err(e)) => {
+                    break failed_reason(
+                        super::client::describe_transport_error(&e),
+                        part.have > start,
+                    );
+                }
                 Some(Ok(chunk)) => {
                     if part.have + chunk.len() as u64 > part.size {
                         break Attempt::Complete; // too long: verification reports it
@@ -909,6 +1077,23 @@ fn failed_reason(reason: String, progressed: bool) -> Attempt {
     }
 }
 
+/// True for a signed, expiring link (CloudFront `Expires`/`Signature`/`Key-Pair-Id`/`Policy`,
+/// S3 `X-Amz-Signature`/`X-Amz-Expires`), wherever it is served from.
+fn is_signed_link(url: &Url) -> bool {
+    url.query_pairs().any(|(k, _)| {
+        let k = k.to_ascii_lowercase();
+        matches!(
+            k.as_str(),
+            "expires"
+                | "signature"
+                | "key-pair-id"
+                | "policy"
+                | "x-amz-signature"
+                | "x-amz-expires"
+        )
+    })
+}
+
 fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
     let v = resp.headers().get("content-range")?.to_str().ok()?;
     let range = v.strip_prefix("bytes ")?;
@@ -950,6 +1135,16 @@ mod tests {
             Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
         assert!(BlobHasher::for_etag("xyz", 1).finish().is_none());
+    }
+
+    #[test]
+    fn signed_links_are_recognised() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(is_signed_link(&u("http://h/cdn/x?Expires=1&Signature=ab")));
+        assert!(is_signed_link(&u("https://s3/x?X-Amz-Signature=ab")));
+        assert!(!is_signed_link(&u(
+            "http://h/api/resolve-cache/models/o/r/c/config.json?etag=%22ab%22"
+        )));
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct HubEnv {
     pub disable_implicit_token: bool,
     /// The variables of [`VARIABLES`] that are set, with their values (tokens masked).
     pub set_variables: Vec<(String, String)>,
+    /// `HOME`, when set: where shell startup files, `.git-credentials` and `.netrc` live.
+    pub user_home: Option<PathBuf>,
+    /// `XDG_CONFIG_HOME`, when set (git's and fish's config folder; default `~/.config`).
+    pub xdg_config_home: Option<PathBuf>,
 }
 
 impl HubEnv {
@@ -107,6 +111,8 @@ impl HubEnv {
             offline: truthy("HF_HUB_OFFLINE") || truthy("TRANSFORMERS_OFFLINE"),
             disable_implicit_token: truthy("HF_HUB_DISABLE_IMPLICIT_TOKEN"),
             set_variables,
+            user_home: get("HOME").map(PathBuf::from),
+            xdg_config_home: get("XDG_CONFIG_HOME").map(|x| expand(&x)),
         }
     }
 
@@ -116,6 +122,13 @@ impl HubEnv {
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join("stored_tokens")
+    }
+
+    /// `$XDG_CONFIG_HOME`, else `~/.config` (None without `HOME`).
+    pub fn config_home(&self) -> Option<PathBuf> {
+        self.xdg_config_home
+            .clone()
+            .or_else(|| self.user_home.as_ref().map(|h| h.join(".config")))
     }
 
     /// True when the endpoint is the public huggingface.co hub.

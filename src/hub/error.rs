@@ -40,6 +40,21 @@ pub enum HubError {
         /// Where the rejected token came from.
         origin: TokenSource,
     },
+    /// A legacy organisation token (`api_org_…`) cannot log in.
+    #[error(
+        "organisation tokens (api_org_…) cannot log in; use a user token from https://huggingface.co/settings/tokens"
+    )]
+    OrgToken,
+    /// The CDN refused a download link even right after the hub issued a fresh one.
+    #[error(
+        "the download server refused {url} (HTTP {status}) even with a fresh link from the hub; retry later (your token is fine: the hub itself granted access)"
+    )]
+    CdnRefused {
+        /// The CDN URL, without its query (host and path).
+        url: String,
+        /// The status.
+        status: u16,
+    },
     /// The call needs a token and none is configured.
     #[error("no token found: run `dsocr login` (or set HF_TOKEN)")]
     TokenRequired,
@@ -189,12 +204,118 @@ pub enum HubError {
     },
 }
 
+/// A URL as it may appear in messages and logs: scheme, host and path, without the query
+/// (signed CDN links carry `Expires`/`Signature`/`X-Amz-*` there) or user info.
+pub fn short_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => url.split(['?', '#']).next().unwrap_or("").to_string(),
+    }
+}
+
 impl HubError {
     /// Wraps an I/O error with its path.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         HubError::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    /// A stable identifier, the same as `dsocr doctor`'s finding codes where one matches
+    /// (`token.invalid`, `repo.not_found`, …), so the CLI, the dashboard and `serve` agree.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HubError::Offline { .. } => "offline.enabled",
+            HubError::Unreachable { .. } => "endpoint.unreachable",
+            HubError::NotAHub { .. } => "endpoint.not_a_hub",
+            HubError::InvalidToken { .. } => "token.invalid",
+            HubError::OrgToken => "token.org_token",
+            HubError::TokenRequired => "token.none",
+            HubError::RepoNotFound { .. } => "repo.not_found",
+            HubError::GatedLoginRequired { .. } => "repo.gated.login_required",
+            HubError::GatedNotGranted { .. } => "repo.gated.not_granted",
+            HubError::Forbidden { .. } => "repo.forbidden",
+            HubError::RevisionNotFound { .. } => "repo.revision_not_found",
+            HubError::EntryNotFound { .. } => "repo.entry_not_found",
+            HubError::RateLimited { .. } => "rate_limited",
+            HubError::Http { .. } => "repo.error",
+            HubError::CdnRefused { .. } => "download.cdn_refused",
+            HubError::TooManyRetries { .. } => "download.too_many_retries",
+            HubError::Integrity { .. } => "download.integrity",
+            HubError::DiskFull { .. } => "disk.insufficient",
+            HubError::Cancelled => "download.cancelled",
+            HubError::Protocol { .. } => "endpoint.protocol",
+            HubError::UnknownTokenName { .. } => "token.unknown_name",
+            HubError::NotCached { .. } => "cache.missing",
+            HubError::InvalidInput { .. } => "input.invalid",
+            HubError::Io { .. } => "io.error",
+        }
+    }
+
+    /// What to do about it, in one line.
+    pub fn fix(&self) -> String {
+        match self {
+            HubError::Offline { .. } => "unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE)".into(),
+            HubError::Unreachable { .. } => {
+                "check the network, proxy variables (HTTPS_PROXY, NO_PROXY) and HF_ENDPOINT".into()
+            }
+            HubError::NotAHub { .. } => {
+                "log in to the captive portal or fix the proxy, or correct HF_ENDPOINT".into()
+            }
+            HubError::InvalidToken { origin } if origin.is_env() => {
+                "unset the variable (and remove it from your shell startup file), or set it to a valid token; `dsocr doctor` names the file and line".into()
+            }
+            HubError::InvalidToken { .. } => {
+                "run `dsocr login` with a valid token, or `dsocr logout` to go anonymous".into()
+            }
+            HubError::OrgToken => {
+                "create a user token at https://huggingface.co/settings/tokens".into()
+            }
+            HubError::TokenRequired => "run `dsocr login`".into(),
+            HubError::RepoNotFound { token_sent: true, .. } => {
+                "check the repo name, or that your token can read it".into()
+            }
+            HubError::RepoNotFound { .. } => {
+                "check the repo name; for a private repo run `dsocr login`".into()
+            }
+            HubError::GatedLoginRequired { .. } => {
+                "run `dsocr login` with an account that accepted the repo's terms".into()
+            }
+            HubError::GatedNotGranted { url, .. } => {
+                format!("accept the terms at {url} (or wait for approval)")
+            }
+            HubError::Forbidden { .. } => {
+                "give your fine-grained token read access to this repo (and to gated repos)".into()
+            }
+            HubError::RevisionNotFound { .. } => {
+                "use an existing branch, tag or commit (default: main)".into()
+            }
+            HubError::EntryNotFound { .. } => "check the file name and the revision".into(),
+            HubError::RateLimited { .. } => {
+                "wait a few minutes; logged-in users get higher limits".into()
+            }
+            HubError::Http { .. } | HubError::CdnRefused { .. } => "retry later".into(),
+            HubError::TooManyRetries { .. } | HubError::Cancelled => {
+                "run the same command again: it resumes".into()
+            }
+            HubError::Integrity { .. } => "run the download again".into(),
+            HubError::DiskFull { .. } => {
+                "free disk space or point HF_HUB_CACHE (or HF_HOME) at a larger disk".into()
+            }
+            HubError::Protocol { .. } => "retry; if it persists, check HF_ENDPOINT".into(),
+            HubError::UnknownTokenName { .. } => "`dsocr auth list` shows the names".into(),
+            HubError::NotCached { .. } => "run `dsocr download` first".into(),
+            HubError::InvalidInput { .. } => "correct the value".into(),
+            HubError::Io { path, .. } => {
+                format!("check that {} exists and is writable", path.display())
+            }
         }
     }
 

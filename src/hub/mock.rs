@@ -13,6 +13,11 @@
 //!   body, any status). Every request is recorded ([`MockHub::requests`]) with the bytes of
 //!   body actually sent, so tests can measure what a resume re-downloaded.
 //!
+//! - Repo ids match in any case, as on the hub: `/api/models/deepseek-ai/deepseek-ocr` answers
+//!   with the canonical `id` `deepseek-ai/DeepSeek-OCR`.
+//! - LFS redirects carry a signed link (`?Expires=<unix>&Signature=<hex>`); the CDN refuses a
+//!   tampered or expired one with 403 ([`MockConfig::cdn_url_ttl`]).
+//!
 //! Standalone: `cargo run --release --example mock_hub -- --scenario ok --port 8765`
 //! prints the `HF_ENDPOINT` and tokens to use; see [`scenario`] for the names.
 
@@ -29,6 +34,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub const TOKEN_GRANTED: &str = "hf_MockGrantedTokenAbcdefghijklmnopqrs";
 /// A token the mock accepts, with no access to gated or private repos.
 pub const TOKEN_NOT_GRANTED: &str = "hf_MockPlainTokenAbcdefghijklmnopqrstu";
+/// A token the mock accepts like [`TOKEN_GRANTED`], but with the `write` role and created in
+/// 2024 (for the token hygiene checks).
+pub const TOKEN_WRITE_OLD: &str = "hf_MockWriteOldTokenAbcdefghijklmnopq";
 /// A token the mock rejects with 401 "Invalid credentials in Authorization header".
 pub const TOKEN_INVALID: &str = "hf_MockRevokedTokenAbcdefghijklmnowxyz";
 
@@ -137,6 +145,10 @@ pub struct MockConfig {
     pub rate_limited: bool,
     /// Throttle CDN bodies to about this many bytes per second.
     pub cdn_bytes_per_sec: Option<u64>,
+    /// How long a signed CDN link stays valid (default one hour). A request that starts after
+    /// its `Expires` gets 403 "Request has expired", as S3/CloudFront answer; a transfer that
+    /// started in time runs to its end.
+    pub cdn_url_ttl: Option<Duration>,
     /// One-shot faults, used in order.
     pub faults: Vec<Fault>,
 }
@@ -292,7 +304,8 @@ pub fn demo_repo(access: Access, shard_size: usize) -> MockRepo {
 
 /// Named scenarios for the standalone server and the dashboard's tests:
 /// `ok`, `gated`, `private`, `captive-portal`, `rate-limited`, `slow` (CDN at 1 MiB/s, 24 MiB
-/// shard), `flaky` (every body GET of the shard drops after 1 MiB, three times), `huge`
+/// shard), `expiring` (CDN links valid 2 s, CDN at 2 MiB/s, the 8 MiB shard dropped at 5 MiB,
+/// so its resume meets an expired link), `flaky` (every body GET of the shard drops after 1 MiB, three times), `huge`
 /// (model info announces a 1 PB shard).
 pub fn scenario(name: &str) -> Option<MockConfig> {
     let base = |access| MockConfig {
@@ -315,6 +328,16 @@ pub fn scenario(name: &str) -> Option<MockConfig> {
         "slow" => MockConfig {
             repos: vec![demo_repo(Access::Public, 24 * 1024 * 1024)],
             cdn_bytes_per_sec: Some(1024 * 1024),
+            ..MockConfig::default()
+        },
+        "expiring" => MockConfig {
+            repos: vec![demo_repo(Access::Public, 8 * 1024 * 1024)],
+            cdn_bytes_per_sec: Some(2 * 1024 * 1024),
+            cdn_url_ttl: Some(Duration::from_secs(2)),
+            faults: vec![Fault {
+                path: shard.into(),
+                kind: FaultKind::DropAfter(5 * 1024 * 1024),
+            }],
             ..MockConfig::default()
         },
         "flaky" => MockConfig {
@@ -347,6 +370,7 @@ pub const SCENARIOS: &[&str] = &[
     "captive-portal",
     "rate-limited",
     "slow",
+    "expiring",
     "flaky",
     "huge",
 ];
@@ -521,6 +545,7 @@ fn reason(status: u16) -> &'static str {
 enum Caller {
     Anonymous,
     Granted,
+    WriteOld,
     NotGranted,
     Invalid,
 }
@@ -533,6 +558,7 @@ fn caller(req: &Request) -> Caller {
     {
         None => Caller::Anonymous,
         Some(TOKEN_GRANTED) => Caller::Granted,
+        Some(TOKEN_WRITE_OLD) => Caller::WriteOld,
         Some(TOKEN_NOT_GRANTED) => Caller::NotGranted,
         Some(_) => Caller::Invalid,
     }
@@ -577,6 +603,7 @@ fn route(req: &Request, server: &'static str, state: &Mutex<State>) -> Reply {
 fn whoami(who: &Caller) -> Reply {
     let (name, token_name, role) = match who {
         Caller::Granted => ("alice", "dsocr-mock", "read"),
+        Caller::WriteOld => ("carol", "old-write", "write"),
         Caller::NotGranted => ("bob", "plain", "fineGrained"),
         _ => return Reply::error(401, None, "Invalid username or password."),
     };
@@ -586,7 +613,8 @@ fn whoami(who: &Caller) -> Reply {
         "isPro": false, "periodEnd": null, "avatarUrl": "/avatars/x.svg",
         "orgs": [{"type": "org", "id": "1", "name": "acme", "fullname": "Acme"}],
         "auth": {"type": "access_token", "accessToken": {
-            "displayName": token_name, "role": role, "createdAt": "2026-07-23T10:27:03.276Z",
+            "displayName": token_name, "role": role,
+            "createdAt": if matches!(who, Caller::WriteOld) { "2024-01-05T08:00:00.000Z" } else { "2026-07-23T10:27:03.276Z" },
             "fineGrained": {"canReadGatedRepos": false, "global": [],
                 "scoped": [{"entity": {"_id": "0", "type": "user", "name": name},
                             "permissions": ["repo.content.read"]}]}}}
@@ -595,10 +623,17 @@ fn whoami(who: &Caller) -> Reply {
 
 /// The repo and whether the caller may see it (`Err` = the reply to send instead).
 fn visible_repo<'a>(st: &'a State, id: &str, who: &Caller) -> Result<&'a MockRepo, Reply> {
-    let repo = st.config.repos.iter().find(|r| r.id == id);
+    let repo = st.config.repos.iter().find(|r| r.id == id).or_else(|| {
+        st.config
+            .repos
+            .iter()
+            .find(|r| r.id.eq_ignore_ascii_case(id))
+    });
     let hidden = match repo {
         None => true,
-        Some(r) => r.access == Access::Private && !matches!(who, Caller::Granted),
+        Some(r) => {
+            r.access == Access::Private && !matches!(who, Caller::Granted | Caller::WriteOld)
+        }
     };
     match (repo, hidden, who) {
         (Some(r), false, _) => Ok(r),
@@ -756,12 +791,15 @@ fn resolve(st: &State, id: &str, rest: &str, who: &Caller) -> Reply {
             .header("Accept-Ranges", "bytes")
     };
     if file.lfs {
+        let ttl = st.config.cdn_url_ttl.unwrap_or(Duration::from_secs(3600));
+        let blob_path = format!("/blobs/{}", file.etag());
+        let expires_ms = now_ms() + ttl.as_millis() as u64;
         let mut r = reply(
             302,
             format!(
-                "http://localhost:{}/blobs/{}?X-Amz-Signature=mock",
+                "http://localhost:{}{blob_path}?Expires={expires_ms}&Signature={}",
                 st.cdn_port,
-                file.etag()
+                signature(&blob_path, expires_ms)
             ),
         )
         .header("X-Linked-Size", file.size().to_string());
@@ -781,7 +819,11 @@ fn resolve(st: &State, id: &str, rest: &str, who: &Caller) -> Reply {
 
 fn resolve_cache(st: &mut State, rest: &str, req: &Request) -> Reply {
     let found = st.config.repos.iter().find_map(|r| {
-        let tail = rest.strip_prefix(&format!("{}/{}/", r.id, r.commit))?;
+        let prefix = format!("{}/{}/", r.id, r.commit);
+        let head = rest.get(..prefix.len())?;
+        let tail = head
+            .eq_ignore_ascii_case(&prefix)
+            .then(|| &rest[prefix.len()..])?;
         r.files
             .iter()
             .find(|f| f.path == tail)
@@ -794,7 +836,55 @@ fn resolve_cache(st: &mut State, rest: &str, req: &Request) -> Reply {
     reply.header("ETag", format!("\"{}\"", file.etag()))
 }
 
+/// Milliseconds since the epoch (the mock's `Expires` is in milliseconds so tests can use
+/// short lifetimes; the real CDN's is in seconds).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The mock's link signature: sha256 of path, expiry and a fixed secret, 32 hex.
+fn signature(path: &str, expires: u64) -> String {
+    let digest = Sha256::digest(format!("{path}\n{expires}\nmock-cdn-secret").as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// Checks a CDN link's `Expires` and `Signature` (the reply to send when it fails).
+fn check_signed(path: &str, target: &str) -> Result<(), Reply> {
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let denied = |message: &str| {
+        let mut r = Reply::new(403).header("Content-Type", "application/xml");
+        r.body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>{message}</Message></Error>"
+        )
+        .into_bytes();
+        r
+    };
+    let expires = param("Expires").and_then(|e| e.parse::<u64>().ok());
+    let (Some(expires), Some(sig)) = (expires, param("Signature")) else {
+        return Err(denied(
+            "Missing Key-Pair-Id query parameter or cookie value",
+        ));
+    };
+    if sig != signature(path, expires) {
+        return Err(denied("Invalid signature"));
+    }
+    if now_ms() >= expires {
+        return Err(denied("Request has expired"));
+    }
+    Ok(())
+}
+
 fn cdn_file(st: &mut State, path: &str, req: &Request) -> Reply {
+    if let Err(reply) = check_signed(path, &req.target) {
+        return reply;
+    }
     let hash = path.strip_prefix("/blobs/").unwrap_or("");
     let file = st
         .config

@@ -22,6 +22,10 @@
 //! - [`cache`]: [`cache::scan`] (Python's `scan_cache_dir` sizes), [`cache::verify`] (re-hash
 //!   with a progress callback), [`cache::remove`], [`cache::completeness`] (what a
 //!   DeepSeek-OCR snapshot lacks), [`cache::RepoPaths`] for the layout.
+//! - [`shellrc`]: token variables and tokens written in shell startup files (file and line);
+//!   [`credentials`]: hub tokens in git's store files and `~/.netrc`; [`lfs`]: Git LFS
+//!   pointer files where weights should be ([`lfs::folder_problem`] for `ocr`, `serve`, the
+//!   dashboard); every [`HubError`] has a stable [`HubError::code`] and a [`HubError::fix`].
 //! - [`mock::MockHub`]: a real HTTP mock hub on 127.0.0.1 with scenarios and faults, for tests
 //!   and demos (`cargo run --release --example mock_hub -- --scenario ok --port 8765`).
 //!
@@ -34,12 +38,16 @@
 
 pub mod cache;
 pub mod client;
+pub mod credentials;
 pub mod diagnose;
 pub mod download;
 pub mod env;
 pub mod error;
 mod fsutil;
+pub mod lfs;
+pub mod localdir;
 pub mod mock;
+pub mod shellrc;
 pub mod token;
 
 pub use client::HubClient;

@@ -78,6 +78,8 @@ pub enum TokenSource {
     File(PathBuf),
     /// Given directly (to `dsocr login`, or by the dashboard).
     Given,
+    /// A credential stored for git or netrc, named by its file and line.
+    Credential(String),
 }
 
 impl fmt::Display for TokenSource {
@@ -89,6 +91,7 @@ impl fmt::Display for TokenSource {
             }
             TokenSource::File(p) => write!(f, "the token file {}", p.display()),
             TokenSource::Given => f.write_str("the token given to login"),
+            TokenSource::Credential(at) => write!(f, "the stored credential at {at}"),
         }
     }
 }
@@ -157,6 +160,15 @@ impl TokenStatus {
             .find(|s| &s.token == token)
             .map(|s| s.name.as_str())
     }
+}
+
+/// Refuses tokens that cannot log in before asking the hub: legacy organisation tokens
+/// (`api_org_…`), as Python's `hf auth login` does. The CLI, the dashboard and `serve` call it.
+pub fn check_login_token(token: &Secret) -> Result<(), HubError> {
+    if token.expose().starts_with("api_org") {
+        return Err(HubError::OrgToken);
+    }
+    Ok(())
 }
 
 /// Reads every token source (no network).

@@ -474,6 +474,10 @@ impl<J: Jobs> Driver for Batcher<'_, '_, J> {
 
 /// A missing piece of a model folder is an error that names it.
 fn check_model_dir(dir: &Path) -> Result<()> {
+    // A clone made without git-lfs: name the pointer files instead of a "bad header" later.
+    if let Some(problem) = crate::hub::lfs::folder_problem(dir) {
+        return Err(OcrError::Invalid(problem));
+    }
     let entries = std::fs::read_dir(dir).map_err(|source| OcrError::Io {
         path: dir.to_path_buf(),
         source,

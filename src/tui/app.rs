@@ -634,6 +634,14 @@ impl App {
             (cur as i64 + step).clamp(0, len as i64 - 1) as usize
         };
         match self.focus {
+            // Up/Down pick a stored token; PgUp/PgDn/Home/End (or Up/Down with no stored
+            // token) scroll the pane, whose long problems and fixes wrap.
+            Pane::Login
+                if self.login.stored.is_empty() || !matches!(cmd, Command::Up | Command::Down) =>
+            {
+                let cur = i64::from(self.login.scroll) + step;
+                self.login.scroll = cur.clamp(0, 200) as u16;
+            }
             Pane::Login => {
                 self.login.selected = move_in(self.login.selected, self.login.stored.len());
             }
@@ -680,13 +688,15 @@ impl App {
         self.log.push_back(line);
     }
 
-    /// Results from workers; a finished download asks for a fresh cache scan.
+    /// Results from workers; a finished download asks for a fresh cache scan and diagnosis.
     fn on_result(&mut self, action: Action) -> Vec<Job> {
         if let Action::DownloadFinished(result) = action {
             let done = result.is_ok();
             self.on_download_finished(result);
+            // The cache changed: rescan it, and re-run the diagnosis so a `cache.missing`
+            // problem in the Login pane goes away once the download completes.
             return if done {
-                vec![Job::ScanCache]
+                vec![Job::ScanCache, Job::RefreshLogin(self.diag_repo())]
             } else {
                 Vec::new()
             };
@@ -701,8 +711,10 @@ impl App {
             Action::Diagnosis(d) => self.login.diagnosis = d,
             Action::LoginStatus(status) => {
                 let whoami = std::mem::take(&mut self.login.whoami);
+                let scroll = self.login.scroll;
                 self.login = *status;
                 self.login.whoami = whoami;
+                self.login.scroll = scroll;
                 self.login.selected = self
                     .login
                     .selected

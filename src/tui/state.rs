@@ -115,6 +115,8 @@ pub struct LoginState {
     pub whoami: Check<WhoamiView>,
     /// What is wrong right now, if anything.
     pub diagnosis: Option<DiagnosisView>,
+    /// First row shown when the pane's rows do not fit (PgUp/PgDn).
+    pub scroll: u16,
 }
 
 /// One revision of a cached repo.

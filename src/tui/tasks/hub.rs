@@ -29,7 +29,12 @@ pub async fn refresh_login(tx: ActionSender, repo: String) {
             return;
         }
     };
-    tx.send(Action::LoginStatus(Box::new(login_state(&status))));
+    let shell_lines = crate::hub::shellrc::scan(&env);
+    tx.send(Action::LoginStatus(Box::new(login_state(
+        &status,
+        &env,
+        &shell_lines,
+    ))));
     let who = match status.to_send() {
         Some(found) => whoami(&env, found.clone()).await,
         None => Err("not logged in: press n to paste a token".to_string()),
@@ -64,10 +69,27 @@ async fn whoami(env: &HubEnv, found: FoundToken) -> Result<WhoamiView, String> {
     })
 }
 
-fn login_state(status: &TokenStatus) -> LoginState {
+fn login_state(
+    status: &TokenStatus,
+    env: &HubEnv,
+    shell_lines: &[crate::hub::shellrc::TokenLine],
+) -> LoginState {
+    // A token variable set in a shell startup file: name the file and line.
+    let set_in = |source: &TokenSource| {
+        let (var, value) = match source {
+            TokenSource::EnvHfToken => ("HF_TOKEN", env.env_token.as_deref()),
+            TokenSource::EnvLegacy => ("HUGGING_FACE_HUB_TOKEN", env.legacy_env_token.as_deref()),
+            _ => return String::new(),
+        };
+        value
+            .and_then(Secret::new)
+            .and_then(|v| crate::hub::shellrc::origin(shell_lines, var, &v))
+            .map(|l| format!(" (set in {})", l.location()))
+            .unwrap_or_default()
+    };
     let view = |f: &FoundToken| TokenView {
         masked: f.token.masked(),
-        source: source_label(&f.source),
+        source: format!("{}{}", source_label(&f.source), set_in(&f.source)),
     };
     LoginState {
         active: status.winner().map(view),
@@ -91,6 +113,7 @@ fn source_label(source: &TokenSource) -> String {
         TokenSource::EnvLegacy => "HUGGING_FACE_HUB_TOKEN".to_string(),
         TokenSource::File(p) => p.display().to_string(),
         TokenSource::Given => "login".to_string(),
+        TokenSource::Credential(at) => at.clone(),
     }
 }
 
@@ -101,6 +124,10 @@ pub async fn login(tx: ActionSender, token: String, repo: String) {
         tx.error("Login failed", "the token is empty; paste a token (hf_…)");
         return;
     };
+    if let Err(e) = token::check_login_token(&secret) {
+        tx.error("Login failed", e.to_string());
+        return;
+    }
     let found = FoundToken {
         source: TokenSource::Given,
         token: secret.clone(),
@@ -317,6 +344,17 @@ fn forward_event(tx: &ActionSender, index: &mut HashMap<String, usize>, ev: Down
                 "{path}: the server ignored the resume; restarting"
             )));
         }
+        DownloadEvent::CanonicalId {
+            requested,
+            canonical,
+        } => tx.send(Action::Log(format!(
+            "the hub's name for {requested} is {canonical}; using that (one cache folder)"
+        ))),
+        DownloadEvent::LinkRefreshed {
+            path, resume_at, ..
+        } => tx.send(Action::Log(format!(
+            "{path}: the download link expired; continuing at byte {resume_at} with a fresh one"
+        ))),
         DownloadEvent::WaitingForLock { path, .. } => {
             tx.send(Action::Log(format!("{path}: waiting for another download")));
         }
@@ -331,17 +369,14 @@ fn forward_event(tx: &ActionSender, index: &mut HashMap<String, usize>, ev: Down
 
 /// A download failure as the pane shows it: the hub's message and the way on.
 fn failure(e: &HubError) -> DiagnosisView {
-    let (code, fix) = if e.is_transient() {
-        (
-            "interrupted",
-            "press R to resume; the bytes already on disk are kept",
-        )
+    let fix = if e.is_transient() || matches!(e, HubError::TooManyRetries { .. }) {
+        "press R to resume; the bytes already on disk are kept".to_string()
     } else {
-        ("failed", "fix the cause above, then press R to resume")
+        format!("{}, then press R to resume", e.fix())
     };
     DiagnosisView {
-        code: code.to_string(),
+        code: e.code().to_string(),
         cause: e.to_string(),
-        fix: fix.to_string(),
+        fix,
     }
 }

@@ -3,12 +3,76 @@
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Wrap};
+use ratatui::widgets::Paragraph;
+use unicode_width::UnicodeWidthStr;
 
 use super::{field, pane_block, spinner};
 use crate::tui::app::{App, Pane};
 use crate::tui::state::Check;
+
+/// The width of the label column; wrapped rows continue under the value, not the label.
+const LABEL: usize = 8;
+
+/// Wraps one row (spans after the label column) to `width` cells with a hanging indent:
+/// continuation lines start under the value. Styles are kept; a word longer than a line is
+/// cut.
+fn hanging(spans: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
+    let width = width.max(LABEL + 4);
+    let mut words: Vec<(String, Style)> = Vec::new();
+    for span in spans {
+        for piece in span.content.split_inclusive(' ') {
+            words.push((piece.to_string(), span.style));
+        }
+    }
+    let mut lines = Vec::new();
+    let mut current: Vec<Span<'static>> = Vec::new();
+    let mut used = 0;
+    for (word, style) in words {
+        let mut word = word;
+        loop {
+            let w = word.width();
+            if used + w.saturating_sub(usize::from(word.ends_with(' '))) <= width {
+                used += w;
+                current.push(Span::styled(word, style));
+                break;
+            }
+            if used > LABEL {
+                lines.push(Line::from(std::mem::take(&mut current)));
+                current.push(Span::raw(" ".repeat(LABEL)));
+                used = LABEL;
+                word = word.trim_start().to_string();
+                continue;
+            }
+            // A word wider than a whole line: cut it.
+            let room = width - used;
+            let mut cut = 0;
+            let mut cells = 0;
+            for (i, c) in word.char_indices() {
+                let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+                if cells + cw > room {
+                    break;
+                }
+                cells += cw;
+                cut = i + c.len_utf8();
+            }
+            if cut == 0 {
+                break;
+            }
+            current.push(Span::styled(word[..cut].to_string(), style));
+            used += cells;
+            word = word[cut..].to_string();
+            if word.is_empty() {
+                break;
+            }
+        }
+    }
+    if !current.is_empty() {
+        lines.push(Line::from(current));
+    }
+    lines
+}
 
 /// Draw the Login pane.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
@@ -72,8 +136,22 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             });
         }
     }
+    let width = usize::from(area.width.saturating_sub(2));
+    let lines: Vec<Line> = lines
+        .into_iter()
+        .flat_map(|l| {
+            let style = l.style;
+            hanging(l.spans, width)
+                .into_iter()
+                .map(move |w| w.style(style))
+        })
+        .collect();
+    // Scroll (PgUp/PgDn) when the rows do not fit, never past the last one.
+    let visible = usize::from(area.height.saturating_sub(2));
+    let max = lines.len().saturating_sub(visible);
+    let scroll = usize::from(login.scroll).min(max) as u16;
     let widget = Paragraph::new(lines)
-        .wrap(Wrap { trim: false })
+        .scroll((scroll, 0))
         .block(pane_block(app, Pane::Login));
     frame.render_widget(widget, area);
 }
@@ -90,6 +168,14 @@ fn whoami_lines(app: &App) -> Vec<Line<'static>> {
                 theme.fg(theme.muted),
             ),
         )],
+        // The Problem row below says why; the User row does not repeat it.
+        Check::Failed(_) if app.login.active.is_some() && app.login.diagnosis.is_some() => {
+            vec![field(
+                app,
+                "User",
+                Span::styled("not confirmed: see Problem", theme.fg(theme.error)),
+            )]
+        }
         Check::Failed(e) => vec![field(
             app,
             "User",
