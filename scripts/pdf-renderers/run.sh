@@ -2,7 +2,7 @@
 # The PDF renderer comparison of BENCHMARKS.md: real PDFs from Debian packages and from the
 # producers themselves, rendered at 144 dpi by poppler's pdftoppm (reference), hayro and PDFium.
 #
-#   benches/pdf-renderers/run.sh
+#   scripts/pdf-renderers/run.sh
 #
 # Installs (Debian): poppler-utils, ghostscript, groff, libreoffice-writer-nogui,
 # fonts-wqy-microhei, python3-cairo, python3-pil, python3-numpy, img2pdf; downloads (apt) the doc
