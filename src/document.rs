@@ -6,7 +6,7 @@
 //! measurements it was chosen by). The CLI, the dashboard and a server use this module alike:
 //!
 //! ```no_run
-//! # fn demo() -> Result<(), dsocr::document::DocumentError> {
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use dsocr::document::{Document, PageSelection, DEFAULT_DPI};
 //! let doc = Document::open("paper.pdf".as_ref(), None)?;
 //! let pages = "1-3,7".parse::<PageSelection>()?.resolve(doc.page_count());
@@ -343,12 +343,14 @@ impl PageSelection {
     }
 
     /// The selected pages of a `count`-page document, ascending, each once: those inside it,
-    /// and those asked for by number past its end (`N-` never asks past the end).
+    /// and, for each item that reaches past its end, the first page past it (`3-5` and `5-` on
+    /// a 3-page document ask for pages 4 and 5 that are not there).
     pub fn resolve(&self, count: usize) -> ResolvedPages {
         let mut inside = Vec::new();
         let mut outside = Vec::new();
         for &(first, last) in &self.ranges {
-            let last = last.unwrap_or(count.max(first.saturating_sub(1)));
+            // `N-` runs to the end; past the end it asks for page N, which is not there.
+            let last = last.unwrap_or(count.max(first));
             for page in first..=last {
                 if page <= count {
                     inside.push(page);
@@ -620,6 +622,8 @@ mod tests {
         assert_eq!(PageSelection::all().resolve(3).inside, vec![1, 2, 3]);
         let r = sel("1-3,7,9-").resolve(2);
         assert_eq!((r.inside, r.outside), (vec![1, 2], vec![3, 7, 9]));
+        let r = sel("2-").resolve(2);
+        assert_eq!((r.inside, r.outside), (vec![2], vec![]));
         let r = sel("1-2").resolve(2);
         assert!(r.outside.is_empty());
     }
