@@ -99,3 +99,21 @@ keys Enter r
 wait_for " decode "
 sleep 2
 shoot ocr-streaming
+
+# 4. A PDF in the OCR pane: page 2 of a 3-page document chosen with ], its preview, and that
+# page running on the same model.
+TOKEN_FILE="$GRANTED" CONFIG=$'[ocr]\ndevice = "cpu"\nmax_new_tokens = 100000\n' run_dashboard pdf
+wait_for "alice"
+keys Tab f
+tmux -L "$sock" send-keys -t 0 -l "$work/model"
+keys Enter Tab i
+tmux -L "$sock" send-keys -t 0 -l "$PWD/tests/fixtures/pdf/three-pages.pdf"
+keys Enter
+wait_for "page 1 of 3"
+keys "]"
+wait_for "page 2 of 3"
+sleep 1
+keys r
+wait_for " decode "
+sleep 2
+shoot ocr-pdf-page

@@ -5,6 +5,7 @@
 //! other; [`cli`] and [`tui`] are the only places that combine them.
 
 pub mod cli;
+pub mod document;
 pub mod hub;
 pub mod ocr;
 pub mod tui;

@@ -733,3 +733,359 @@ fn session_streams_phases_and_text_and_cancels_between_tokens() {
     assert_eq!(events, 0);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+// ---------------------------------------------------------------------------------------------
+// PDF documents: the library module and `dsocr ocr` on PDFs (fixtures: tests/fixtures/pdf/,
+// made by scripts/make-pdf-fixtures.sh).
+
+fn pdf_fixture(name: &str) -> PathBuf {
+    fixtures().join("pdf").join(name)
+}
+
+#[test]
+fn pdf_documents_render_and_bad_ones_get_typed_errors() {
+    use dsocr::document::{Document, DocumentError};
+    let good = pdf_fixture("three-pages.pdf");
+    let doc = Document::open(&good, None).expect("opens");
+    assert_eq!(doc.page_count(), 3);
+    assert_eq!(doc.page_pixels(1, 144).expect("size"), (1224, 1584));
+
+    // Page 1 at 72 dpi against poppler's rendering of it.
+    let page = doc.render(1, 72).expect("renders");
+    let poppler = image::open(pdf_fixture("three-pages-p1-72dpi-pdftoppm.png"))
+        .expect("reference png")
+        .to_rgb8();
+    assert_eq!(page.dimensions(), poppler.dimensions());
+    let (mean, _) = diff_stats(&page, &poppler);
+    eprintln!("page 1 vs pdftoppm at 72 dpi: mean |diff| {mean:.3}");
+    assert!(mean < 2.0, "mean |diff| {mean} against poppler");
+    // Not blank: the title and the blue box are there.
+    let dark = page
+        .pixels()
+        .filter(|p| p.0.iter().all(|&c| c < 100))
+        .count();
+    let blue = page
+        .pixels()
+        .filter(|p| p.0[2] > 150 && p.0[0] < 60)
+        .count();
+    assert!(dark > 1000 && blue > 5000, "dark {dark}, blue {blue}");
+    // Each page is its own: page 2's box sits lower than page 1's.
+    let page2 = doc.render(2, 72).expect("page 2");
+    assert_ne!(page.as_raw(), page2.as_raw());
+    assert_eq!(
+        doc.render(1, 144).expect("144 dpi").dimensions(),
+        (1224, 1584)
+    );
+
+    // A page past the end.
+    let e = doc.render(4, 144).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DocumentError::PageOutside {
+                page: 4,
+                pages: 3,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("three-pages.pdf, which has 3 pages"),
+        "{e}"
+    );
+
+    // Encrypted: no password, a wrong one, the right one (same pixels as the plain file).
+    let enc = pdf_fixture("encrypted.pdf");
+    let e = Document::open(&enc, None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DocumentError::Encrypted {
+                wrong_password: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("encrypted.pdf is encrypted"), "{e}");
+    let e = Document::open(&enc, Some("wrong")).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DocumentError::Encrypted {
+                wrong_password: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let opened = Document::open(&enc, Some("secret")).expect("the password opens it");
+    assert_eq!(opened.page_count(), 3);
+    assert_eq!(
+        opened.render(1, 72).expect("renders").as_raw(),
+        page.as_raw()
+    );
+
+    // Truncated, not a PDF at all, corrupt inside, no pages.
+    let e = Document::open(&pdf_fixture("truncated.pdf"), None).unwrap_err();
+    assert!(matches!(e, DocumentError::Truncated { .. }), "{e:?}");
+    assert!(e.to_string().contains("truncated.pdf is truncated"), "{e}");
+    let root = scratch("pdf-errors");
+    std::fs::create_dir_all(&root).expect("dir");
+    let text = root.join("notes.pdf");
+    std::fs::write(&text, "just some text, not a PDF\n").expect("write");
+    let e = Document::open(&text, None).unwrap_err();
+    assert!(
+        matches!(e, DocumentError::Corrupt { not_pdf: true, .. }),
+        "{e:?}"
+    );
+    let mangled = root.join("mangled.pdf");
+    std::fs::write(
+        &mangled,
+        b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog /Pages 9 0 R >>\nendobj\nxref\ngarbage\n%%EOF\n",
+    )
+    .expect("write");
+    let e = Document::open(&mangled, None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DocumentError::Corrupt { not_pdf: false, .. } | DocumentError::NoPages { .. }
+        ),
+        "{e:?}"
+    );
+    let e = Document::open(&pdf_fixture("zero-pages.pdf"), None).unwrap_err();
+    assert!(matches!(e, DocumentError::NoPages { .. }), "{e:?}");
+    assert!(e.to_string().contains("zero-pages.pdf has no pages"), "{e}");
+    let e = Document::open(&root.join("missing.pdf"), None).unwrap_err();
+    assert!(matches!(e, DocumentError::Io { .. }), "{e:?}");
+
+    // Over the pixel limit at 144 dpi: refused before drawing; fine at a lower resolution.
+    let huge = Document::open(&pdf_fixture("huge-page.pdf"), None).expect("opens");
+    let e = huge.render(1, 144).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DocumentError::TooManyPixels {
+                width: 28800,
+                height: 28800,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("lower --dpi"), "{e}");
+    let small = huge.render(1, 18).expect("renders at 18 dpi");
+    assert_eq!(small.dimensions(), (3600, 3600));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn ocr_command_on_pdfs() {
+    use dsocr::document::PAGE_SPLIT;
+    let root = scratch("pdf-e2e");
+    let model = root.join("model");
+    make_model(&model);
+    let model_arg = model.to_str().expect("utf-8 path");
+    let good = pdf_fixture("three-pages.pdf");
+    let good_arg = good.to_str().expect("path");
+    let common = [
+        "--model",
+        model_arg,
+        "--device",
+        "cpu",
+        "--dtype",
+        "f32",
+        "--max-new-tokens",
+        "8",
+        "--mode",
+        "tiny",
+        "--format",
+        "json",
+    ];
+    let run_with = |extra: &[&str], out: &Path| {
+        let mut args = vec!["ocr"];
+        args.extend(extra);
+        args.extend(common);
+        args.extend(["--out", out.to_str().expect("path")]);
+        dsocr(&args)
+    };
+
+    // Pages 1-2: both page folders, the joined markdown with one split, report.json.
+    let out = root.join("out-pages");
+    let run = run_with(&[good_arg, "--pages", "1-2"], &out);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let doc_dir = out.join("three-pages");
+    let reports: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    let doc_report = &reports.as_array().expect("array")[0];
+    let report = read_json(&doc_dir.join("report.json"));
+    assert_eq!(&report, doc_report, "report.json is what stdout printed");
+    assert_eq!(report["page_count"], 3);
+    assert_eq!(report["dpi"], 144);
+    let pages = report["pages"].as_array().expect("pages");
+    assert_eq!(pages.len(), 2);
+    let mut page_mmds = Vec::new();
+    for (i, entry) in pages.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(entry["page"], n);
+        assert_eq!(entry["generated_tokens"], 8);
+        assert_eq!(entry["hit_token_limit"], true, "flagged and kept");
+        assert_eq!(entry["skipped_in_mmd"], false);
+        assert_eq!(
+            entry["output_dir"].as_str(),
+            doc_dir.join(format!("page-{n}")).to_str()
+        );
+        assert!(
+            entry["image"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(&format!("three-pages.pdf#page={n}"))),
+            "{entry}"
+        );
+        let mut page_report = entry.clone();
+        for key in ["page", "render_s", "skipped_in_mmd"] {
+            page_report.as_object_mut().expect("object").remove(key);
+        }
+        check_outputs(&page_report, (1224, 1584));
+        page_mmds.push(
+            std::fs::read_to_string(doc_dir.join(format!("page-{n}/result.mmd"))).expect("mmd"),
+        );
+    }
+    assert!(!doc_dir.join("page-3").exists());
+    let mmd = std::fs::read_to_string(doc_dir.join("three-pages.mmd")).expect("joined mmd");
+    assert_eq!(mmd, page_mmds.join(PAGE_SPLIT));
+    assert_eq!(mmd.matches("<--- Page Split --->").count(), 1);
+    let totals = &report["totals"];
+    assert_eq!(totals["pages_ok"], 2);
+    assert_eq!(totals["pages_failed"], 0);
+    assert_eq!(totals["pages_hit_token_limit"], 2);
+    assert_eq!(totals["generated_tokens"], 16);
+    assert!(
+        run.stderr.contains("3 pages; running 2 at 144 dpi"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("#page=2"),
+        "token limit named per page: {}",
+        run.stderr
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&doc_dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["page-1", "page-2", "report.json", "three-pages.mmd"]
+    );
+
+    // --skip-repeat: pages that hit the limit stay in page-N/ but leave the joined markdown.
+    let out = root.join("out-skip");
+    let run = run_with(&[good_arg, "--pages", "3", "--skip-repeat"], &out);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let dir = out.join("three-pages");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("three-pages.mmd")).expect("mmd"),
+        ""
+    );
+    assert!(dir.join("page-3/result.mmd").is_file());
+    let report = read_json(&dir.join("report.json"));
+    assert_eq!(report["pages"][0]["skipped_in_mmd"], true);
+    assert_eq!(report["totals"]["pages_skipped_in_mmd"], 1);
+
+    // Bad documents among good inputs: each failure named with its cause, the rest complete,
+    // exit code 1, nothing written for the documents that did not open.
+    let png = fixtures().join("preprocess/sources/letter-1275x1650.png");
+    let out = root.join("out-mixed");
+    let run = run_with(
+        &[
+            pdf_fixture("encrypted.pdf").to_str().expect("path"),
+            pdf_fixture("truncated.pdf").to_str().expect("path"),
+            pdf_fixture("zero-pages.pdf").to_str().expect("path"),
+            png.to_str().expect("path"),
+            good_arg,
+            "--pages",
+            "3-4",
+        ],
+        &out,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let failed: Vec<&str> = run
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("done:"))
+        .filter(|l| l.contains("failed: "))
+        .collect();
+    assert_eq!(failed.len(), 4, "{}", run.stderr);
+    for (file, cause) in [
+        (
+            "encrypted.pdf",
+            "is encrypted and needs a password (--password)",
+        ),
+        ("truncated.pdf", "is truncated"),
+        ("zero-pages.pdf", "has no pages"),
+        ("three-pages.pdf", "page 4 is outside"),
+    ] {
+        assert!(
+            failed.iter().any(|l| l.contains(file) && l.contains(cause)),
+            "no failure line for {file} ({cause}):\n{}",
+            run.stderr
+        );
+    }
+    assert!(run.stderr.contains("2 ok"), "{}", run.stderr);
+    for gone in ["encrypted", "truncated", "zero-pages"] {
+        assert!(!out.join(gone).exists(), "{gone} has outputs");
+    }
+    assert!(out.join("letter-1275x1650/result.mmd").is_file());
+    assert!(out.join("three-pages/page-3/result.mmd").is_file());
+    let report = read_json(&out.join("three-pages/report.json"));
+    assert_eq!(report["totals"]["pages_ok"], 1);
+    assert_eq!(report["totals"]["pages_failed"], 1);
+    assert!(
+        report["pages"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("outside"))
+    );
+
+    // A page over the pixel limit: named, the document's report says so, no page folder.
+    let run = run_with(&[pdf_fixture("huge-page.pdf").to_str().expect("path")], &out);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("huge-page.pdf: page 1: page 1 of")
+            && run.stderr.contains("over the limit")
+            && run.stderr.contains("lower --dpi"),
+        "{}",
+        run.stderr
+    );
+    let huge = read_json(&out.join("huge-page/report.json"));
+    assert_eq!(huge["totals"]["pages_failed"], 1);
+    assert!(!out.join("huge-page/page-1").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("huge-page/huge-page.mmd")).expect("mmd"),
+        ""
+    );
+
+    // The password opens it; a folder picks up its PDFs beside its images.
+    let folder = root.join("folder");
+    std::fs::create_dir_all(&folder).expect("dir");
+    std::fs::copy(pdf_fixture("encrypted.pdf"), folder.join("a-secret.pdf")).expect("copy");
+    pattern(300, 200)
+        .save(folder.join("b-small.png"))
+        .expect("png");
+    let out = root.join("out-folder");
+    let run = run_with(
+        &[
+            folder.to_str().expect("path"),
+            "--password",
+            "secret",
+            "--pages",
+            "2",
+        ],
+        &out,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(out.join("a-secret/page-2/result.mmd").is_file());
+    assert!(out.join("a-secret/a-secret.mmd").is_file());
+    assert!(out.join("b-small/result.mmd").is_file());
+    let _ = std::fs::remove_dir_all(&root);
+}

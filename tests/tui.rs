@@ -339,6 +339,57 @@ fn ocr_done() -> App {
     a
 }
 
+/// A 3-page PDF as input, page 2 chosen and shown, running all pages: on page 2, one done.
+fn pdf_running() -> App {
+    let mut a = logged_in();
+    a.focus = Pane::Ocr;
+    drive(&mut a, [ch('i')]);
+    drive(&mut a, "report.pdf".chars().map(ch));
+    let jobs = drive(
+        &mut a,
+        [
+            key(KeyCode::Enter),
+            Action::DocumentOpened(Some(3)),
+            Action::Preview(Some(page())),
+            ch(']'),
+            Action::Preview(Some(page())),
+            ch('a'),
+            Action::OcrPage(PageProgress {
+                page: 1,
+                done: 0,
+                total: 3,
+            }),
+            Action::OcrPhase(OcrPhase::Decode),
+            Action::OcrText {
+                text: "# Quarterly report\n\nRevenue grew".to_string(),
+                tokens: 12,
+                elapsed: Duration::from_millis(3000),
+                decode_elapsed: Duration::from_millis(1000),
+            },
+            Action::OcrPage(PageProgress {
+                page: 2,
+                done: 1,
+                total: 3,
+            }),
+            Action::OcrText {
+                text: "\n<--- Page Split --->\n".to_string(),
+                tokens: 0,
+                elapsed: Duration::from_millis(3100),
+                decode_elapsed: Duration::ZERO,
+            },
+            Action::OcrPhase(OcrPhase::Decode),
+            Action::OcrText {
+                text: "## Costs".to_string(),
+                tokens: 3,
+                elapsed: Duration::from_millis(5000),
+                decode_elapsed: Duration::from_millis(300),
+            },
+        ],
+    );
+    assert!(matches!(jobs.last(), Some(Job::Ocr(_))), "{jobs:?}");
+    a
+}
+
 fn error_dialog() -> App {
     let mut a = logged_in();
     drive(
@@ -380,6 +431,7 @@ fn all_states() -> Vec<(&'static str, App)> {
         ("download_failed", download_failed()),
         ("ocr_streaming", streaming()),
         ("ocr_done_with_boxes", ocr_done()),
+        ("ocr_pdf_all_pages", pdf_running()),
         ("error_dialog", error_dialog()),
         ("help", help),
         ("login_input", login_input),
@@ -714,6 +766,7 @@ fn ocr_run_request_and_streaming() {
         vec![Job::Ocr(OcrRequest {
             model: ModelSource::Repo(DEFAULT_MODEL.to_string()),
             image: "scan.jpg".into(),
+            pages: None,
             mode: dsocr::ocr::preprocess::Mode::Gundam,
             prompt: "<image>\n<|grounding|>OCR this image.".to_string(),
             max_new_tokens: 8192,
@@ -752,6 +805,106 @@ fn ocr_run_request_and_streaming() {
     let jobs = drive(&mut a, [ch('y'), ch('w')]);
     assert_eq!(jobs[0], Job::Copy("Hello world".to_string()));
     assert_eq!(jobs[1], Job::Save("dsocr-out".into()));
+}
+
+#[test]
+fn pdf_input_page_picker_and_run_this_page_or_all() {
+    let mut a = logged_in();
+    a.focus = Pane::Ocr;
+    drive(&mut a, [ch('i')]);
+    drive(&mut a, "doc.pdf".chars().map(ch));
+    let jobs = drive(&mut a, [key(KeyCode::Enter)]);
+    assert_eq!(jobs, vec![Job::LoadPreview("doc.pdf".into())]);
+    assert_eq!(
+        a.ocr.doc, None,
+        "not known as a PDF before the worker says so"
+    );
+    drive(
+        &mut a,
+        [
+            Action::DocumentOpened(Some(3)),
+            Action::Preview(Some(page())),
+        ],
+    );
+    assert_eq!(a.ocr.doc, Some(DocView { pages: 3, page: 1 }));
+    let t = render(&a, 160, 30);
+    assert!(t.contains("doc.pdf  page 1 of 3"), "{t}");
+    let footer = t.lines().nth(29).unwrap_or_default();
+    assert!(
+        footer.contains("] next page") && footer.contains("a run all pages"),
+        "{footer}"
+    );
+    assert!(!footer.contains("prev page"), "on page 1: {footer}");
+
+    // [ on page 1 does nothing; ] moves on and asks for that page's preview.
+    assert!(drive(&mut a, [ch('[')]).is_empty());
+    let jobs = drive(&mut a, [ch(']'), ch(']')]);
+    assert_eq!(
+        jobs,
+        vec![
+            Job::PreviewPage {
+                path: "doc.pdf".into(),
+                page: 2
+            },
+            Job::PreviewPage {
+                path: "doc.pdf".into(),
+                page: 3
+            }
+        ]
+    );
+    assert!(drive(&mut a, [ch(']')]).is_empty(), "no page 4");
+    let jobs = drive(&mut a, [ch('[')]);
+    assert_eq!(
+        jobs,
+        vec![Job::PreviewPage {
+            path: "doc.pdf".into(),
+            page: 2
+        }]
+    );
+    let t = render(&a, 160, 30);
+    assert!(t.contains("page 2 of 3"), "{t}");
+    let footer = t.lines().nth(29).unwrap_or_default();
+    assert!(
+        footer.contains("[ prev page") && footer.contains("] next page"),
+        "{footer}"
+    );
+
+    // r runs the chosen page, a all of them.
+    let run_pages = |jobs: Vec<Job>| match jobs.as_slice() {
+        [Job::Ocr(req)] => {
+            assert_eq!(req.image, std::path::PathBuf::from("doc.pdf"));
+            req.pages.clone()
+        }
+        other => panic!("expected one run, got {other:?}"),
+    };
+    assert_eq!(run_pages(drive(&mut a, [ch('r')])), Some(vec![2]));
+    assert!(
+        drive(&mut a, [ch(']'), ch('a')]).is_empty(),
+        "no paging while running"
+    );
+    drive(&mut a, [Action::OcrFinished(Ok(Vec::new()))]);
+    assert_eq!(run_pages(drive(&mut a, [ch('a')])), Some(vec![1, 2, 3]));
+    drive(
+        &mut a,
+        [Action::OcrPage(PageProgress {
+            page: 3,
+            done: 2,
+            total: 3,
+        })],
+    );
+    let t = render(&a, 160, 30);
+    assert!(t.contains("page 3 (2/3 done)"), "{t}");
+    drive(&mut a, [Action::OcrFinished(Ok(Vec::new()))]);
+    let t = render(&a, 160, 30);
+    assert!(!t.contains("2/3 done"), "progress gone when done: {t}");
+
+    // A new image input forgets the document.
+    drive(
+        &mut a,
+        [ch('i'), key(KeyCode::Enter), Action::DocumentOpened(None)],
+    );
+    assert_eq!(a.ocr.doc, None);
+    assert_eq!(run_pages(drive(&mut a, [ch('r')])), None);
 }
 
 #[test]
@@ -937,6 +1090,7 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
     let request = |max_new_tokens| OcrRequest {
         model: ModelSource::Folder(model.clone()),
         image: common::fixtures().join("preprocess/sources/letter-1275x1650.png"),
+        pages: None,
         mode: dsocr::ocr::preprocess::Mode::Base,
         prompt: "<image>\nFree OCR.".to_string(),
         max_new_tokens,
@@ -1047,6 +1201,133 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
         }
         other => panic!("expected a failure, got {other:?}"),
     }
+    workers.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
+    let dir = std::env::temp_dir().join(format!("dsocr-tui-pdf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = dir.join("model");
+    common::make_model(&model);
+    let pdf = common::fixtures().join("pdf/three-pages.pdf");
+    let (tx, rx) = mpsc::channel();
+    let mut workers =
+        dsocr::tui::tasks::Workers::new(dsocr::tui::action::ActionSender(tx)).expect("workers");
+    let next = || rx.recv_timeout(Duration::from_secs(60)).expect("an action");
+
+    // A new PDF input: its page count, then page 1's preview; another page on request.
+    workers.dispatch(Job::LoadPreview(pdf.clone()));
+    assert!(matches!(next(), Action::DocumentOpened(Some(3))));
+    let first = match next() {
+        Action::Preview(Some(p)) => p,
+        other => panic!("expected a preview, got {other:?}"),
+    };
+    // Letter-sized: 612x792 points.
+    assert_eq!(first.height, 320);
+    assert!((246..=248).contains(&first.width), "{}", first.width);
+    workers.dispatch(Job::PreviewPage {
+        path: pdf.clone(),
+        page: 2,
+    });
+    match next() {
+        Action::Preview(Some(p)) => assert_ne!(p.rgb, first.rgb, "page 2 is not page 1"),
+        other => panic!("expected a preview, got {other:?}"),
+    }
+    // An encrypted PDF: the cause, no page count.
+    workers.dispatch(Job::LoadPreview(
+        common::fixtures().join("pdf/encrypted.pdf"),
+    ));
+    assert!(matches!(next(), Action::DocumentOpened(None)));
+    match next() {
+        Action::Error { title, message } => {
+            assert_eq!(title, "Cannot use this PDF");
+            assert!(message.contains("encrypted.pdf is encrypted"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(matches!(next(), Action::Preview(None)));
+
+    // Pages 1 and 3: per-page progress, a page split between them, then save.
+    workers.dispatch(Job::Ocr(OcrRequest {
+        model: ModelSource::Folder(model.clone()),
+        image: pdf.clone(),
+        pages: Some(vec![1, 3]),
+        mode: dsocr::ocr::preprocess::Mode::Tiny,
+        prompt: "<image>\nFree OCR.".to_string(),
+        max_new_tokens: 4,
+        device: "cpu".to_string(),
+        dtype: Some("f32".to_string()),
+        kernels: None,
+    }));
+    let got = until_finished(&rx);
+    let progress: Vec<PageProgress> = got
+        .iter()
+        .filter_map(|a| match a {
+            Action::OcrPage(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            PageProgress {
+                page: 1,
+                done: 0,
+                total: 2
+            },
+            PageProgress {
+                page: 3,
+                done: 1,
+                total: 2
+            }
+        ]
+    );
+    assert!(
+        matches!(got.last(), Some(Action::OcrFinished(Ok(_)))),
+        "{got:?}"
+    );
+    let streamed: String = got
+        .iter()
+        .filter_map(|a| match a {
+            Action::OcrText { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed.matches("<--- Page Split --->").count(), 1);
+    workers.dispatch(Job::Save(dir.join("saved")));
+    let saved = dir.join("saved/three-pages");
+    match next() {
+        Action::Saved(path) => assert_eq!(path, saved),
+        other => panic!("expected Saved, got {other:?}"),
+    }
+    let raw = |n: usize| {
+        std::fs::read_to_string(saved.join(format!("page-{n}/result_raw.txt"))).expect("raw")
+    };
+    assert_eq!(
+        streamed,
+        format!("{}{}{}", raw(1), dsocr::document::PAGE_SPLIT, raw(3)),
+        "the pages' raw files are what streamed"
+    );
+    assert!(!saved.join("page-2").exists());
+    let mmd = std::fs::read_to_string(saved.join("three-pages.mmd")).expect("mmd");
+    let page_mmd = |n: usize| {
+        std::fs::read_to_string(saved.join(format!("page-{n}/result.mmd"))).expect("mmd")
+    };
+    assert_eq!(
+        mmd,
+        format!(
+            "{}{}{}",
+            page_mmd(1),
+            dsocr::document::PAGE_SPLIT,
+            page_mmd(3)
+        )
+    );
+    let report = common::read_json(&saved.join("report.json"));
+    assert_eq!(report["page_count"], 3);
+    assert_eq!(report["totals"]["pages_ok"], 2);
+    assert_eq!(report["pages"][1]["page"], 3);
     workers.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1255,6 +1536,25 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
     t.keys(&["C-c"]);
     let s = t.wait_for("the cancelled run", |s| s.contains("cancelled"));
     assert!(!s.contains("DSOCR-EXITED"), "{s}");
+
+    // A PDF: page count and picker, all pages run with per-page progress; Ctrl-C stops it.
+    let pdf = common::fixtures().join("pdf/three-pages.pdf");
+    t.keys(&["i", "C-u"]);
+    t.tmux(&["send-keys", "-t", "0", "-l", &pdf.display().to_string()]);
+    t.keys(&["Enter"]);
+    let s = t.wait_for("the page count", |s| s.contains("page 1 of 3"));
+    assert!(s.contains("] next page"), "{s}");
+    t.keys(&["]"]);
+    t.wait_for("page 2", |s| s.contains("page 2 of 3"));
+    t.keys(&["a"]);
+    let s = t.wait_for("page 1 running", |s| s.contains("page 1 (0/3 done)"));
+    assert!(!s.contains("OCR failed"), "{s}");
+    t.wait_for("decoding page 1", |s| {
+        s.lines()
+            .any(|l| l.contains(" decode ") && l.contains("page 1 (0/3 done)"))
+    });
+    t.keys(&["C-c"]);
+    t.wait_for("the cancelled PDF run", |s| s.contains("cancelled"));
 
     // Quit; the shell after dsocr sees a restored terminal.
     t.keys(&["q"]);

@@ -1,9 +1,11 @@
-//! `dsocr ocr`: run DeepSeek-OCR on images or folders of images.
+//! `dsocr ocr`: run DeepSeek-OCR on images, PDFs and folders of them.
 //!
-//! One model load for the whole batch; per image: load and preprocess, vision, prefill, greedy
-//! decoding streamed to stdout, then the reference's outputs in `OUT/<image name>/`. Progress
-//! goes to stderr. A failing image is reported and the batch goes on; the summary lists the
-//! failures and the exit code is non-zero when there were any.
+//! One model load for the whole batch; per image (or rendered PDF page): load and preprocess,
+//! vision, prefill, greedy decoding streamed to stdout, then the reference's outputs in
+//! `OUT/<image name>/` (a PDF's pages in `OUT/<name>/page-N/`, beside `<name>.mmd` and
+//! `report.json`). Progress goes to stderr. A failing image, document or page is reported and
+//! the batch goes on; the summary lists the failures and the exit code is non-zero when there
+//! were any.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,14 +15,19 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use image::RgbImage;
 use tch::Kind;
 
+use crate::document::{
+    DEFAULT_DPI, Document, DocumentError, DocumentReport, PAGE_SPLIT, PageEntry, PageSelection,
+    page_dir, page_name,
+};
 use crate::hub::HubEnv;
 use crate::hub::cache::RepoPaths;
 use crate::ocr::cpu::Kernels;
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
 use crate::ocr::generate::{DEFAULT_NGRAM_WHITELIST, NoRepeatNgram};
-use crate::ocr::preprocess::{DEFAULT_MAX_TILES, Mode};
+use crate::ocr::preprocess::{self, DEFAULT_MAX_TILES, Mode};
 use crate::ocr::prompt::Preset;
 use crate::ocr::session::{Event, Phase, Report, RunOptions, Session};
 
@@ -43,8 +50,8 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct OcrArgs {
-    /// Image files and/or folders of images (png, jpg, webp, tiff, bmp, gif)
-    #[arg(required = true, value_name = "IMAGE_OR_DIR")]
+    /// Image files, PDFs and/or folders of them (png, jpg, webp, tiff, bmp, gif, pdf)
+    #[arg(required = true, value_name = "IMAGE_PDF_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Model folder (config.json, tokenizer.json, *.safetensors) or a repo id in the local
     /// Hugging Face cache
@@ -88,10 +95,54 @@ pub struct OcrArgs {
     /// What goes to stdout: md (stream the raw output), text (stream without tags), json
     #[arg(long, value_enum, default_value_t = Format::Md)]
     pub format: Format,
+    /// Pages of each PDF to run, 1-based: e.g. 1-3,7 or 5- (to the end) [default: all]
+    #[arg(long, value_name = "LIST")]
+    pub pages: Option<PageSelection>,
+    /// Resolution PDF pages are rendered at (DeepSeek-OCR's PDF script uses 144)
+    #[arg(long, default_value_t = DEFAULT_DPI, value_parser = clap::value_parser!(u32).range(18..=1200))]
+    pub dpi: u32,
+    /// Password of encrypted PDFs (or set DSOCR_PDF_PASSWORD, which keeps it out of `ps`)
+    #[arg(long, env = "DSOCR_PDF_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Leave PDF pages that hit the token limit (usually a repetition loop) out of the joined
+    /// <name>.mmd, as DeepSeek-OCR's PDF script does; their page-N/ folder is still written
+    #[arg(long)]
+    pub skip_repeat: bool,
+}
+
+/// One input: an image file or a PDF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Input {
+    Image(PathBuf),
+    Pdf(PathBuf),
+}
+
+impl Input {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Image(p) | Self::Pdf(p) => p,
+        }
+    }
+}
+
+/// What the batch produced so far: every image's and page's report (for the summary), one JSON
+/// value per input (for `--format json`), and the failures.
+#[derive(Default)]
+struct Outcome {
+    reports: Vec<Report>,
+    json: Vec<serde_json::Value>,
+    failures: Vec<String>,
+}
+
+impl Outcome {
+    fn fail(&mut self, what: String) {
+        eprintln!("  failed: {what}");
+        self.failures.push(what);
+    }
 }
 
 pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
-    let images = collect_images(&args.inputs)?;
+    let inputs = collect_inputs(&args.inputs)?;
     let prompt = args.prompt.clone().unwrap_or_else(|| args.preset.prompt());
     let device = parse_device(&args.device)?;
     let kind = match &args.dtype {
@@ -114,64 +165,204 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
 
-    let mut reports = Vec::new();
-    let mut failures = Vec::new();
+    let mut outcome = Outcome::default();
     let mut used_dirs = Vec::new();
-    for (i, image) in images.iter().enumerate() {
-        eprintln!("[{}/{}] {}", i + 1, images.len(), image.display());
-        let out_dir = unique_dir(&args.out, image, &mut used_dirs);
-        match run_image(&session, image, &out_dir, &args, &opts) {
-            Ok(report) => reports.push(report),
-            Err(e) => {
-                eprintln!("  failed: {e:#}");
-                failures.push(format!("{}: {e:#}", image.display()));
+    for (i, input) in inputs.iter().enumerate() {
+        eprintln!("[{}/{}] {}", i + 1, inputs.len(), input.path().display());
+        let out_dir = unique_dir(&args.out, input.path(), &mut used_dirs);
+        match input {
+            Input::Image(image) => {
+                let start = Instant::now();
+                let result = preprocess::load_image(image)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|img| run_one(&session, image, img, start, &out_dir, &args, &opts));
+                match result {
+                    Ok(report) => {
+                        outcome.json.push(serde_json::to_value(&report)?);
+                        outcome.reports.push(report);
+                    }
+                    Err(e) => outcome.fail(format!("{}: {e:#}", image.display())),
+                }
+            }
+            Input::Pdf(pdf) => {
+                if let Some(report) =
+                    run_document(&session, pdf, &out_dir, &args, &opts, &mut outcome)
+                {
+                    outcome.json.push(serde_json::to_value(&report)?);
+                }
             }
         }
     }
     if args.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        println!("{}", serde_json::to_string_pretty(&outcome.json)?);
     }
-    print_summary(&reports, &failures);
-    Ok(if failures.is_empty() {
+    print_summary(&outcome.reports, &outcome.failures);
+    Ok(if outcome.failures.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-/// The image files named on the command line, and those in the folders named there (sorted,
-/// not recursive). A missing path is an error before anything is loaded.
-fn collect_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut images = Vec::new();
+/// The files named on the command line, and the image files and PDFs in the folders named there
+/// (sorted, not recursive). A file is a PDF by its `.pdf` extension or its `%PDF-` header. A
+/// missing path is an error before anything is loaded.
+fn collect_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
+    let mut found_inputs = Vec::new();
+    let kind = |p: PathBuf| {
+        if crate::document::is_pdf(&p) {
+            Input::Pdf(p)
+        } else {
+            Input::Image(p)
+        }
+    };
     for input in inputs {
         if input.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(input)
                 .with_context(|| format!("cannot list the folder {}", input.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && has_image_extension(p))
+                .filter(|p| p.is_file() && (has_image_extension(p) || has_pdf_extension(p)))
                 .collect();
             found.sort();
             if found.is_empty() {
                 bail!(
-                    "the folder {} has no image files ({})",
+                    "the folder {} has no image files or PDFs ({}, pdf)",
                     input.display(),
                     IMAGE_EXTENSIONS.join(", ")
                 );
             }
-            images.extend(found);
+            found_inputs.extend(found.into_iter().map(kind));
         } else if input.exists() {
-            images.push(input.clone());
+            found_inputs.push(kind(input.clone()));
         } else {
             bail!("{} does not exist; check the path", input.display());
         }
     }
-    Ok(images)
+    Ok(found_inputs)
 }
 
 fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn has_pdf_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("pdf"))
+}
+
+/// Open a PDF, render and run each selected page into `out_dir/page-N/`, then write
+/// `out_dir/<name>.mmd` and `out_dir/report.json`. Failures (the document, a page, a page past
+/// the end) go into `outcome`; the report is `None` when the document could not be opened.
+fn run_document(
+    session: &Session,
+    pdf: &Path,
+    out_dir: &Path,
+    args: &OcrArgs,
+    opts: &RunOptions,
+    outcome: &mut Outcome,
+) -> Option<DocumentReport> {
+    let start = Instant::now();
+    let doc = match Document::open(pdf, args.password.as_deref()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            outcome.fail(e.to_string());
+            return None;
+        }
+    };
+    let selection = args.pages.clone().unwrap_or_else(PageSelection::all);
+    let pages = selection.resolve(doc.page_count());
+    eprintln!(
+        "  {} page{}; running {} at {} dpi",
+        doc.page_count(),
+        if doc.page_count() == 1 { "" } else { "s" },
+        pages.inside.len(),
+        args.dpi
+    );
+    let mut report = DocumentReport::new(pdf, out_dir, doc.page_count(), args.dpi);
+    for &page in &pages.outside {
+        let e = DocumentError::PageOutside {
+            path: pdf.to_path_buf(),
+            page,
+            pages: doc.page_count(),
+        };
+        outcome.fail(e.to_string());
+        report.push(PageEntry {
+            page,
+            render_s: 0.0,
+            skipped_in_mmd: false,
+            error: Some(e.to_string()),
+            report: None,
+        });
+    }
+    for (k, &page) in pages.inside.iter().enumerate() {
+        eprintln!("  page {page} ({}/{})", k + 1, pages.inside.len());
+        if k > 0 && args.format != Format::Json {
+            // The streamed pages are separated as the joined markdown is.
+            Printer::new(false).print(PAGE_SPLIT.trim_start_matches('\n'));
+        }
+        let render_start = Instant::now();
+        let rendered = doc.render(page, args.dpi);
+        let render_s = render_start.elapsed().as_secs_f64();
+        let result = rendered.map_err(anyhow::Error::from).and_then(|img| {
+            let name = page_name(pdf, page);
+            run_one(
+                session,
+                &name,
+                img,
+                render_start,
+                &page_dir(out_dir, page),
+                args,
+                opts,
+            )
+        });
+        let entry = match result {
+            Ok(r) => {
+                let skip = args.skip_repeat && r.hit_token_limit;
+                if skip {
+                    eprintln!("  left out of the joined markdown (--skip-repeat)");
+                }
+                outcome.reports.push(r.clone());
+                PageEntry {
+                    page,
+                    render_s,
+                    skipped_in_mmd: skip,
+                    error: None,
+                    report: Some(r),
+                }
+            }
+            Err(e) => {
+                let what = format!("{}: page {page}: {e:#}", pdf.display());
+                outcome.fail(what.clone());
+                PageEntry {
+                    page,
+                    render_s,
+                    skipped_in_mmd: false,
+                    error: Some(format!("{e:#}")),
+                    report: None,
+                }
+            }
+        };
+        report.push(entry);
+    }
+    report.pages.sort_by_key(|p| p.page);
+    report.totals.elapsed_s = start.elapsed().as_secs_f64();
+    match report.write() {
+        Ok(()) => eprintln!(
+            "  wrote {} and report.json ({} of {} pages ok)",
+            report.mmd.display(),
+            report.totals.pages_ok,
+            report.pages.len()
+        ),
+        Err(e) => outcome.fail(format!(
+            "{}: cannot write {} or report.json: {e}",
+            pdf.display(),
+            report.mmd.display()
+        )),
+    }
+    Some(report)
 }
 
 /// A model folder as given, or the snapshot of a repo id in the local Hugging Face cache.
@@ -227,22 +418,24 @@ fn unique_dir(out: &Path, image: &Path, used: &mut Vec<PathBuf>) -> PathBuf {
     dir
 }
 
-/// Run one image (text streamed to stdout, phases to stderr) and write its outputs.
-fn run_image(
+/// Run one image or rendered page (text streamed to stdout, phases to stderr) and write its
+/// outputs into `out_dir`; `name` stands for it in the report, `start` is when loading or
+/// rendering it began. Every image and page of the batch goes through here. Outputs that
+/// could not all be written are removed, never left looking complete.
+fn run_one(
     session: &Session,
-    image: &Path,
+    name: &Path,
+    image: RgbImage,
+    start: Instant,
     out_dir: &Path,
     args: &OcrArgs,
     opts: &RunOptions,
 ) -> anyhow::Result<Report> {
-    let mut printer = Printer {
-        quiet: args.format == Format::Json,
-        error: None,
-    };
+    let mut printer = Printer::new(args.format == Format::Json);
     let mut prompt_tokens = 0;
     // `dsocr ocr` is stopped with the process; nothing sets the flag.
     let cancel = AtomicBool::new(false);
-    let output = session.run(image, opts, &cancel, |event| match event {
+    let output = session.run_image(name, image, start, opts, &cancel, |event| match event {
         Event::Phase(Phase::Preprocess) => {}
         Event::Prepared(p) => {
             prompt_tokens = p.prompt_tokens;
@@ -267,7 +460,13 @@ fn run_image(
     if let Some(e) = printer.error {
         return Err(e);
     }
-    let report = output.write(out_dir)?;
+    let report = match output.write(out_dir) {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(out_dir);
+            return Err(e.into());
+        }
+    };
     eprintln!(
         "  {} tokens, vision {:.2} s, prefill {:.2} s, decode {:.2} s ({:.1} tokens/s), stop: {}",
         report.generated_tokens,
@@ -294,6 +493,10 @@ struct Printer {
 }
 
 impl Printer {
+    fn new(quiet: bool) -> Self {
+        Self { quiet, error: None }
+    }
+
     fn print(&mut self, piece: &str) {
         if self.quiet || piece.is_empty() || self.error.is_some() {
             return;

@@ -93,6 +93,10 @@ pub enum Action {
     OcrFinished(Result<Vec<BoxView>, Option<String>>),
     /// The page image for the preview was loaded.
     Preview(Option<PreviewImage>),
+    /// The new input is a PDF with this many pages (`None`: not a PDF).
+    DocumentOpened(Option<usize>),
+    /// A run over PDF pages starts a page.
+    OcrPage(super::state::PageProgress),
     /// Path completion candidates for the OCR input.
     Completions {
         /// The input, completed as far as it is unambiguous.
@@ -146,8 +150,15 @@ pub enum Job {
     Ocr(OcrRequest),
     /// Stop the running OCR.
     CancelOcr,
-    /// Load the page preview.
+    /// Load the preview of a new input (page 1 of a PDF, whose page count is reported too).
     LoadPreview(PathBuf),
+    /// Show another page of the PDF input.
+    PreviewPage {
+        /// The PDF.
+        path: PathBuf,
+        /// Page (1-based).
+        page: usize,
+    },
     /// Complete a path.
     CompletePath(String),
     /// Put text on the clipboard through OSC 52.
@@ -162,8 +173,10 @@ pub enum Job {
 pub struct OcrRequest {
     /// Where the model comes from.
     pub model: super::state::ModelSource,
-    /// Image file.
+    /// Image file or PDF.
     pub image: PathBuf,
+    /// For a PDF: the pages to run (1-based, in order); `None` for an image.
+    pub pages: Option<Vec<usize>>,
     /// Resolution mode.
     pub mode: crate::ocr::preprocess::Mode,
     /// Prompt text (with `<image>`).

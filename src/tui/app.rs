@@ -10,8 +10,8 @@ use super::action::{Action, Job, OcrRequest, Secret};
 use super::graphics::Graphics;
 use super::keymap::{Command, Key, Settings};
 use super::state::{
-    CachedRevision, Check, DEFAULT_MODEL, DownloadPhase, DownloadView, FileProgress, FileState,
-    HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState,
+    CachedRevision, Check, DEFAULT_MODEL, DocView, DownloadPhase, DownloadView, FileProgress,
+    FileState, HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState,
 };
 use crate::ocr::preprocess::Mode;
 use crate::ocr::prompt::{IMAGE_TAG, Preset};
@@ -255,6 +255,9 @@ impl App {
             CancelDownload => self.download_active(),
             Verify | Delete => self.selected_cache_row().is_some(),
             Run => !self.ocr.is_running() && !self.ocr.input.trim().is_empty(),
+            RunAll => !self.ocr.is_running() && self.ocr.doc.is_some_and(|d| d.pages > 1),
+            PrevPage => !self.ocr.is_running() && self.ocr.doc.is_some_and(|d| d.page > 1),
+            NextPage => !self.ocr.is_running() && self.ocr.doc.is_some_and(|d| d.page < d.pages),
             CancelOcr => self.ocr.is_running(),
             Copy => !self.ocr.output.is_empty(),
             Save => self.ocr.run == OcrRun::Done,
@@ -416,6 +419,8 @@ impl App {
             InputPurpose::OcrInput => {
                 self.ocr.input = value.clone();
                 self.ocr.completions.clear();
+                // Known once the worker has looked at the file.
+                self.ocr.doc = None;
                 vec![Job::LoadPreview(PathBuf::from(value))]
             }
             InputPurpose::Prompt => {
@@ -530,16 +535,31 @@ impl App {
                 Vec::new()
             }
             EditPrompt => self.open_input(InputPurpose::Prompt, self.ocr.custom_prompt.clone()),
-            Run => self.start(Job::Ocr(OcrRequest {
-                model: self.models.selected_model.clone(),
-                image: PathBuf::from(self.ocr.input.trim()),
-                mode: self.ocr.mode(),
-                prompt: self.prompt(),
-                max_new_tokens: self.settings.ocr.max_new_tokens,
-                device: self.settings.ocr.device.clone(),
-                dtype: self.settings.ocr.dtype.clone(),
-                kernels: self.settings.ocr.kernels.clone(),
-            })),
+            Run => {
+                let pages = self.ocr.doc.map(|d| vec![d.page]);
+                self.start(self.ocr_request(pages))
+            }
+            RunAll => {
+                let pages = self.ocr.doc.map(|d| (1..=d.pages).collect());
+                self.start(self.ocr_request(pages))
+            }
+            PrevPage | NextPage => {
+                let Some(doc) = self.ocr.doc.as_mut() else {
+                    return Vec::new();
+                };
+                doc.page = if cmd == PrevPage {
+                    doc.page.saturating_sub(1).max(1)
+                } else {
+                    (doc.page + 1).min(doc.pages)
+                };
+                // The old page's boxes do not belong to the new one.
+                self.ocr.boxes.clear();
+                self.ocr.box_cursor = 0;
+                vec![Job::PreviewPage {
+                    path: PathBuf::from(self.ocr.input.trim()),
+                    page: doc.page,
+                }]
+            }
             CancelOcr => vec![Job::CancelOcr],
             Copy => {
                 self.status = Some(format!(
@@ -550,6 +570,21 @@ impl App {
             }
             Save => vec![Job::Save(self.ocr.save_dir.clone())],
         }
+    }
+
+    /// An OCR run of the input with the pane's settings; `pages` for a PDF.
+    fn ocr_request(&self, pages: Option<Vec<usize>>) -> Job {
+        Job::Ocr(OcrRequest {
+            model: self.models.selected_model.clone(),
+            image: PathBuf::from(self.ocr.input.trim()),
+            pages,
+            mode: self.ocr.mode(),
+            prompt: self.prompt(),
+            max_new_tokens: self.settings.ocr.max_new_tokens,
+            device: self.settings.ocr.device.clone(),
+            dtype: self.settings.ocr.dtype.clone(),
+            kernels: self.settings.ocr.kernels.clone(),
+        })
     }
 
     /// Record the start of a job in the state, then hand it out.
@@ -569,6 +604,7 @@ impl App {
             }
             Job::Ocr(req) => {
                 self.ocr.run = OcrRun::Running(super::state::OcrPhase::Load);
+                self.ocr.page_progress = None;
                 self.ocr.output.clear();
                 self.ocr.boxes.clear();
                 self.ocr.box_cursor = 0;
@@ -780,6 +816,14 @@ impl App {
             }
             Action::OcrFinished(result) => self.on_ocr_finished(result),
             Action::Preview(p) => self.ocr.preview = p,
+            Action::DocumentOpened(pages) => {
+                self.ocr.doc = pages.map(|pages| DocView { pages, page: 1 });
+            }
+            Action::OcrPage(progress) => {
+                if self.ocr.is_running() {
+                    self.ocr.page_progress = Some(progress);
+                }
+            }
             Action::Completions { input, candidates } => {
                 if let Some(Overlay::Input {
                     purpose: InputPurpose::OcrInput,

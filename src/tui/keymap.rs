@@ -74,8 +74,14 @@ pub enum Command {
     CyclePreset,
     /// Type a custom prompt.
     EditPrompt,
-    /// Run OCR.
+    /// Run OCR (on a PDF: the chosen page).
     Run,
+    /// Run OCR on every page of the PDF input.
+    RunAll,
+    /// Previous page of the PDF input.
+    PrevPage,
+    /// Next page of the PDF input.
+    NextPage,
     /// Cancel the running OCR.
     CancelOcr,
     /// Copy the result to the clipboard (OSC 52).
@@ -92,9 +98,8 @@ pub fn scope(cmd: Command) -> Option<Pane> {
         Download | Resume | CancelDownload | Verify | Delete | UseFolder | ChooseModel => {
             Some(Pane::Models)
         }
-        EditInput | CycleMode | CyclePreset | EditPrompt | Run | CancelOcr | Copy | Save => {
-            Some(Pane::Ocr)
-        }
+        EditInput | CycleMode | CyclePreset | EditPrompt | Run | RunAll | PrevPage | NextPage
+        | CancelOcr | Copy | Save => Some(Pane::Ocr),
         _ => None,
     }
 }
@@ -133,6 +138,9 @@ pub fn describe(cmd: Command) -> &'static str {
         CyclePreset => "preset",
         EditPrompt => "prompt",
         Run => "run",
+        RunAll => "run all pages",
+        PrevPage => "prev page",
+        NextPage => "next page",
         CancelOcr => "cancel",
         Copy => "copy",
         Save => "save",
@@ -171,6 +179,9 @@ const DEFAULT_KEYS: &[(Command, &[&str])] = &[
     (Command::CyclePreset, &["p"]),
     (Command::EditPrompt, &["t"]),
     (Command::Run, &["r"]),
+    (Command::RunAll, &["a"]),
+    (Command::PrevPage, &["["]),
+    (Command::NextPage, &["]"]),
     (Command::CancelOcr, &["x"]),
     (Command::Copy, &["y"]),
     (Command::Save, &["w"]),

@@ -323,6 +323,27 @@ pub struct PreviewImage {
     pub rgb: Vec<u8>,
 }
 
+/// A PDF chosen as input: how many pages it has and the page that the preview shows and `r`
+/// runs (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocView {
+    /// Pages in the document.
+    pub pages: usize,
+    /// The chosen page.
+    pub page: usize,
+}
+
+/// Where a run over several pages of a PDF stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageProgress {
+    /// The page running now (1-based).
+    pub page: usize,
+    /// Pages finished before it.
+    pub done: usize,
+    /// Pages in the run.
+    pub total: usize,
+}
+
 /// The OCR pane.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OcrState {
@@ -358,6 +379,10 @@ pub struct OcrState {
     pub scroll: u16,
     /// Folder results are saved to.
     pub save_dir: PathBuf,
+    /// The input is a PDF: its pages and the chosen one.
+    pub doc: Option<DocView>,
+    /// The page a PDF run is on (`None` for an image).
+    pub page_progress: Option<PageProgress>,
 }
 
 impl Default for OcrState {
@@ -379,6 +404,8 @@ impl Default for OcrState {
             preview: None,
             scroll: 0,
             save_dir: PathBuf::from("dsocr-out"),
+            doc: None,
+            page_progress: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod model;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::document::{Document, DocumentError};
 use crate::ocr::preprocess::{self, ImageError};
 use crate::tui::action::{Action, ActionSender, Job};
 use crate::tui::state::{DeviceInfo, PreviewImage};
@@ -51,9 +52,32 @@ impl Workers {
             }
             Job::LoadPreview(path) => {
                 self.rt.spawn_blocking(move || {
+                    if crate::document::is_pdf(&path) {
+                        let opened = Document::open(&path, None);
+                        tx.send(Action::DocumentOpened(
+                            opened.as_ref().ok().map(Document::page_count),
+                        ));
+                        let preview = opened.and_then(|doc| page_preview(&doc, 1));
+                        if let Err(e) = &preview {
+                            tx.error("Cannot use this PDF", e.to_string());
+                        }
+                        tx.send(Action::Preview(preview.ok()));
+                        return;
+                    }
+                    tx.send(Action::DocumentOpened(None));
                     let preview = load_preview(&path);
                     if let Err(e) = &preview {
                         tx.error("Cannot use this image", e.to_string());
+                    }
+                    tx.send(Action::Preview(preview.ok()));
+                });
+            }
+            Job::PreviewPage { path, page } => {
+                self.rt.spawn_blocking(move || {
+                    let preview =
+                        Document::open(&path, None).and_then(|doc| page_preview(&doc, page));
+                    if let Err(e) = &preview {
+                        tx.error("Cannot show this page", e.to_string());
                     }
                     tx.send(Action::Preview(preview.ok()));
                 });
@@ -142,16 +166,29 @@ fn nvidia_smi() -> Option<DeviceInfo> {
 /// Load an image the way OCR loads it (EXIF orientation, size guard) and shrink it for the
 /// preview.
 pub fn load_preview(path: &Path) -> Result<PreviewImage, ImageError> {
-    let img = preprocess::load_image(path)?;
+    Ok(shrink(&preprocess::load_image(path)?))
+}
+
+/// Page `page` of `doc` for the preview, rendered at a resolution near the preview's size.
+pub fn page_preview(doc: &Document, page: usize) -> Result<PreviewImage, DocumentError> {
+    let (w, h) = doc.page_pixels(page, 72)?;
+    let side = w.max(h).max(1) as f64;
+    // Twice the preview's size at most, then shrunk like an image.
+    let dpi = (72.0 * 2.0 * f64::from(PREVIEW_MAX) / side).round() as u32;
+    let dpi = dpi.clamp(*crate::document::DPI_RANGE.start(), 144);
+    Ok(shrink(&doc.render(page, dpi)?))
+}
+
+fn shrink(img: &image::RgbImage) -> PreviewImage {
     let scale = (PREVIEW_MAX as f64 / img.width().max(img.height()).max(1) as f64).min(1.0);
     let w = ((img.width() as f64 * scale).round() as u32).max(1);
     let h = ((img.height() as f64 * scale).round() as u32).max(1);
-    let small = image::imageops::thumbnail(&img, w, h);
-    Ok(PreviewImage {
+    let small = image::imageops::thumbnail(img, w, h);
+    PreviewImage {
         width: small.width(),
         height: small.height(),
         rgb: small.into_raw(),
-    })
+    }
 }
 
 /// Complete a path: the longest common prefix of the matching entries, and the entries

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use tch::{Device, Kind};
 
+use crate::document::{
+    DEFAULT_DPI, Document, DocumentReport, PAGE_SPLIT, PageEntry, page_dir, page_name,
+};
 use crate::hub::HubEnv;
 use crate::hub::cache::RepoPaths;
 use crate::ocr::OcrError;
@@ -17,12 +20,28 @@ use crate::ocr::cpu::{Kernels, Plan};
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
 use crate::ocr::session::{self, Event, OcrOutput, RunOptions, Session};
 use crate::tui::action::{Action, ActionSender, OcrRequest};
-use crate::tui::state::{ModelSource, OcrPhase};
+use crate::tui::state::{ModelSource, OcrPhase, PageProgress};
 
 /// The handle the workers keep: a request queue and the cancel flag of the running job.
 pub struct ModelWorker {
     requests: Sender<Request>,
     cancel: Arc<AtomicBool>,
+}
+
+/// The last finished run, kept for saving.
+enum Last {
+    /// An image.
+    Image(OcrOutput),
+    /// Pages of a PDF.
+    Document {
+        /// The PDF.
+        path: PathBuf,
+        /// Pages in it.
+        page_count: usize,
+        /// Each page asked for: the page, seconds spent rendering it, and its output or why it
+        /// failed.
+        pages: Vec<(usize, f64, Result<OcrOutput, String>)>,
+    },
 }
 
 /// Work for the model thread, in order.
@@ -81,7 +100,7 @@ const STOPPED: &str = "the model thread has stopped; see the log file, then rest
 
 fn serve(rx: &Receiver<Request>, tx: &ActionSender, cancel: &AtomicBool) {
     let mut loaded: Option<(LoadKey, Session)> = None;
-    let mut last: Option<OcrOutput> = None;
+    let mut last: Option<Last> = None;
     while let Ok(request) = rx.recv() {
         match request {
             Request::Run(request) => {
@@ -89,9 +108,16 @@ fn serve(rx: &Receiver<Request>, tx: &ActionSender, cancel: &AtomicBool) {
                 let start = Instant::now();
                 let result = run_request(&mut loaded, &request, tx, cancel, start);
                 tx.send(Action::OcrFinished(match result {
-                    Ok(output) => {
-                        let boxes = output.boxes.clone();
-                        last = Some(output);
+                    Ok(done) => {
+                        // Boxes belong to one page: shown after an image or a single page.
+                        let boxes = match &done {
+                            Last::Image(output) => output.boxes.clone(),
+                            Last::Document { pages, .. } => match pages.as_slice() {
+                                [(_, _, Ok(output))] => output.boxes.clone(),
+                                _ => Vec::new(),
+                            },
+                        };
+                        last = Some(done);
                         Ok(boxes)
                     }
                     Err(Failure::Cancelled) => Err(None),
@@ -106,24 +132,79 @@ fn serve(rx: &Receiver<Request>, tx: &ActionSender, cancel: &AtomicBool) {
     }
 }
 
-/// Write `output`'s files into `dir/<image name>/` with the library's writer.
-fn save(output: Option<&OcrOutput>, dir: &Path, tx: &ActionSender) {
-    let Some(output) = output else {
+/// Write the last run's files into `dir/<input name>/` with the library's writers: an image's
+/// files, or a PDF's `page-N/` folders, `<name>.mmd` and `report.json`.
+fn save(last: Option<&Last>, dir: &Path, tx: &ActionSender) {
+    let Some(last) = last else {
         tx.error(
             "Nothing to save",
             "run OCR to the end first (r in the OCR pane)",
         );
         return;
     };
-    let stem = output
-        .image
-        .file_stem()
-        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-    let out_dir = dir.join(stem);
-    match output.write(&out_dir) {
-        Ok(_) => tx.send(Action::Saved(out_dir)),
-        Err(e) => tx.error("Saving failed", e.to_string()),
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned())
+    };
+    match last {
+        Last::Image(output) => {
+            let out_dir = dir.join(stem(&output.image));
+            match output.write(&out_dir) {
+                Ok(_) => tx.send(Action::Saved(out_dir)),
+                Err(e) => tx.error("Saving failed", e.to_string()),
+            }
+        }
+        Last::Document {
+            path,
+            page_count,
+            pages,
+        } => {
+            let out_dir = dir.join(stem(path));
+            match save_document(path, *page_count, pages, &out_dir) {
+                Ok(()) => tx.send(Action::Saved(out_dir)),
+                Err(e) => tx.error("Saving failed", e),
+            }
+        }
     }
+}
+
+/// A PDF run's outputs, as `dsocr ocr` writes them.
+fn save_document(
+    path: &Path,
+    page_count: usize,
+    pages: &[(usize, f64, Result<OcrOutput, String>)],
+    out_dir: &Path,
+) -> Result<(), String> {
+    let mut report = DocumentReport::new(path, out_dir, page_count, DEFAULT_DPI);
+    for (page, render_s, result) in pages {
+        let dir = page_dir(out_dir, *page);
+        let entry = match result {
+            Ok(output) => {
+                let written = output.write(&dir).map_err(|e| {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    e.to_string()
+                })?;
+                PageEntry {
+                    page: *page,
+                    render_s: *render_s,
+                    skipped_in_mmd: false,
+                    error: None,
+                    report: Some(written),
+                }
+            }
+            Err(e) => PageEntry {
+                page: *page,
+                render_s: *render_s,
+                skipped_in_mmd: false,
+                error: Some(e.clone()),
+                report: None,
+            },
+        };
+        report.push(entry);
+    }
+    report
+        .write()
+        .map_err(|e| format!("cannot write {} or report.json: {e}", report.mmd.display()))
 }
 
 /// Why a run did not finish.
@@ -149,7 +230,7 @@ fn run_request(
     tx: &ActionSender,
     cancel: &AtomicBool,
     start: Instant,
-) -> Result<OcrOutput, Failure> {
+) -> Result<Last, Failure> {
     let key = load_key(request).map_err(Failure::Message)?;
     if loaded.as_ref().is_none_or(|(k, _)| *k != key) {
         // Free the old model before loading the new one.
@@ -183,27 +264,118 @@ fn run_request(
         max_new_tokens: request.max_new_tokens,
         ..RunOptions::default()
     };
-    let mut last = (0, Duration::ZERO);
-    let output = session.run(&request.image, &opts, cancel, |event| match event {
-        Event::Phase(p) => tx.send(Action::OcrPhase(phase(p))),
-        Event::Prepared(p) => tx.send(Action::Log(format!(
-            "{}x{} page, {} image tokens, {} prompt tokens",
-            p.width, p.height, p.image_tokens, p.prompt_tokens
-        ))),
-        Event::Text {
-            piece,
-            tokens,
-            decode_elapsed,
-        } => {
-            last = (tokens, decode_elapsed);
+    let Some(wanted) = &request.pages else {
+        tx.send(Action::OcrPhase(OcrPhase::Preprocess));
+        let image = crate::ocr::preprocess::load_image(&request.image)
+            .map_err(|e| Failure::Message(e.to_string()))?;
+        let output = run_one(
+            session,
+            &request.image,
+            image,
+            start,
+            &opts,
+            tx,
+            cancel,
+            start,
+        )?;
+        return Ok(Last::Image(output));
+    };
+    let doc = Document::open(&request.image, None).map_err(|e| Failure::Message(e.to_string()))?;
+    let mut pages = Vec::new();
+    for (done, &page) in wanted.iter().enumerate() {
+        tx.send(Action::OcrPage(PageProgress {
+            page,
+            done,
+            total: wanted.len(),
+        }));
+        if done > 0 {
             tx.send(Action::OcrText {
-                text: piece,
-                tokens,
+                text: PAGE_SPLIT.to_string(),
+                tokens: 0,
                 elapsed: start.elapsed(),
-                decode_elapsed,
+                decode_elapsed: Duration::ZERO,
             });
         }
-    })?;
+        tx.send(Action::OcrPhase(OcrPhase::Preprocess));
+        let page_start = Instant::now();
+        let rendered = doc.render(page, DEFAULT_DPI);
+        let render_s = page_start.elapsed().as_secs_f64();
+        let result = match rendered {
+            Ok(image) => {
+                let name = page_name(&request.image, page);
+                match run_one(session, &name, image, page_start, &opts, tx, cancel, start) {
+                    Ok(output) => Ok(output),
+                    Err(Failure::Cancelled) => return Err(Failure::Cancelled),
+                    Err(Failure::Message(m)) => Err(m),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(m) = &result {
+            tx.send(Action::Log(format!("error: page {page}: {m}")));
+        }
+        pages.push((page, render_s, result));
+    }
+    let failed: Vec<String> = pages
+        .iter()
+        .filter_map(|(p, _, r)| r.as_ref().err().map(|m| format!("page {p}: {m}")))
+        .collect();
+    if failed.len() == pages.len() {
+        return Err(Failure::Message(failed.join("; ")));
+    }
+    if !failed.is_empty() {
+        tx.error(
+            format!("{} of {} pages failed", failed.len(), pages.len()),
+            failed.join("\n"),
+        );
+    }
+    Ok(Last::Document {
+        path: request.image.clone(),
+        page_count: doc.page_count(),
+        pages,
+    })
+}
+
+/// One image or rendered page through the session, its events forwarded to the dashboard.
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    session: &Session,
+    name: &Path,
+    image: image::RgbImage,
+    image_start: Instant,
+    opts: &RunOptions,
+    tx: &ActionSender,
+    cancel: &AtomicBool,
+    start: Instant,
+) -> Result<OcrOutput, Failure> {
+    let mut last = (0, Duration::ZERO);
+    let output = session.run_image(
+        name,
+        image,
+        image_start,
+        opts,
+        cancel,
+        |event| match event {
+            Event::Phase(p) => tx.send(Action::OcrPhase(phase(p))),
+            Event::Prepared(p) => tx.send(Action::Log(format!(
+                "{}x{} page, {} image tokens, {} prompt tokens",
+                p.width, p.height, p.image_tokens, p.prompt_tokens
+            ))),
+            Event::Text {
+                piece,
+                tokens,
+                decode_elapsed,
+            } => {
+                last = (tokens, decode_elapsed);
+                tx.send(Action::OcrText {
+                    text: piece,
+                    tokens,
+                    elapsed: start.elapsed(),
+                    decode_elapsed,
+                });
+            }
+        },
+    )?;
     // The final figures: the whole run's time.
     tx.send(Action::OcrText {
         text: String::new(),
@@ -296,6 +468,7 @@ mod tests {
         OcrRequest {
             model,
             image: PathBuf::from("page.png"),
+            pages: None,
             mode: crate::ocr::preprocess::Mode::Base,
             prompt: "<image>\nFree OCR.".to_string(),
             max_new_tokens: 8,

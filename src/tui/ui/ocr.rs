@@ -45,8 +45,17 @@ fn head_lines(app: &App) -> Vec<Line<'static>> {
         Some(i) => PRESETS[i % PRESETS.len()].to_string(),
         None => format!("custom: {}", ocr.custom_prompt),
     };
+    let mut input_line = field(app, "Input", input);
+    if let Some(doc) = ocr.doc {
+        input_line
+            .spans
+            .push(Span::styled("  page ", theme.fg(theme.muted)));
+        input_line
+            .spans
+            .push(Span::raw(format!("{} of {}", doc.page, doc.pages)));
+    }
     let mut lines = vec![
-        field(app, "Input", input),
+        input_line,
         Line::from(vec![
             Span::styled(format!("{:<8}", "Mode"), theme.fg(theme.muted)),
             Span::raw(ocr.mode().name()),
@@ -68,6 +77,12 @@ fn head_lines(app: &App) -> Vec<Line<'static>> {
         Span::styled(format!("{:<8}", "Run"), theme.fg(theme.muted)),
         Span::styled(state, style),
     ];
+    if let (true, Some(p)) = (ocr.is_running(), ocr.page_progress) {
+        status.push(Span::styled(
+            format!("  page {} ({}/{} done)", p.page, p.done, p.total),
+            theme.fg(theme.accent),
+        ));
+    }
     if !matches!(ocr.run, OcrRun::Idle) {
         let speed = ocr
             .tokens_per_sec()
