@@ -2,9 +2,10 @@
 //! terminal dashboard that puts both together.
 //!
 //! Layers (see `ARCHITECTURE.md` in the design notes): [`hub`] and [`ocr`] do not know about each
-//! other; [`cli`] and [`tui`] are the only places that combine them.
+//! other; [`cli`], [`tui`] and [`serve`] are the only places that combine them.
 
 pub mod cli;
 pub mod hub;
 pub mod ocr;
+pub mod serve;
 pub mod tui;
