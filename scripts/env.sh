@@ -14,7 +14,10 @@ if [ -z "${LIBTORCH:-}" ]; then
     _dsocr_stamp="$DSOCR_VENV/.dsocr-requirements"
     if ! cmp -s "$_dsocr_root/scripts/requirements.txt" "$_dsocr_stamp" 2>/dev/null; then
         echo "dsocr: setting up the Python venv with libtorch in $DSOCR_VENV (first run: a few GB, some minutes)" >&2
-        python3 -m venv "$DSOCR_VENV" || return 1 2>/dev/null || exit 1
+        # An existing venv (or a link to one) is only topped up with the new requirements.
+        if [ ! -x "$DSOCR_VENV/bin/python" ]; then
+            python3 -m venv "$DSOCR_VENV" || return 1 2>/dev/null || exit 1
+        fi
         "$DSOCR_VENV/bin/pip" install --quiet --disable-pip-version-check \
             -r "$_dsocr_root/scripts/requirements.txt" || return 1 2>/dev/null || exit 1
         cp "$_dsocr_root/scripts/requirements.txt" "$_dsocr_stamp"

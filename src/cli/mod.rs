@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod hub;
 pub mod ocr;
+pub mod serve;
 
 #[derive(Debug, Parser)]
 #[command(name = "dsocr", version, about = "DeepSeek-OCR on libtorch, with a Hugging Face login doctor and a dashboard", long_about = None)]
@@ -36,6 +37,8 @@ pub enum Command {
     Ocr(ocr::OcrArgs),
     /// Time loading, vision, prefill and decode; report memory
     Bench(bench::BenchArgs),
+    /// Serve OCR over HTTP (an OpenAI-compatible API too), with probes and metrics
+    Serve(serve::ServeArgs),
 }
 
 /// `--kernels` as a clap argument (`auto|libtorch|avx512|avx2|scalar`).
@@ -100,6 +103,7 @@ pub fn main() -> ExitCode {
         Some(Command::Cache(a)) => hub::cache(a),
         Some(Command::Ocr(a)) => ocr::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Serve(a)) => serve::run(a),
     };
     match result {
         Ok(code) => code,

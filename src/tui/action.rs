@@ -10,6 +10,7 @@ use crossterm::event::{KeyEvent, MouseEvent};
 
 use super::state::{
     BoxView, CachedRepo, DeviceInfo, DiagnosisView, FileState, LoginState, OcrPhase, PreviewImage,
+    ServeProbe,
 };
 
 /// A token typed by the user. Its `Debug` never shows the value, so it cannot leak into logs.
@@ -46,6 +47,8 @@ pub enum Action {
     },
     /// The compute device was probed.
     Device(DeviceInfo),
+    /// A `dsocr serve` on the default port was looked for (`None`: none answers).
+    Serve(Option<ServeProbe>),
     /// Token sources, stored tokens and diagnosis were read (whoami not included).
     LoginStatus(Box<LoginState>),
     /// The diagnosis for the selected model was made (`None`: nothing wrong).
@@ -113,6 +116,8 @@ pub enum Action {
 pub enum Job {
     /// Probe the compute device.
     ProbeDevice,
+    /// Ask a `dsocr serve` on the default port whether it is ready.
+    ProbeServe,
     /// Read token sources and stored tokens, then whoami, then diagnose access to this repo.
     RefreshLogin(String),
     /// Validate and store a token, then refresh (diagnosing this repo).

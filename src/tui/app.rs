@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEventKind};
 
@@ -11,11 +12,14 @@ use super::graphics::Graphics;
 use super::keymap::{Command, Key, Settings};
 use super::state::{
     CachedRevision, Check, DEFAULT_MODEL, DocView, DownloadPhase, DownloadView, FileProgress,
-    FileState, HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState,
+    FileState, HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState, ServeProbe,
 };
 use crate::ocr::preprocess::Mode;
 use crate::ocr::prompt::{IMAGE_TAG, Preset};
 use crate::tui::progress::Progress;
+
+/// How often the dashboard looks for a `dsocr serve` on the default port.
+const SERVE_PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// Prompt presets offered in the OCR pane, in cycling order (any other prompt is custom text).
 pub const PRESETS: [Preset; 5] = [
@@ -148,6 +152,10 @@ pub struct App {
     pub graphics: Graphics,
     /// The last download asked for, for resume.
     last_download: Option<(String, String)>,
+    /// A `dsocr serve` answering on the default port, when one does.
+    pub serve: Option<ServeProbe>,
+    /// When it was last looked for.
+    serve_probed: Option<Instant>,
 }
 
 impl App {
@@ -170,6 +178,8 @@ impl App {
             ticks: 0,
             graphics: Graphics::HalfBlocks,
             last_download: None,
+            serve: None,
+            serve_probed: None,
         };
         for w in app.settings.warnings.clone() {
             app.push_log(format!("config: {w}"));
@@ -181,8 +191,10 @@ impl App {
     pub fn startup_jobs(&mut self) -> Vec<Job> {
         self.login.whoami = Check::Checking;
         self.models.cached = Check::Checking;
+        self.serve_probed = Some(Instant::now());
         vec![
             Job::ProbeDevice,
+            Job::ProbeServe,
             Job::RefreshLogin(self.diag_repo()),
             Job::ScanCache,
         ]
@@ -298,7 +310,14 @@ impl App {
                 if let (true, Some(started)) = (self.ocr.is_running(), self.ocr.started) {
                     self.ocr.elapsed = self.ocr.elapsed.max(started.elapsed());
                 }
-                Vec::new()
+                // Look for a `dsocr serve` again now and then (one short loopback request).
+                match self.serve_probed {
+                    Some(at) if at.elapsed() >= SERVE_PROBE_EVERY => {
+                        self.serve_probed = Some(Instant::now());
+                        vec![Job::ProbeServe]
+                    }
+                    _ => Vec::new(),
+                }
             }
             other => self.on_result(other),
         }
@@ -744,6 +763,7 @@ impl App {
                 self.overlays.push(Overlay::Error { title, message });
             }
             Action::Device(d) => self.header.device = Check::Done(d),
+            Action::Serve(probe) => self.serve = probe,
             Action::Diagnosis(d) => self.login.diagnosis = d,
             Action::LoginStatus(status) => {
                 let whoami = std::mem::take(&mut self.login.whoami);

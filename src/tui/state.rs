@@ -37,6 +37,17 @@ pub struct HeaderInfo {
     pub device: Check<DeviceInfo>,
 }
 
+/// What a `dsocr serve` on the default port answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeProbe {
+    /// Its address.
+    pub addr: String,
+    /// `/readyz` said 200.
+    pub ready: bool,
+    /// The `status` of its `/readyz` (`ready`, `loading`, `model_missing`...).
+    pub status: String,
+}
+
 /// The compute device the model runs on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeviceInfo {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::document::{Document, DocumentError};
 use crate::ocr::preprocess::{self, ImageError};
 use crate::tui::action::{Action, ActionSender, Job};
-use crate::tui::state::{DeviceInfo, PreviewImage};
+use crate::tui::state::{DeviceInfo, PreviewImage, ServeProbe};
 
 /// Largest side of the preview image kept in memory (pixels).
 const PREVIEW_MAX: u32 = 320;
@@ -49,6 +49,11 @@ impl Workers {
             Job::ProbeDevice => {
                 self.rt
                     .spawn_blocking(move || tx.send(Action::Device(probe_device())));
+            }
+            Job::ProbeServe => {
+                self.rt.spawn_blocking(move || {
+                    tx.send(Action::Serve(probe_serve(crate::serve::DEFAULT_BIND)));
+                });
             }
             Job::LoadPreview(path) => {
                 self.rt.spawn_blocking(move || {
@@ -130,6 +135,37 @@ impl Workers {
         self.model.cancel();
         self.rt.shutdown_background();
     }
+}
+
+/// `GET /readyz` of a `dsocr serve` at `addr` (loopback), with short timeouts; `None` when
+/// nothing there answers like one.
+fn probe_serve(addr: &str) -> Option<ServeProbe> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let timeout = Duration::from_millis(300);
+    let mut stream = std::net::TcpStream::connect_timeout(&sock, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    stream
+        .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = stream.take(64 * 1024).read_to_end(&mut answer);
+    parse_readyz(addr, &String::from_utf8_lossy(&answer))
+}
+
+/// A `/readyz` answer (status line, headers, JSON body) as a [`ServeProbe`].
+fn parse_readyz(addr: &str, answer: &str) -> Option<ServeProbe> {
+    let code = answer.split_whitespace().nth(1)?;
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    let status = json.get("status")?.as_str()?.to_string();
+    Some(ServeProbe {
+        addr: addr.to_string(),
+        ready: code == "200",
+        status,
+    })
 }
 
 /// CUDA GPU name and memory from `nvidia-smi` when CUDA is usable, else the CPU threads.
@@ -255,5 +291,25 @@ mod tests {
         assert_eq!(c, format!("{base}zzz"));
         assert!(list.is_empty());
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn readyz_answers_become_probes() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"ready\":true,\"status\":\"ready\"}";
+        assert_eq!(
+            parse_readyz("127.0.0.1:8000", ok),
+            Some(ServeProbe {
+                addr: "127.0.0.1:8000".into(),
+                ready: true,
+                status: "ready".into()
+            })
+        );
+        let missing = "HTTP/1.1 503 Service Unavailable\r\n\r\n{\"ready\":false,\"status\":\"model_missing\",\"findings\":[]}";
+        let p = parse_readyz("a", missing).expect("probe");
+        assert!(!p.ready);
+        assert_eq!(p.status, "model_missing");
+        // Something else on the port is not a dsocr server.
+        assert_eq!(parse_readyz("a", "HTTP/1.1 200 OK\r\n\r\n<html>"), None);
+        assert_eq!(parse_readyz("a", ""), None);
     }
 }

@@ -1,4 +1,5 @@
-//! The top line: version, endpoint, offline flag, device.
+//! The top line: version, endpoint, offline flag, device, and a `dsocr serve` on the default
+//! port when one answers.
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
@@ -35,5 +36,14 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     }
     spans.push(Span::styled(" │ ", theme.fg(theme.border)));
     spans.push(Span::raw(device));
+    if let Some(serve) = &app.serve {
+        spans.push(Span::styled(" │ ", theme.fg(theme.border)));
+        let (text, colour) = if serve.ready {
+            (format!("serve {} ready", serve.addr), theme.ok)
+        } else {
+            (format!("serve {} {}", serve.addr, serve.status), theme.warn)
+        };
+        spans.push(Span::styled(text, theme.fg(colour)));
+    }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
