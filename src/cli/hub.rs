@@ -180,9 +180,9 @@ pub fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 Severity::Warning => "warn",
                 Severity::Error => "ERROR",
             };
-            println!("[{tag:>5}] {:<26} {}", f.code, f.message);
+            println!("[{tag:>5}] {:<30} {}", f.code, f.message);
             if !f.fix.is_empty() && f.severity >= Severity::Warning {
-                println!("        {:<26} fix: {}", "", f.fix);
+                println!("        {:<30} fix: {}", "", f.fix);
             }
         }
         println!(
