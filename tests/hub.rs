@@ -891,6 +891,8 @@ async fn cli_login_whoami_auth_logout() {
         out.contains("alice") && out.contains("acme") && out.contains("\"dsocr-mock\""),
         "{out}"
     );
+    assert!(out.contains("created: 2026-07-23 ("), "{out}");
+    assert!(!out.contains("can write"), "{out}");
     assert!(!out.contains(mock::TOKEN_GRANTED));
 
     let home2 = Home::new(&hub.endpoint).set("HF_TOKEN", mock::TOKEN_NOT_GRANTED);
@@ -1399,6 +1401,13 @@ async fn token_hygiene_write_role_and_age() {
     let w = expect_code(&r, "token.more_than_read", Severity::Warning);
     assert!(w.fix.contains("a read token is enough"), "{w:?}");
     expect_code(&r, "token.old", Severity::Info);
+    let (rc, out, _) = run(home.dsocr(&["whoami"])).await;
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains("created: 2024-01-05") && out.contains("consider rotating"),
+        "{out}"
+    );
+    assert!(out.contains("a read token is enough"), "{out}");
     home.save_token(mock::TOKEN_GRANTED);
     let r = diagnose_home(&home).await;
     assert!(r.get("token.more_than_read").is_none() && r.get("token.old").is_none());

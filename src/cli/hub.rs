@@ -180,9 +180,9 @@ pub fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 Severity::Warning => "warn",
                 Severity::Error => "ERROR",
             };
-            println!("[{tag:>5}] {:<26} {}", f.code, f.message);
+            println!("[{tag:>5}] {:<30} {}", f.code, f.message);
             if !f.fix.is_empty() && f.severity >= Severity::Warning {
-                println!("        {:<26} fix: {}", "", f.fix);
+                println!("        {:<30} fix: {}", "", f.fix);
             }
         }
         println!(
@@ -231,6 +231,23 @@ pub fn whoami(args: WhoamiArgs) -> anyhow::Result<ExitCode> {
         who.token_role.as_deref().unwrap_or("unknown role"),
         found.source
     );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs());
+    if let (Some(at), Some(days)) = (&who.token_created_at, who.token_age_days(now)) {
+        let advice = if days > 365 {
+            ": consider rotating it"
+        } else {
+            ""
+        };
+        println!(
+            "created: {} ({days} days ago{advice})",
+            at.get(..10).unwrap_or(at)
+        );
+    }
+    if who.can_write() {
+        println!("note:    this token can write; a read token is enough for downloading");
+    }
     if let Some(gated) = who.can_read_gated_repos {
         println!(
             "gated:   fine-grained token {} read gated repos",
