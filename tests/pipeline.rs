@@ -1048,7 +1048,10 @@ fn ocr_command_on_pdfs() {
     );
 
     // A page over the pixel limit: named, the document's report says so, no page folder.
-    let run = run_with(&[pdf_fixture("huge-page.pdf").to_str().expect("path")], &out);
+    let run = run_with(
+        &[pdf_fixture("huge-page.pdf").to_str().expect("path")],
+        &out,
+    );
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr.contains("huge-page.pdf: page 1: page 1 of")

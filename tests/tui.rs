@@ -1328,6 +1328,26 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
     assert_eq!(report["page_count"], 3);
     assert_eq!(report["totals"]["pages_ok"], 2);
     assert_eq!(report["pages"][1]["page"], 3);
+
+    // Run on an encrypted PDF (its page count never came): the document's cause, not "not an
+    // image".
+    workers.dispatch(Job::Ocr(OcrRequest {
+        model: ModelSource::Folder(model.clone()),
+        image: common::fixtures().join("pdf/encrypted.pdf"),
+        pages: None,
+        mode: dsocr::ocr::preprocess::Mode::Tiny,
+        prompt: "<image>\nFree OCR.".to_string(),
+        max_new_tokens: 4,
+        device: "cpu".to_string(),
+        dtype: Some("f32".to_string()),
+        kernels: None,
+    }));
+    match until_finished(&rx).last() {
+        Some(Action::OcrFinished(Err(Some(m)))) => {
+            assert!(m.contains("encrypted.pdf is encrypted"), "{m}")
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
     workers.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -264,21 +264,27 @@ fn run_request(
         max_new_tokens: request.max_new_tokens,
         ..RunOptions::default()
     };
-    let Some(wanted) = &request.pages else {
-        tx.send(Action::OcrPhase(OcrPhase::Preprocess));
-        let image = crate::ocr::preprocess::load_image(&request.image)
-            .map_err(|e| Failure::Message(e.to_string()))?;
-        let output = run_one(
-            session,
-            &request.image,
-            image,
-            start,
-            &opts,
-            tx,
-            cancel,
-            start,
-        )?;
-        return Ok(Last::Image(output));
+    let wanted = match &request.pages {
+        Some(pages) => pages.clone(),
+        // A PDF run before its page count arrived (or one that did not open): page 1, so that
+        // the document's own error is what shows.
+        None if crate::document::is_pdf(&request.image) => vec![1],
+        None => {
+            tx.send(Action::OcrPhase(OcrPhase::Preprocess));
+            let image = crate::ocr::preprocess::load_image(&request.image)
+                .map_err(|e| Failure::Message(e.to_string()))?;
+            let output = run_one(
+                session,
+                &request.image,
+                image,
+                start,
+                &opts,
+                tx,
+                cancel,
+                start,
+            )?;
+            return Ok(Last::Image(output));
+        }
     };
     let doc = Document::open(&request.image, None).map_err(|e| Failure::Message(e.to_string()))?;
     let mut pages = Vec::new();
