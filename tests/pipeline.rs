@@ -643,6 +643,65 @@ fn ocr_command_end_to_end() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Pages decoded together give the files and the text they give one at a time (f32, so that
+/// batched and single-row products agree to the last bit that matters), and stdout keeps the
+/// input order.
+#[test]
+fn ocr_batch_matches_batch_1() {
+    let root = scratch("batch");
+    let model = root.join("model");
+    make_model(&model);
+    let pages = root.join("pages");
+    std::fs::create_dir_all(&pages).expect("pages dir");
+    std::fs::copy(
+        fixtures().join("preprocess/sources/letter-1275x1650.png"),
+        pages.join("a.png"),
+    )
+    .expect("copy");
+    pattern(300, 200).save(pages.join("b.png")).expect("b");
+    pattern(640, 480).save(pages.join("c.png")).expect("c");
+    let run = |batch: &str| {
+        let out = root.join(format!("out-{batch}"));
+        let run = dsocr(&[
+            "ocr",
+            pages.to_str().expect("path"),
+            "--model",
+            model.to_str().expect("path"),
+            "--device",
+            "cpu",
+            "--dtype",
+            "f32",
+            "--mode",
+            "tiny",
+            "--max-new-tokens",
+            "10",
+            "--batch",
+            batch,
+            "--out",
+            out.to_str().expect("path"),
+        ]);
+        assert_eq!(run.code, 0, "--batch {batch}: {}", run.stderr);
+        (out, run)
+    };
+    let (one, single) = run("1");
+    let (three, batched) = run("3");
+    for name in ["a", "b", "c"] {
+        let raw = |dir: &Path| {
+            std::fs::read_to_string(dir.join(name).join("result_raw.txt"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        assert!(!raw(&one).is_empty());
+        assert_eq!(raw(&one), raw(&three), "{name}: --batch 3 differs from --batch 1");
+    }
+    assert_eq!(single.stdout, batched.stdout, "stdout in input order");
+    assert!(
+        batched.stderr.contains("[3/3]"),
+        "progress names each page:\n{}",
+        batched.stderr
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The library session the CLI and the dashboard share.
 

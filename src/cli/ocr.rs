@@ -10,12 +10,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use image::RgbImage;
 use tch::Kind;
 
 use crate::document::{
@@ -27,9 +25,9 @@ use crate::hub::cache::RepoPaths;
 use crate::ocr::cpu::Kernels;
 use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
 use crate::ocr::generate::{DEFAULT_NGRAM_WHITELIST, NoRepeatNgram};
-use crate::ocr::preprocess::{self, DEFAULT_MAX_TILES, Mode};
+use crate::ocr::preprocess::{DEFAULT_MAX_TILES, Mode};
 use crate::ocr::prompt::Preset;
-use crate::ocr::session::{Event, Phase, Report, RunOptions, Session};
+use crate::ocr::session::{Event, Job, Jobs, OcrOutput, Phase, Report, RunOptions, Session};
 
 /// The model used when `--model` is not given.
 pub const DEFAULT_MODEL: &str = "deepseek-ai/DeepSeek-OCR";
@@ -104,6 +102,10 @@ pub struct OcrArgs {
     /// Password of encrypted PDFs (or set DSOCR_PDF_PASSWORD, which keeps it out of `ps`)
     #[arg(long, env = "DSOCR_PDF_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Pages decoded together (1 to 16); the text still comes out in input order. Default: as
+    /// many as free memory allows (at most 4 on the CPU), printed at the start
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub batch: Option<u32>,
     /// Leave PDF pages that hit the token limit (usually a repetition loop) out of the joined
     /// <name>.mmd, as DeepSeek-OCR's PDF script does; their page-N/ folder is still written
     #[arg(long)]
@@ -130,7 +132,8 @@ impl Input {
 #[derive(Default)]
 struct Outcome {
     reports: Vec<Report>,
-    json: Vec<serde_json::Value>,
+    /// By input; `None` for an input that failed as a whole.
+    json: Vec<Option<serde_json::Value>>,
     failures: Vec<String>,
 }
 
@@ -165,36 +168,20 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
 
-    let mut outcome = Outcome::default();
-    let mut used_dirs = Vec::new();
-    for (i, input) in inputs.iter().enumerate() {
-        eprintln!("[{}/{}] {}", i + 1, inputs.len(), input.path().display());
-        let out_dir = unique_dir(&args.out, input.path(), &mut used_dirs);
-        match input {
-            Input::Image(image) => {
-                let start = Instant::now();
-                let result = preprocess::load_image(image)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|img| run_one(&session, image, img, start, &out_dir, &args, &opts));
-                match result {
-                    Ok(report) => {
-                        outcome.json.push(serde_json::to_value(&report)?);
-                        outcome.reports.push(report);
-                    }
-                    Err(e) => outcome.fail(format!("{}: {e:#}", image.display())),
-                }
-            }
-            Input::Pdf(pdf) => {
-                if let Some(report) =
-                    run_document(&session, pdf, &out_dir, &args, &opts, &mut outcome)
-                {
-                    outcome.json.push(serde_json::to_value(&report)?);
-                }
-            }
+    let batch = match args.batch {
+        Some(n) => n as usize,
+        None => {
+            let choice = session.default_batch(args.max_new_tokens);
+            eprintln!("{}", super::describe_batch(&choice));
+            choice.batch
         }
-    }
+    };
+    let mut runner = Runner::plan(&inputs, &args, &opts, batch);
+    session.run_batch(batch, &mut runner);
+    let outcome = runner.finish();
     if args.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&outcome.json)?);
+        let json: Vec<&serde_json::Value> = outcome.json.iter().flatten().collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
     }
     print_summary(&outcome.reports, &outcome.failures);
     Ok(if outcome.failures.is_empty() {
@@ -253,118 +240,6 @@ fn has_pdf_extension(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("pdf"))
 }
 
-/// Open a PDF, render and run each selected page into `out_dir/page-N/`, then write
-/// `out_dir/<name>.mmd` and `out_dir/report.json`. Failures (the document, a page, a page past
-/// the end) go into `outcome`; the report is `None` when the document could not be opened.
-fn run_document(
-    session: &Session,
-    pdf: &Path,
-    out_dir: &Path,
-    args: &OcrArgs,
-    opts: &RunOptions,
-    outcome: &mut Outcome,
-) -> Option<DocumentReport> {
-    let start = Instant::now();
-    let doc = match Document::open(pdf, args.password.as_deref()) {
-        Ok(doc) => doc,
-        Err(e) => {
-            outcome.fail(e.to_string());
-            return None;
-        }
-    };
-    let selection = args.pages.clone().unwrap_or_else(PageSelection::all);
-    let pages = selection.resolve(doc.page_count());
-    eprintln!(
-        "  {} page{}; running {} at {} dpi",
-        doc.page_count(),
-        if doc.page_count() == 1 { "" } else { "s" },
-        pages.inside.len(),
-        args.dpi
-    );
-    let mut report = DocumentReport::new(pdf, out_dir, doc.page_count(), args.dpi);
-    for &page in &pages.outside {
-        let e = DocumentError::PageOutside {
-            path: pdf.to_path_buf(),
-            page,
-            pages: doc.page_count(),
-        };
-        outcome.fail(e.to_string());
-        report.push(PageEntry {
-            page,
-            render_s: 0.0,
-            skipped_in_mmd: false,
-            error: Some(e.to_string()),
-            report: None,
-        });
-    }
-    for (k, &page) in pages.inside.iter().enumerate() {
-        eprintln!("  page {page} ({}/{})", k + 1, pages.inside.len());
-        if k > 0 && args.format != Format::Json {
-            // The streamed pages are separated as the joined markdown is.
-            Printer::new(false).print(PAGE_SPLIT.trim_start_matches('\n'));
-        }
-        let render_start = Instant::now();
-        let rendered = doc.render(page, args.dpi);
-        let render_s = render_start.elapsed().as_secs_f64();
-        let result = rendered.map_err(anyhow::Error::from).and_then(|img| {
-            let name = page_name(pdf, page);
-            run_one(
-                session,
-                &name,
-                img,
-                render_start,
-                &page_dir(out_dir, page),
-                args,
-                opts,
-            )
-        });
-        let entry = match result {
-            Ok(r) => {
-                let skip = args.skip_repeat && r.hit_token_limit;
-                if skip {
-                    eprintln!("  left out of the joined markdown (--skip-repeat)");
-                }
-                outcome.reports.push(r.clone());
-                PageEntry {
-                    page,
-                    render_s,
-                    skipped_in_mmd: skip,
-                    error: None,
-                    report: Some(r),
-                }
-            }
-            Err(e) => {
-                let what = format!("{}: page {page}: {e:#}", pdf.display());
-                outcome.fail(what.clone());
-                PageEntry {
-                    page,
-                    render_s,
-                    skipped_in_mmd: false,
-                    error: Some(format!("{e:#}")),
-                    report: None,
-                }
-            }
-        };
-        report.push(entry);
-    }
-    report.pages.sort_by_key(|p| p.page);
-    report.totals.elapsed_s = start.elapsed().as_secs_f64();
-    match report.write() {
-        Ok(()) => eprintln!(
-            "  wrote {} and report.json ({} of {} pages ok)",
-            report.mmd.display(),
-            report.totals.pages_ok,
-            report.pages.len()
-        ),
-        Err(e) => outcome.fail(format!(
-            "{}: cannot write {} or report.json: {e}",
-            pdf.display(),
-            report.mmd.display()
-        )),
-    }
-    Some(report)
-}
-
 /// A model folder as given, or the snapshot of a repo id in the local Hugging Face cache.
 fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(model);
@@ -418,72 +293,431 @@ fn unique_dir(out: &Path, image: &Path, used: &mut Vec<PathBuf>) -> PathBuf {
     dir
 }
 
-/// Run one image or rendered page (text streamed to stdout, phases to stderr) and write its
-/// outputs into `out_dir`; `name` stands for it in the report, `start` is when loading or
-/// rendering it began. Every image and page of the batch goes through here. Outputs that
-/// could not all be written are removed, never left looking complete.
-fn run_one(
-    session: &Session,
-    name: &Path,
-    image: RgbImage,
+/// One image or PDF page to run, in input order.
+struct Unit {
+    /// Index of its input on the command line (after folders are expanded).
+    input: usize,
+    /// The PDF it belongs to (index into [`Runner::docs`]) and its page number.
+    page: Option<(usize, usize)>,
+    /// The image file, or the name that stands for the page.
+    name: PathBuf,
+    out_dir: PathBuf,
+    /// Text printed before its own: the page split between two pages of a document.
+    lead: &'static str,
+}
+
+/// A PDF being run: its pages' entries gather in `report`, written when the last one is over.
+struct Doc {
+    path: PathBuf,
+    doc: Document,
+    report: DocumentReport,
+    /// Pages not over yet.
+    remaining: usize,
+    input: usize,
     start: Instant,
-    out_dir: &Path,
-    args: &OcrArgs,
-    opts: &RunOptions,
-) -> anyhow::Result<Report> {
-    let mut printer = Printer::new(args.format == Format::Json);
-    let mut prompt_tokens = 0;
-    // `dsocr ocr` is stopped with the process; nothing sets the flag.
-    let cancel = AtomicBool::new(false);
-    let output = session.run_image(name, image, start, opts, &cancel, |event| match event {
-        Event::Phase(Phase::Preprocess) => {}
-        Event::Prepared(p) => {
-            prompt_tokens = p.prompt_tokens;
-            eprintln!(
-                "  preprocess: {}x{} {} mode, tiles {}x{}, {} image tokens, {} prompt tokens ({:.2} s)",
-                p.width,
-                p.height,
-                opts.mode,
-                p.spatial_crop[0],
-                p.spatial_crop[1],
-                p.image_tokens,
-                p.prompt_tokens,
-                p.elapsed.as_secs_f64()
+}
+
+/// A unit that has been handed to the session.
+struct Started {
+    unit: usize,
+    render_s: f64,
+    prompt_tokens: usize,
+}
+
+/// `dsocr ocr`'s [`Jobs`]: hands out images and rendered pages in input order as batch slots
+/// free up, prints progress (stderr) and text (stdout, in input order whatever order the batch
+/// finishes in), writes each result's folder when it is over and a document's joined markdown
+/// and report when its last page is.
+struct Runner<'a> {
+    args: &'a OcrArgs,
+    opts: &'a RunOptions,
+    batch: usize,
+    units: Vec<Unit>,
+    next_unit: usize,
+    docs: Vec<Doc>,
+    /// By job number.
+    jobs: Vec<Started>,
+    out: Ordered,
+    outcome: Outcome,
+}
+
+impl<'a> Runner<'a> {
+    /// Open the PDFs (a document that cannot be opened, or pages outside it, fail here) and
+    /// list every image and page to run.
+    fn plan(inputs: &[Input], args: &'a OcrArgs, opts: &'a RunOptions, batch: usize) -> Self {
+        let mut outcome = Outcome {
+            json: inputs.iter().map(|_| None).collect(),
+            ..Outcome::default()
+        };
+        let mut units = Vec::new();
+        let mut docs = Vec::new();
+        let mut used_dirs = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let out_dir = unique_dir(&args.out, input.path(), &mut used_dirs);
+            match input {
+                Input::Image(image) => units.push(Unit {
+                    input: i,
+                    page: None,
+                    name: image.clone(),
+                    out_dir,
+                    lead: "",
+                }),
+                Input::Pdf(pdf) => {
+                    let doc = match Document::open(pdf, args.password.as_deref()) {
+                        Ok(doc) => doc,
+                        Err(e) => {
+                            outcome.fail(e.to_string());
+                            continue;
+                        }
+                    };
+                    let count = doc.page_count();
+                    let selection = args.pages.clone().unwrap_or_else(PageSelection::all);
+                    let pages = selection.resolve(count);
+                    eprintln!(
+                        "{}: {count} page{}; running {} at {} dpi",
+                        pdf.display(),
+                        if count == 1 { "" } else { "s" },
+                        pages.inside.len(),
+                        args.dpi
+                    );
+                    let mut report = DocumentReport::new(pdf, &out_dir, count, args.dpi);
+                    for &page in &pages.outside {
+                        let e = DocumentError::PageOutside {
+                            path: pdf.to_path_buf(),
+                            page,
+                            pages: count,
+                        };
+                        outcome.fail(e.to_string());
+                        report.push(PageEntry {
+                            page,
+                            render_s: 0.0,
+                            skipped_in_mmd: false,
+                            error: Some(e.to_string()),
+                            report: None,
+                        });
+                    }
+                    for (k, &page) in pages.inside.iter().enumerate() {
+                        units.push(Unit {
+                            input: i,
+                            page: Some((docs.len(), page)),
+                            name: page_name(pdf, page),
+                            out_dir: page_dir(&out_dir, page),
+                            lead: if k > 0 {
+                                PAGE_SPLIT.trim_start_matches('\n')
+                            } else {
+                                ""
+                            },
+                        });
+                    }
+                    docs.push(Doc {
+                        path: pdf.clone(),
+                        doc,
+                        report,
+                        remaining: pages.inside.len(),
+                        input: i,
+                        start: Instant::now(),
+                    });
+                }
+            }
+        }
+        let mut runner = Self {
+            args,
+            opts,
+            batch,
+            out: Ordered::new(units.len(), args.format == Format::Json),
+            units,
+            next_unit: 0,
+            docs,
+            jobs: Vec::new(),
+            outcome,
+        };
+        // Documents with no page to run are complete already.
+        for d in 0..runner.docs.len() {
+            if runner.docs[d].remaining == 0 {
+                runner.write_document(d);
+            }
+        }
+        runner
+    }
+
+    /// Every result, once the session is done.
+    fn finish(mut self) -> Outcome {
+        if let Some(e) = self.out.printer.error.take() {
+            self.outcome.fail(format!("{e:#}"));
+        }
+        self.outcome
+    }
+
+    /// `[k/n] name` for progress lines.
+    fn label(&self, unit: usize) -> String {
+        format!("[{}/{}] {}", unit + 1, self.units.len(), self.units[unit].name.display())
+    }
+
+    /// A progress line: indented under its unit's header at batch 1, prefixed by its label
+    /// otherwise (lines of several pages interleave).
+    fn progress(&self, unit: usize, line: &str) {
+        if self.batch == 1 {
+            eprintln!("  {line}");
+        } else {
+            eprintln!("{}: {line}", self.label(unit));
+        }
+    }
+
+    /// The job of `unit`: the image file, or its page rendered now. `None` (after reporting
+    /// the failure) when the page cannot be rendered.
+    fn job(&mut self, unit: usize) -> Option<(Job, f64)> {
+        let start = Instant::now();
+        let u = &self.units[unit];
+        let Some((d, page)) = u.page else {
+            return Some((Job::file(&u.name, self.opts.clone()), 0.0));
+        };
+        let rendered = self.docs[d].doc.render(page, self.args.dpi);
+        let render_s = start.elapsed().as_secs_f64();
+        match rendered {
+            Ok(image) => {
+                let mut job = Job::image(&u.name, image, self.opts.clone());
+                job.started = Some(start);
+                Some((job, render_s))
+            }
+            Err(e) => {
+                let what = format!("{}: page {page}: {e}", self.docs[d].path.display());
+                self.page_over(unit, render_s, Err(what));
+                None
+            }
+        }
+    }
+
+    /// An image's result: its folder written (removed again when that fails).
+    fn write_result(&self, unit: usize, output: OcrOutput) -> anyhow::Result<Report> {
+        let out_dir = &self.units[unit].out_dir;
+        let report = match output.write(out_dir) {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(out_dir);
+                return Err(e.into());
+            }
+        };
+        self.progress(
+            unit,
+            &format!(
+                "{} tokens, vision {:.2} s, prefill {:.2} s, decode {:.2} s ({:.1} tokens/s), stop: {}",
+                report.generated_tokens,
+                report.vision_s,
+                report.prefill_s,
+                report.decode_s,
+                report.tokens_per_s,
+                report.stop
+            ),
+        );
+        if report.hit_token_limit {
+            self.progress(
+                unit,
+                &format!(
+                    "warning: hit the token limit ({}) without end of sentence; the output is \
+                     probably a repetition loop",
+                    self.args.max_new_tokens
+                ),
             );
         }
-        Event::Phase(Phase::Vision) => eprintln!("  vision..."),
-        Event::Phase(Phase::Prefill) => eprintln!("  prefill ({prompt_tokens} tokens)..."),
-        Event::Phase(Phase::Decode) => eprintln!("  decoding..."),
-        Event::Text { piece, .. } => printer.print(&piece),
-    })?;
-    printer.print("\n");
-    if let Some(e) = printer.error {
-        return Err(e);
+        self.progress(unit, &format!("wrote {}", out_dir.display()));
+        Ok(report)
     }
-    let report = match output.write(out_dir) {
-        Ok(report) => report,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(out_dir);
-            return Err(e.into());
+
+    /// A unit is over: record its report or failure; a page also goes into its document.
+    fn unit_over(&mut self, unit: usize, render_s: f64, result: anyhow::Result<Report>) {
+        let u = &self.units[unit];
+        match u.page {
+            None => match result {
+                Ok(report) => {
+                    self.outcome.json[u.input] = serde_json::to_value(&report).ok();
+                    self.outcome.reports.push(report);
+                }
+                Err(e) => {
+                    let what = format!("{}: {e:#}", u.name.display());
+                    self.outcome.fail(what);
+                }
+            },
+            Some((d, page)) => {
+                let result = result.map_err(|e| {
+                    format!("{}: page {page}: {e:#}", self.docs[d].path.display())
+                });
+                self.page_over(unit, render_s, result);
+            }
         }
-    };
-    eprintln!(
-        "  {} tokens, vision {:.2} s, prefill {:.2} s, decode {:.2} s ({:.1} tokens/s), stop: {}",
-        report.generated_tokens,
-        report.vision_s,
-        report.prefill_s,
-        report.decode_s,
-        report.tokens_per_s,
-        report.stop
-    );
-    if report.hit_token_limit {
-        eprintln!(
-            "  warning: hit the token limit ({}) without end of sentence; the output is probably a repetition loop",
-            args.max_new_tokens
-        );
+        self.out.done(unit);
     }
-    eprintln!("  wrote {}", out_dir.display());
-    Ok(report)
+
+    /// A page is over: its entry goes into its document, written once its last page is over.
+    fn page_over(&mut self, unit: usize, render_s: f64, result: Result<Report, String>) {
+        let Some((d, page)) = self.units[unit].page else {
+            return;
+        };
+        let entry = match result {
+            Ok(r) => {
+                let skip = self.args.skip_repeat && r.hit_token_limit;
+                if skip {
+                    self.progress(unit, "left out of the joined markdown (--skip-repeat)");
+                }
+                self.outcome.reports.push(r.clone());
+                PageEntry {
+                    page,
+                    render_s,
+                    skipped_in_mmd: skip,
+                    error: None,
+                    report: Some(r),
+                }
+            }
+            Err(what) => {
+                self.outcome.fail(what.clone());
+                PageEntry {
+                    page,
+                    render_s,
+                    skipped_in_mmd: false,
+                    error: Some(what),
+                    report: None,
+                }
+            }
+        };
+        let doc = &mut self.docs[d];
+        doc.report.push(entry);
+        doc.remaining -= 1;
+        if doc.remaining == 0 {
+            self.write_document(d);
+        }
+    }
+
+    /// Write a document's joined markdown and report.json.
+    fn write_document(&mut self, d: usize) {
+        let doc = &mut self.docs[d];
+        doc.report.pages.sort_by_key(|p| p.page);
+        doc.report.totals.elapsed_s = doc.start.elapsed().as_secs_f64();
+        match doc.report.write() {
+            Ok(()) => eprintln!(
+                "{}: wrote {} and report.json ({} of {} pages ok)",
+                doc.path.display(),
+                doc.report.mmd.display(),
+                doc.report.totals.pages_ok,
+                doc.report.pages.len()
+            ),
+            Err(e) => {
+                let what = format!(
+                    "{}: cannot write {} or report.json: {e}",
+                    doc.path.display(),
+                    doc.report.mmd.display()
+                );
+                self.outcome.fail(what);
+            }
+        }
+        self.outcome.json[doc.input] = serde_json::to_value(&doc.report).ok();
+    }
+}
+
+impl Jobs for Runner<'_> {
+    fn next(&mut self) -> Option<Job> {
+        while self.next_unit < self.units.len() {
+            let unit = self.next_unit;
+            self.next_unit += 1;
+            if self.batch == 1 {
+                eprintln!("{}", self.label(unit));
+            } else {
+                self.progress(unit, "started");
+            }
+            self.out.text(unit, self.units[unit].lead);
+            if let Some((job, render_s)) = self.job(unit) {
+                self.jobs.push(Started {
+                    unit,
+                    render_s,
+                    prompt_tokens: 0,
+                });
+                return Some(job);
+            }
+            self.out.done(unit);
+        }
+        None
+    }
+
+    fn event(&mut self, job: usize, event: Event) {
+        let unit = self.jobs[job].unit;
+        match event {
+            Event::Phase(Phase::Preprocess) => {}
+            Event::Prepared(p) => {
+                self.jobs[job].prompt_tokens = p.prompt_tokens;
+                self.progress(
+                    unit,
+                    &format!(
+                        "preprocess: {}x{} {} mode, tiles {}x{}, {} image tokens, {} prompt \
+                         tokens ({:.2} s)",
+                        p.width,
+                        p.height,
+                        self.opts.mode,
+                        p.spatial_crop[0],
+                        p.spatial_crop[1],
+                        p.image_tokens,
+                        p.prompt_tokens,
+                        p.elapsed.as_secs_f64()
+                    ),
+                );
+            }
+            Event::Phase(Phase::Vision) => self.progress(unit, "vision..."),
+            Event::Phase(Phase::Prefill) => {
+                let tokens = self.jobs[job].prompt_tokens;
+                self.progress(unit, &format!("prefill ({tokens} tokens)..."));
+            }
+            Event::Phase(Phase::Decode) => self.progress(unit, "decoding..."),
+            Event::Text { piece, .. } => self.out.text(unit, &piece),
+        }
+    }
+
+    fn done(&mut self, job: usize, result: crate::ocr::Result<OcrOutput>) {
+        let Started { unit, render_s, .. } = self.jobs[job];
+        self.out.text(unit, "\n");
+        let result = result
+            .map_err(anyhow::Error::from)
+            .and_then(|output| self.write_result(unit, output));
+        self.unit_over(unit, render_s, result);
+    }
+}
+
+/// Text of units that run together, printed in unit order: the oldest unit not over yet
+/// streams straight to stdout; the others' text waits until every unit before them is over.
+struct Ordered {
+    printer: Printer,
+    /// The unit whose text goes straight out.
+    head: usize,
+    waiting: Vec<String>,
+    over: Vec<bool>,
+}
+
+impl Ordered {
+    fn new(units: usize, quiet: bool) -> Self {
+        Self {
+            printer: Printer::new(quiet),
+            head: 0,
+            waiting: vec![String::new(); units],
+            over: vec![false; units],
+        }
+    }
+
+    fn text(&mut self, unit: usize, piece: &str) {
+        if unit == self.head {
+            self.printer.print(piece);
+        } else if let Some(w) = self.waiting.get_mut(unit) {
+            w.push_str(piece);
+        }
+    }
+
+    fn done(&mut self, unit: usize) {
+        if let Some(o) = self.over.get_mut(unit) {
+            *o = true;
+        }
+        while self.over.get(self.head) == Some(&true) {
+            self.head += 1;
+            if let Some(w) = self.waiting.get_mut(self.head) {
+                let w = std::mem::take(w);
+                self.printer.print(&w);
+            }
+        }
+    }
 }
 
 /// Writes streamed text to stdout (unless quiet); keeps the first error for later.
