@@ -1269,3 +1269,34 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
     drop(t);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn header_shows_a_local_dsocr_serve() {
+    let mut a = app();
+    let header = |a: &App| render(a, 160, 30).lines().next().unwrap_or("").to_string();
+    assert!(!header(&a).contains("serve"), "{}", header(&a));
+    let probe = |ready: bool, status: &str| {
+        Action::Serve(Some(ServeProbe {
+            addr: "127.0.0.1:8000".into(),
+            ready,
+            status: status.into(),
+        }))
+    };
+    drive(&mut a, [probe(true, "ready")]);
+    assert!(
+        header(&a).contains("serve 127.0.0.1:8000 ready"),
+        "{}",
+        header(&a)
+    );
+    drive(&mut a, [probe(false, "model_missing")]);
+    assert!(
+        header(&a).contains("serve 127.0.0.1:8000 model_missing"),
+        "{}",
+        header(&a)
+    );
+    drive(&mut a, [Action::Serve(None)]);
+    assert!(!header(&a).contains("serve"), "{}", header(&a));
+    // Looked for at start; a tick right after does not ask again.
+    assert!(a.startup_jobs().contains(&Job::ProbeServe));
+    assert!(drive(&mut a, [Action::Tick]).is_empty());
+}
