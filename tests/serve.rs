@@ -24,9 +24,9 @@ const TOKENS: usize = 6;
 const IMAGES: usize = 4;
 
 /// The tests that time things or load the engine hard run one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// The shared scratch folder: the model, the images and the CLI's reports, made once.
@@ -380,7 +380,7 @@ async fn error_of(r: reqwest::Response, status: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serves_the_clis_answers_to_many_clients_and_to_the_openai_client() {
     let f = fixture();
-    let _serial = serial();
+    let _serial = serial().await;
     let server = Server::start(&["--model", f.model.to_str().expect("utf-8")], &[]);
     let client = client();
     let health = client
@@ -955,7 +955,7 @@ async fn until_first_text(r: &mut reqwest::Response) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnects_cancel_full_queues_refuse_and_slow_requests_time_out() {
     let f = fixture();
-    let _serial = serial();
+    let _serial = serial().await;
     let server = Server::start(
         &[
             "--model",
@@ -1121,7 +1121,7 @@ async fn disconnects_cancel_full_queues_refuse_and_slow_requests_time_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let f = fixture();
-    let _serial = serial();
+    let _serial = serial().await;
     let mut server = Server::start(
         &[
             "--model",

@@ -1620,3 +1620,34 @@ fn login_problems_wrap_with_a_hanging_indent_and_scroll() {
     drive(&mut a, [key(KeyCode::Home)]);
     assert_eq!(render(&a, 60, 9), before, "Home scrolls back to the top");
 }
+
+#[test]
+fn header_shows_a_local_dsocr_serve() {
+    let mut a = app();
+    let header = |a: &App| render(a, 160, 30).lines().next().unwrap_or("").to_string();
+    assert!(!header(&a).contains("serve"), "{}", header(&a));
+    let probe = |ready: bool, status: &str| {
+        Action::Serve(Some(ServeProbe {
+            addr: "127.0.0.1:8000".into(),
+            ready,
+            status: status.into(),
+        }))
+    };
+    drive(&mut a, [probe(true, "ready")]);
+    assert!(
+        header(&a).contains("serve 127.0.0.1:8000 ready"),
+        "{}",
+        header(&a)
+    );
+    drive(&mut a, [probe(false, "model_missing")]);
+    assert!(
+        header(&a).contains("serve 127.0.0.1:8000 model_missing"),
+        "{}",
+        header(&a)
+    );
+    drive(&mut a, [Action::Serve(None)]);
+    assert!(!header(&a).contains("serve"), "{}", header(&a));
+    // Looked for at start; a tick right after does not ask again.
+    assert!(a.startup_jobs().contains(&Job::ProbeServe));
+    assert!(drive(&mut a, [Action::Tick]).is_empty());
+}

@@ -1069,7 +1069,6 @@ mod tests {
             body(json!([{"type": "text", "text": "Free OCR."}, {"type": "image_url", "image_url": {"url": url}}])).as_bytes(),
             100,
         )
-        .ok()
         .expect("valid");
         assert_eq!(r.opts.prompt, "<image>\nFree OCR.");
         assert_eq!(r.opts.max_new_tokens, 5);
@@ -1078,7 +1077,6 @@ mod tests {
             body(json!([{"type": "image_url", "image_url": {"url": url}}])).as_bytes(),
             3,
         )
-        .ok()
         .expect("valid");
         assert_eq!(r.opts.prompt, Preset::Document.prompt());
         assert_eq!(r.opts.max_new_tokens, 3, "clamped to the server's ceiling");

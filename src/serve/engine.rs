@@ -88,9 +88,14 @@ pub struct Queue {
     metrics: Arc<Metrics>,
 }
 
-/// The queue is full.
-#[derive(Debug)]
-pub struct QueueFull;
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// `capacity` jobs are already waiting.
+    Full,
+    /// The engine is gone.
+    Closed,
+}
 
 impl Queue {
     /// A queue holding at most `capacity` waiting jobs, and its receiving end for the engine.
@@ -100,15 +105,16 @@ impl Queue {
     }
 
     /// Queue a job, or refuse at once when the queue is full (or the engine is gone).
-    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+    pub fn submit(&self, job: Job) -> Result<(), QueueError> {
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                Err(QueueFull)
-            }
+        let result = self.tx.try_send(job);
+        if result.is_err() {
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         }
+        result.map_err(|e| match e {
+            TrySendError::Full(_) => QueueError::Full,
+            TrySendError::Disconnected(_) => QueueError::Closed,
+        })
     }
 }
 

@@ -39,7 +39,7 @@ pub mod api;
 pub mod engine;
 pub mod metrics;
 
-use engine::{Job, Queue};
+use engine::{Job, Queue, QueueError};
 use metrics::Metrics;
 
 /// Where the server listens when `--bind` is not given.
@@ -161,7 +161,8 @@ impl ApiKeys {
 pub struct Readiness {
     /// The model is loaded and requests are served.
     pub ready: bool,
-    /// `resolving`, `model_missing`, `loading`, `load_failed`, `ready` or `stopping`.
+    /// `resolving`, `model_missing`, `loading`, `load_failed`, `ready`, `engine_failed` or
+    /// `stopping`.
     pub status: &'static str,
     /// The model as given to `--model`.
     pub model: String,
@@ -241,18 +242,23 @@ impl Shared {
         let Some(queue) = queue.as_ref() else {
             return Err(SubmitError::Stopping);
         };
-        let mut cancels = Vec::new();
+        let mut queued: Vec<Arc<AtomicBool>> = Vec::new();
         for job in jobs {
             let cancel = job.cancel.clone();
-            if queue.submit(job).is_err() {
-                for c in cancels {
-                    let c: Arc<AtomicBool> = c;
+            if let Err(e) = queue.submit(job) {
+                // All or none: the pages already queued are skipped by the engine.
+                for c in queued {
                     c.store(true, Ordering::Relaxed);
                 }
-                self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(SubmitError::Full);
+                return Err(match e {
+                    QueueError::Full => {
+                        self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                        SubmitError::Full
+                    }
+                    QueueError::Closed => SubmitError::Stopping,
+                });
             }
-            cancels.push(cancel);
+            queued.push(cancel);
         }
         Ok(())
     }
@@ -371,7 +377,20 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
             .spawn(move || {
                 if let Some(session) = load(&shared, &source, device, kind, plan, &handle, &stop) {
                     shared.metrics.ready.store(1, Ordering::Relaxed);
-                    engine::run(&session, &jobs, &shared.metrics);
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        engine::run(&session, &jobs, &shared.metrics);
+                    }));
+                    if run.is_err() {
+                        // Not ready any more: the orchestrator routes around it and restarts it.
+                        shared.metrics.ready.store(0, Ordering::Relaxed);
+                        shared.set_status(
+                            "engine_failed",
+                            "the engine thread failed (see the log); restart the server".into(),
+                        );
+                        tracing::error!(
+                            "the engine thread failed; the server is not ready any more"
+                        );
+                    }
                 }
                 let _ = engine_done_tx.send(());
             })
