@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Default and ceiling of a request's new tokens
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_new_tokens: u64,
+    /// Pages decoded together: concurrent requests share each decode step [default: as many
+    /// as free memory allows (at most 4 on the CPU), logged at start]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub batch: Option<u32>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -76,6 +80,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.timeout_s),
         grace: Duration::from_secs(args.grace_s),
         max_new_tokens: usize::try_from(args.max_new_tokens).context("--max-new-tokens")?,
+        batch: args.batch.map(|b| b as usize),
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,10 +3,9 @@
 //! over a channel; the handler sets the job's cancel flag when its client goes away or its time
 //! is up, and the engine stops before the next token.
 //!
-//! Batching: [`next_batch`] decides which jobs run together and [`run_batch`] runs them. Today
-//! the engine generates one sequence at a time, so a batch is one job; when it can decode
-//! several sequences per step, `next_batch` takes up to B waiting jobs and `run_batch` hands
-//! them to it as one batch.
+//! Batching: requests share the engine's decode steps ([`Session::run_batch`]). While pages
+//! run, every free slot takes the next waiting job from the queue, so a request that arrives
+//! mid-generation joins the running batch instead of waiting for it to end.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +19,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::metrics::Metrics;
 use crate::ocr::OcrError;
 use crate::ocr::generate::StopReason;
-use crate::ocr::session::{BoxReport, Event, OcrOutput, Phase, Report, RunOptions, Session};
+use crate::ocr::session::{
+    self, BoxReport, Event, Jobs, OcrOutput, Phase, Report, RunOptions, Session,
+};
 
 /// One page to OCR.
 pub struct Job {
@@ -118,89 +119,129 @@ impl Queue {
     }
 }
 
-/// Run jobs until every [`Queue`] is dropped.
-pub fn run(session: &Session, rx: &Receiver<Job>, metrics: &Metrics) {
-    while let Some(batch) = next_batch(rx, metrics) {
-        run_batch(session, batch, metrics);
+/// Run jobs, up to `batch` at a time, until every [`Queue`] is dropped.
+pub fn run(session: &Session, rx: &Receiver<Job>, metrics: &Metrics, batch: usize) {
+    // Wait for a job; then run until nothing is running or waiting, taking newcomers as slots
+    // free up.
+    while let Ok(first) = rx.recv() {
+        let mut engine = Engine {
+            rx,
+            metrics,
+            first: Some(first),
+            running: Vec::new(),
+        };
+        session.run_batch(batch, &mut engine);
     }
 }
 
-/// The jobs to run together next (waits for the first); `None` once the queue is closed.
-/// One job while the engine generates one sequence at a time.
-fn next_batch(rx: &Receiver<Job>, metrics: &Metrics) -> Option<Vec<Job>> {
-    let job = rx.recv().ok()?;
-    metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-    Some(vec![job])
+/// A job handed to the session.
+struct Running {
+    events: UnboundedSender<JobEvent>,
+    cancel: Arc<AtomicBool>,
+    queued: Duration,
+    start: Instant,
+    text: String,
 }
 
-/// Run a batch; each job gets its own events and result.
-fn run_batch(session: &Session, jobs: Vec<Job>, metrics: &Metrics) {
-    for job in jobs {
-        run_job(session, job, metrics);
-    }
+/// The session's [`Jobs`] in the server: waiting jobs from the queue; events and results back
+/// to each request's handler.
+struct Engine<'a> {
+    rx: &'a Receiver<Job>,
+    metrics: &'a Metrics,
+    first: Option<Job>,
+    /// By job number.
+    running: Vec<Running>,
 }
 
-fn run_job(session: &Session, job: Job, metrics: &Metrics) {
-    let queued = job.queued_at.elapsed();
-    if job.cancel.load(Ordering::Relaxed) {
-        // The client left while it waited.
-        metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-        metrics.waited(queued);
-        let _ = job.events.send(JobEvent::Done(Err(JobError::Cancelled)));
-        return;
+impl Jobs for Engine<'_> {
+    fn next(&mut self) -> Option<session::Job> {
+        loop {
+            let job = self.first.take().or_else(|| self.rx.try_recv().ok())?;
+            let metrics = self.metrics;
+            metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            let queued = job.queued_at.elapsed();
+            if job.cancel.load(Ordering::Relaxed) {
+                // The client left while it waited.
+                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                metrics.waited(queued);
+                let _ = job.events.send(JobEvent::Done(Err(JobError::Cancelled)));
+                continue;
+            }
+            metrics.running.fetch_add(1, Ordering::Relaxed);
+            let start = Instant::now();
+            // The image was decoded by the handler; what the engine does first is preprocessing.
+            let _ = job.events.send(JobEvent::Phase(Phase::Preprocess));
+            let mut page = session::Job::image(Path::new(&job.name), job.image, job.opts);
+            page.started = Some(start);
+            self.running.push(Running {
+                events: job.events,
+                cancel: job.cancel,
+                queued,
+                start,
+                text: String::new(),
+            });
+            return Some(page);
+        }
     }
-    metrics.running.fetch_add(1, Ordering::Relaxed);
-    let start = Instant::now();
-    // The image was decoded by the handler; what the engine does first is preprocessing.
-    let _ = job.events.send(JobEvent::Phase(Phase::Preprocess));
-    let mut text = String::new();
-    let events = &job.events;
-    let result = session.run_image(
-        Path::new(&job.name),
-        job.image,
-        start,
-        &job.opts,
-        &job.cancel,
-        |event| match event {
+
+    fn event(&mut self, job: usize, event: Event) {
+        let Some(r) = self.running.get_mut(job) else {
+            return;
+        };
+        match event {
+            Event::Phase(Phase::Preprocess) | Event::Prepared(_) => {}
             Event::Phase(p) => {
-                let _ = events.send(JobEvent::Phase(p));
+                let _ = r.events.send(JobEvent::Phase(p));
             }
             Event::Text { piece, tokens, .. } => {
-                metrics.tokens.fetch_add(1, Ordering::Relaxed);
-                text.push_str(&piece);
-                let _ = events.send(JobEvent::Text { piece, tokens });
+                self.metrics.tokens.fetch_add(1, Ordering::Relaxed);
+                r.text.push_str(&piece);
+                let _ = r.events.send(JobEvent::Text { piece, tokens });
             }
-            Event::Prepared(_) => {}
-        },
-    );
-    metrics.running.fetch_sub(1, Ordering::Relaxed);
-    let done = match result {
-        Ok(output) => {
-            let finished = finish(&output, text);
-            metrics.page(
-                queued,
-                start.elapsed(),
-                output.generation.timings.decode,
-                output.tokens_per_second(),
-            );
-            Ok(Box::new(finished))
         }
-        Err(OcrError::Cancelled) => {
-            metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-            metrics.waited(queued);
-            Err(JobError::Cancelled)
-        }
-        Err(e @ (OcrError::Image(_) | OcrError::Prompt(_) | OcrError::Invalid(_))) => {
-            metrics.waited(queued);
-            Err(JobError::Invalid(e.to_string()))
-        }
-        Err(e) => {
-            tracing::error!("engine failed on a page: {e}");
-            metrics.waited(queued);
-            Err(JobError::Failed(e.to_string()))
-        }
-    };
-    let _ = job.events.send(JobEvent::Done(done));
+    }
+
+    fn done(&mut self, job: usize, result: crate::ocr::Result<OcrOutput>) {
+        let Some(r) = self.running.get_mut(job) else {
+            return;
+        };
+        let metrics = self.metrics;
+        metrics.running.fetch_sub(1, Ordering::Relaxed);
+        let text = std::mem::take(&mut r.text);
+        let done = match result {
+            Ok(output) => {
+                let finished = finish(&output, text);
+                metrics.page(
+                    r.queued,
+                    r.start.elapsed(),
+                    output.generation.timings.decode,
+                    output.tokens_per_second(),
+                );
+                Ok(Box::new(finished))
+            }
+            Err(OcrError::Cancelled) => {
+                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                metrics.waited(r.queued);
+                Err(JobError::Cancelled)
+            }
+            Err(e @ (OcrError::Image(_) | OcrError::Prompt(_) | OcrError::Invalid(_))) => {
+                metrics.waited(r.queued);
+                Err(JobError::Invalid(e.to_string()))
+            }
+            Err(e) => {
+                tracing::error!("engine failed on a page: {e}");
+                metrics.waited(r.queued);
+                Err(JobError::Failed(e.to_string()))
+            }
+        };
+        let _ = r.events.send(JobEvent::Done(done));
+    }
+
+    fn cancelled(&self, job: usize) -> bool {
+        self.running
+            .get(job)
+            .is_some_and(|r| r.cancel.load(Ordering::Relaxed))
+    }
 }
 
 /// The report `dsocr ocr --format json` prints for this output, without writing files.

@@ -69,6 +69,8 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// Default and ceiling of a request's new tokens.
     pub max_new_tokens: usize,
+    /// Pages decoded together (`None`: chosen from free memory once the model is loaded).
+    pub batch: Option<usize>,
 }
 
 /// The API keys, kept as sha256 digests.
@@ -372,13 +374,19 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         let handle = rt.handle().clone();
         let stop = stop.clone();
         let (device, kind, plan) = (config.device, config.kind, config.plan);
+        let (batch, max_new_tokens) = (config.batch, config.max_new_tokens);
         std::thread::Builder::new()
             .name("dsocr-engine".into())
             .spawn(move || {
                 if let Some(session) = load(&shared, &source, device, kind, plan, &handle, &stop) {
+                    let batch = batch.unwrap_or_else(|| {
+                        let choice = session.default_batch(max_new_tokens);
+                        tracing::info!("{}", crate::cli::describe_batch(&choice));
+                        choice.batch
+                    });
                     shared.metrics.ready.store(1, Ordering::Relaxed);
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        engine::run(&session, &jobs, &shared.metrics);
+                        engine::run(&session, &jobs, &shared.metrics, batch);
                     }));
                     if run.is_err() {
                         // Not ready any more: the orchestrator routes around it and restarts it.
