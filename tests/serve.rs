@@ -964,6 +964,10 @@ async fn disconnects_cancel_full_queues_refuse_and_slow_requests_time_out() {
             "1",
             "--timeout-s",
             "15",
+            // One page at a time, so that a second request waits in the queue (with a larger
+            // batch it would join the running one).
+            "--batch",
+            "1",
         ],
         &[],
     );
