@@ -182,7 +182,11 @@ impl Moe {
             .f_linear::<Tensor>(&self.gate, None)?
             .f_softmax(-1, Kind::Float)?;
         let (weights, ids) = probs.f_topk(self.top_k, -1, true, true)?;
-        let weighted = if tokens > GATHER_MAX_TOKENS {
+        // dsocr's kernels take several tokens (a batched decode step, a prefill) expert by
+        // expert, so that an expert chosen by several rows is read once (faster than gathering
+        // per token for batched steps; BENCHMARKS.md, "Batched pages").
+        let grouped_here = tokens > GATHER_MAX_TOKENS || (tokens > 1 && path.isa().is_some());
+        let weighted = if grouped_here {
             self.weigh(&self.grouped(x, &ids, path)?, &weights)?
         } else {
             match path {

@@ -362,6 +362,8 @@ fn run_one(
         opts,
         cancel,
         |event| match event {
+            // Preprocessing was announced before the image was loaded or rendered.
+            Event::Phase(session::Phase::Preprocess) => {}
             Event::Phase(p) => tx.send(Action::OcrPhase(phase(p))),
             Event::Prepared(p) => tx.send(Action::Log(format!(
                 "{}x{} page, {} image tokens, {} prompt tokens",
