@@ -30,7 +30,7 @@ use crate::ocr::prompt::Preset;
 use crate::ocr::session::{Event, Job, Jobs, OcrOutput, Phase, Report, RunOptions, Session};
 
 /// The model used when `--model` is not given.
-pub const DEFAULT_MODEL: &str = "deepseek-ai/DeepSeek-OCR";
+pub const DEFAULT_MODEL: &str = crate::hub::download::DEFAULT_REPO;
 /// File extensions taken from a folder (files named on the command line are always tried).
 const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp", "gif"];
 

@@ -1,4 +1,5 @@
-//! The local cache, in the Python client's layout (`HUB.md` §5): scan, verify, remove, and
+//! The local cache, in the Python client's layout (`models--OWNER--NAME/{blobs,refs,snapshots}`,
+//! ARCHITECTURE.md, "How a download travels"): scan, verify, remove, and
 //! whether a DeepSeek-OCR snapshot holds every file it needs.
 //!
 //! ```text

@@ -1,5 +1,7 @@
 //! A mock Hugging Face hub: a real HTTP/1.1 server on 127.0.0.1 speaking the status codes and
-//! headers of `HUB.md` §3-§4, for tests, the dashboard's end-to-end test and demos.
+//! headers of the real hub (model info, resolve with redirects to a CDN, `X-Repo-Commit`,
+//! `X-Linked-Etag`, gated and invalid-token answers), for tests, the dashboard's end-to-end test
+//! and demos.
 //!
 //! - The hub listens on `127.0.0.1:<port>`; LFS files are served by a second listener reached
 //!   through the host name `localhost` (a different host, as the real CDN is), so tests can
@@ -272,7 +274,7 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// The id of the demo repo every scenario serves.
-pub const DEMO_REPO: &str = "deepseek-ai/DeepSeek-OCR";
+pub const DEMO_REPO: &str = super::download::DEFAULT_REPO;
 /// The commit of the demo repo.
 pub const DEMO_COMMIT: &str = "9f30c71f441d010e5429c532364a86705536c53a";
 

@@ -31,7 +31,7 @@
 //!
 //! Everything network-bound is async (tokio); the CLI runs a runtime per command.
 //!
-//! The `hf-hub` crate is not used: every version lacks something needed here (`HUB.md` §6:
+//! The `hf-hub` crate is not used: every version lacks something needed here (
 //! no environment/`HF_TOKEN` resolution in 0.4/1.1, no typed gated/invalid-token errors in 0.x,
 //! the token sent to the CDN by 0.x `metadata()`, no cross-run resume in 1.x, no integrity
 //! check), so this layer speaks the hub's HTTP protocol itself with `reqwest`.

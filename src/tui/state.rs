@@ -8,7 +8,7 @@ use super::progress::Progress;
 use crate::ocr::preprocess::Mode;
 
 /// The model the dashboard selects when nothing else was chosen.
-pub const DEFAULT_MODEL: &str = "deepseek-ai/DeepSeek-OCR";
+pub const DEFAULT_MODEL: &str = crate::hub::download::DEFAULT_REPO;
 
 /// A remote check that may not have run yet.
 #[derive(Debug, Clone, Default, PartialEq)]
