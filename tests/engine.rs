@@ -1338,7 +1338,12 @@ fn main() {
             trials.push(tier_trial(
                 format!("kernels::{}::{test}", tier.name()),
                 Some(tier),
-                move |plan| run(plan.decode.isa().expect("a tier")),
+                move |plan| {
+                    // These draw from libtorch's global generator (and seed it): never while a
+                    // seeded model is being drawn on another thread.
+                    let _rng = dsocr::ocr::weights::lock_global_rng();
+                    run(plan.decode.isa().expect("a tier"))
+                },
             ));
         }
     }
