@@ -280,6 +280,10 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))
+        // A fresh connection per request: a server that answers before reading a body (401,
+        // 413) closes its connection, and a pooled one reused right after fails with
+        // "IncompleteMessage" on the client's side.
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client")
 }
