@@ -144,8 +144,9 @@ impl Report {
     fn expected(&mut self, stage: &str) -> Option<Tensor> {
         let exp = self.expected.get(stage).map(Tensor::shallow_clone);
         if exp.is_none() {
-            self.failures
-                .push(format!("{stage}: missing from the case's expected.safetensors"));
+            self.failures.push(format!(
+                "{stage}: missing from the case's expected.safetensors"
+            ));
         }
         exp
     }
@@ -293,7 +294,11 @@ fn run_tiny_case(model: &DeepseekOcr, dir: &Path) -> bool {
     let logits = model.decoder.logits(&hidden).expect("logits");
     if let Some(exp) = report.expected("prefill_logits_tail") {
         let tail = exp.size()[0];
-        report.close("prefill_logits_tail", &logits.narrow(0, t - tail, tail), &exp);
+        report.close(
+            "prefill_logits_tail",
+            &logits.narrow(0, t - tail, tail),
+            &exp,
+        );
     }
     if let Some(exp) = report.expected("prefill_argmax") {
         let exp = Vec::<i64>::try_from(exp).expect("prefill_argmax ids");
@@ -437,8 +442,15 @@ fn batch_matches_single(plan: Plan) {
             record_logits: false,
         };
         let images = model.encode_images(&input).expect("vision");
-        let alone = generate_with_images(&model, &input, &images, &opts, &AtomicBool::new(false), |_| {})
-            .expect("generation alone");
+        let alone = generate_with_images(
+            &model,
+            &input,
+            &images,
+            &opts,
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .expect("generation alone");
         assert_eq!(alone.tokens.len(), opts.max_new_tokens);
         inputs.push((input, images, opts, alone.tokens));
     }
@@ -458,13 +470,36 @@ fn batch_matches_single(plan: Plan) {
         most_decoding: 0,
     };
     generate_batch(&model, 3, &mut collect);
-    assert_eq!(collect.outputs.len(), inputs.len(), "every sequence reports once");
-    assert_eq!(collect.most_decoding, 3.min(inputs.len()), "sequences decoded together");
+    assert_eq!(
+        collect.outputs.len(),
+        inputs.len(),
+        "every sequence reports once"
+    );
+    assert_eq!(
+        collect.most_decoding,
+        3.min(inputs.len()),
+        "sequences decoded together"
+    );
     for (seq, (dir, (_, _, _, alone))) in dirs.iter().zip(&inputs).enumerate() {
         let out = &collect.outputs[&seq];
-        println!("{}: {} tokens, batch = alone: {}", dir.display(), out.tokens.len(), &out.tokens == alone);
-        assert_eq!(&out.tokens, alone, "{}: batched tokens differ", dir.display());
-        assert_eq!(collect.events.get(&seq), Some(alone), "{}: streamed tokens", dir.display());
+        println!(
+            "{}: {} tokens, batch = alone: {}",
+            dir.display(),
+            out.tokens.len(),
+            &out.tokens == alone
+        );
+        assert_eq!(
+            &out.tokens,
+            alone,
+            "{}: batched tokens differ",
+            dir.display()
+        );
+        assert_eq!(
+            collect.events.get(&seq),
+            Some(alone),
+            "{}: streamed tokens",
+            dir.display()
+        );
         assert_eq!(out.stop, StopReason::MaxTokens);
     }
 }
@@ -1050,7 +1085,10 @@ fn bf16_tiny_cases(device: Device, plan: Plan) {
         let forced = ids(&case["greedy_ids"]);
         let report = Report::new(&dir);
         let Some(expected) = report.expected.get("step_logits") else {
-            panic!("{}: step_logits missing from expected.safetensors", report.name);
+            panic!(
+                "{}: step_logits missing from expected.safetensors",
+                report.name
+            );
         };
         let check = teacher_forced(&model, &prepared_input(&dir, &case), &forced, expected, 0);
         println!("{}", check.line(&report.name));

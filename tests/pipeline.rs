@@ -691,7 +691,11 @@ fn ocr_batch_matches_batch_1() {
                 .unwrap_or_else(|e| panic!("{name}: {e}"))
         };
         assert!(!raw(&one).is_empty());
-        assert_eq!(raw(&one), raw(&three), "{name}: --batch 3 differs from --batch 1");
+        assert_eq!(
+            raw(&one),
+            raw(&three),
+            "{name}: --batch 3 differs from --batch 1"
+        );
     }
     assert_eq!(single.stdout, batched.stdout, "stdout in input order");
     assert!(

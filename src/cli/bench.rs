@@ -249,9 +249,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         reset_peak_rss();
         batches.push((b, runs, peak));
     }
-    let series = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
-        Stats::of(&runs.iter().map(f).collect::<Vec<_>>())
-    };
+    let series =
+        |runs: &[Run], f: &dyn Fn(&Run) -> f64| Stats::of(&runs.iter().map(f).collect::<Vec<_>>());
     let single = batches
         .iter()
         .find(|(b, _, _)| *b == 1)
@@ -400,7 +399,11 @@ fn shifted(page: &RgbImage, i: usize) -> RgbImage {
 
 /// Vision and prefill of every page of `inputs`, then `new_tokens` greedy tokens (EOS ignored)
 /// for each, all of them in one batch.
-fn timed_run(model: &DeepseekOcr, inputs: &[PreparedInput], new_tokens: usize) -> anyhow::Result<Run> {
+fn timed_run(
+    model: &DeepseekOcr,
+    inputs: &[PreparedInput],
+    new_tokens: usize,
+) -> anyhow::Result<Run> {
     let opts = GenerateOptions {
         max_new_tokens: new_tokens,
         eos_token_id: Some(-1),
@@ -434,7 +437,10 @@ fn timed_run(model: &DeepseekOcr, inputs: &[PreparedInput], new_tokens: usize) -
         .context("generation")?;
     // The first token of each page comes from its prefill; each further one is a decode step,
     // timed from the step where every page of the batch decodes.
-    let steps: usize = outputs.iter().map(|o| o.tokens.len().saturating_sub(1)).sum();
+    let steps: usize = outputs
+        .iter()
+        .map(|o| o.tokens.len().saturating_sub(1))
+        .sum();
     let decode = timer
         .first_decode
         .map_or(Duration::ZERO, |t| decode_end.duration_since(t));
@@ -603,7 +609,11 @@ fn print_table(r: &Report) {
     if r.batches.len() > 1 || r.batches.iter().any(|b| b.batch > 1) {
         println!(
             "{:<8} {:>16} {:>16} {:>22} {:>10} {:>12}",
-            "batch", "vision (s/page)", "prefill (s/page)", "decode (tokens/s, all)", "speedup",
+            "batch",
+            "vision (s/page)",
+            "prefill (s/page)",
+            "decode (tokens/s, all)",
+            "speedup",
             "peak RSS"
         );
         for b in &r.batches {

@@ -450,7 +450,12 @@ impl<'a> Runner<'a> {
 
     /// `[k/n] name` for progress lines.
     fn label(&self, unit: usize) -> String {
-        format!("[{}/{}] {}", unit + 1, self.units.len(), self.units[unit].name.display())
+        format!(
+            "[{}/{}] {}",
+            unit + 1,
+            self.units.len(),
+            self.units[unit].name.display()
+        )
     }
 
     /// A progress line: indented under its unit's header at batch 1, prefixed by its label
@@ -538,9 +543,8 @@ impl<'a> Runner<'a> {
                 }
             },
             Some((d, page)) => {
-                let result = result.map_err(|e| {
-                    format!("{}: page {page}: {e:#}", self.docs[d].path.display())
-                });
+                let result = result
+                    .map_err(|e| format!("{}: page {page}: {e:#}", self.docs[d].path.display()));
                 self.page_over(unit, render_s, result);
             }
         }

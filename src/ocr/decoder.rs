@@ -435,7 +435,9 @@ impl Attention {
                     .iter_mut()
                     .zip(positions)
                     .enumerate()
-                    .map(|(b, (cache, &pos))| Self::attend(&qkv.f_narrow(0, b as i64, 1)?, cache, pos))
+                    .map(|(b, (cache, &pos))| {
+                        Self::attend(&qkv.f_narrow(0, b as i64, 1)?, cache, pos)
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::f_cat(&rows, 0)?
             }

@@ -166,19 +166,12 @@ pub fn generate(
     cancel: &AtomicBool,
     on_event: impl FnMut(GenerateEvent),
 ) -> Result<GenerateOutput> {
-    let mut one = One {
-        request: Some(Request {
-            input: input.shallow_clone(),
-            images: None,
-            opts: opts.clone(),
-        }),
-        cancel,
-        on_event,
-        result: None,
+    let request = Request {
+        input: input.shallow_clone(),
+        images: None,
+        opts: opts.clone(),
     };
-    generate_batch(model, 1, &mut one);
-    one.result
-        .unwrap_or_else(|| Err(OcrError::Invalid("generation ended without a result".into())))
+    generate_one(model, request, cancel, on_event)
 }
 
 /// [`generate`] with the image features already computed (`images`, one per input image).
@@ -190,19 +183,33 @@ pub fn generate_with_images(
     cancel: &AtomicBool,
     on_event: impl FnMut(GenerateEvent),
 ) -> Result<GenerateOutput> {
+    let request = Request {
+        input: input.shallow_clone(),
+        images: Some(images.iter().map(ImageFeatures::shallow_clone).collect()),
+        opts: opts.clone(),
+    };
+    generate_one(model, request, cancel, on_event)
+}
+
+/// One request through [`generate_batch`] at batch 1.
+fn generate_one(
+    model: &DeepseekOcr,
+    request: Request,
+    cancel: &AtomicBool,
+    on_event: impl FnMut(GenerateEvent),
+) -> Result<GenerateOutput> {
     let mut one = One {
-        request: Some(Request {
-            input: input.shallow_clone(),
-            images: Some(images.iter().map(ImageFeatures::shallow_clone).collect()),
-            opts: opts.clone(),
-        }),
+        request: Some(request),
         cancel,
         on_event,
         result: None,
     };
     generate_batch(model, 1, &mut one);
-    one.result
-        .unwrap_or_else(|| Err(OcrError::Invalid("generation ended without a result".into())))
+    one.result.unwrap_or_else(|| {
+        Err(OcrError::Invalid(
+            "generation ended without a result".into(),
+        ))
+    })
 }
 
 /// The [`Driver`] of a single request.
@@ -432,7 +439,12 @@ fn step(model: &DeepseekOcr, running: &mut Vec<Running>, driver: &mut impl Drive
     let logits: Vec<Tensor> = live.iter().map(|r| r.logits.shallow_clone()).collect();
     let banned: Vec<Vec<i64>> = live
         .iter()
-        .map(|r| r.rule.as_ref().map(|rule| rule.banned(&r.out.tokens)).unwrap_or_default())
+        .map(|r| {
+            r.rule
+                .as_ref()
+                .map(|rule| rule.banned(&r.out.tokens))
+                .unwrap_or_default()
+        })
         .collect();
     let ids = choose_rows(&Tensor::f_cat(&logits, 0)?, &banned)?;
     for (mut r, id) in live.into_iter().zip(ids) {
@@ -459,7 +471,10 @@ fn step(model: &DeepseekOcr, running: &mut Vec<Running>, driver: &mut impl Drive
     if running.is_empty() {
         return Ok(());
     }
-    let last: Vec<i64> = running.iter().map(|r| r.out.tokens[r.out.tokens.len() - 1]).collect();
+    let last: Vec<i64> = running
+        .iter()
+        .map(|r| r.out.tokens[r.out.tokens.len() - 1])
+        .collect();
     let embeds = model.decoder.embed(&Tensor::from_slice(&last));
     let mut caches: Vec<&mut KvCache> = running.iter_mut().map(|r| &mut r.cache).collect();
     let hidden = model.decoder.step_batch(&embeds, &mut caches)?;

@@ -426,8 +426,13 @@ impl<'s, J: Jobs> Batcher<'s, '_, J> {
         if let Some(ev) = state.streamer.finish()? {
             self.jobs.event(index, ev);
         }
-        self.session
-            .finish(&state.name, state.original, state.mode, &state.views, generation)
+        self.session.finish(
+            &state.name,
+            state.original,
+            state.mode,
+            &state.views,
+            generation,
+        )
     }
 }
 

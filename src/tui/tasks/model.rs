@@ -31,7 +31,7 @@ pub struct ModelWorker {
 /// The last finished run, kept for saving.
 enum Last {
     /// An image.
-    Image(OcrOutput),
+    Image(Box<OcrOutput>),
     /// Pages of a PDF.
     Document {
         /// The PDF.
@@ -283,7 +283,7 @@ fn run_request(
                 cancel,
                 start,
             )?;
-            return Ok(Last::Image(output));
+            return Ok(Last::Image(Box::new(output)));
         }
     };
     let doc = Document::open(&request.image, None).map_err(|e| Failure::Message(e.to_string()))?;
