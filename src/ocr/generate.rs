@@ -446,7 +446,12 @@ fn step(model: &DeepseekOcr, running: &mut Vec<Running>, driver: &mut impl Drive
                 .unwrap_or_default()
         })
         .collect();
-    let ids = choose_rows(&Tensor::f_cat(&logits, 0)?, &banned)?;
+    // One sequence chooses from its own logits (no copy on the one-page decode path).
+    let rows = match logits.as_slice() {
+        [one] => one.shallow_clone(),
+        _ => Tensor::f_cat(&logits, 0)?,
+    };
+    let ids = choose_rows(&rows, &banned)?;
     for (mut r, id) in live.into_iter().zip(ids) {
         if r.record {
             r.recorded.push(r.logits.shallow_clone());
