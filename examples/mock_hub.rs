@@ -1,7 +1,7 @@
 //! Runs the mock hub standalone on 127.0.0.1, for trying `dsocr` (or the dashboard) by hand:
 //!
 //! ```text
-//! cargo run --release --example mock_hub -- --scenario ok --port 8765
+//! cargo run --release --features mock --example mock_hub -- --scenario ok --port 8765
 //! HF_ENDPOINT=http://127.0.0.1:8765 HF_HOME=/tmp/hf dsocr doctor
 //! ```
 //! Scenarios: see `dsocr::hub::mock::SCENARIOS`. It prints the endpoint and the tokens it

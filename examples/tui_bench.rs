@@ -3,7 +3,7 @@
 //! OCR streams tokens, and while the dashboard's model thread runs real inference (a seeded
 //! tiny model, made the way the tests make it).
 //!
-//! `cargo run --release --example tui_bench`
+//! `cargo run --release --features mock --example tui_bench`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 for pkg in tmux python3-pil fonts-dejavu-core; do
     dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$pkg"; }
 done
-[ -n "${DSOCR_NO_BUILD:-}" ] || cargo build --release --locked --bin dsocr --example mock_hub --example test_model  # DSOCR_NO_BUILD=1: use what is built
+[ -n "${DSOCR_NO_BUILD:-}" ] || cargo build --release --locked --features mock --bin dsocr --example mock_hub --example test_model  # DSOCR_NO_BUILD=1: use what is built
 
 COLS=140 ROWS=40
 work="$(mktemp -d)"

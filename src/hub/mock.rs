@@ -20,8 +20,11 @@
 //! - LFS redirects carry a signed link (`?Expires=<unix>&Signature=<hex>`); the CDN refuses a
 //!   tampered or expired one with 403 ([`MockConfig::cdn_url_ttl`]).
 //!
-//! Standalone: `cargo run --release --example mock_hub -- --scenario ok --port 8765`
-//! prints the `HF_ENDPOINT` and tokens to use; see [`scenario`] for the names.
+//! Behind the cargo feature `mock`: `cargo build --release` leaves it out of the shipped binary;
+//! the tests get it through the package's dev-dependency on itself (`Cargo.toml`).
+//!
+//! Standalone: `cargo run --release --features mock --example mock_hub -- --scenario ok --port
+//! 8765` prints the `HF_ENDPOINT` and tokens to use; see [`scenario`] for the names.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -26,8 +26,10 @@
 //!   [`credentials`]: hub tokens in git's store files and `~/.netrc`; [`lfs`]: Git LFS
 //!   pointer files where weights should be ([`lfs::folder_problem`] for `ocr`, `serve`, the
 //!   dashboard); every [`HubError`] has a stable [`HubError::code`] and a [`HubError::fix`].
-//! - [`mock::MockHub`]: a real HTTP mock hub on 127.0.0.1 with scenarios and faults, for tests
-//!   and demos (`cargo run --release --example mock_hub -- --scenario ok --port 8765`).
+//! - `mock::MockHub` (cargo feature `mock`, off in the shipped binary): a real HTTP mock hub
+//!   on 127.0.0.1 with scenarios and faults, for tests and demos (`cargo run --release
+//!   --features mock --example mock_hub -- --scenario ok --port 8765`). The tests get it without
+//!   `--features`: the package is its own dev-dependency with `mock` on.
 //!
 //! Everything network-bound is async (tokio); the CLI runs a runtime per command.
 //!
@@ -46,6 +48,7 @@ pub mod error;
 mod fsutil;
 pub mod lfs;
 pub mod localdir;
+#[cfg(feature = "mock")]
 pub mod mock;
 pub mod shellrc;
 pub mod token;
