@@ -528,11 +528,11 @@ fn screens_say_what_the_issue_asks() {
     assert!(t.contains("(not used)"));
     let t = render(&logged_in(), 120, 36);
     assert!(t.contains("alice") && t.contains("acme, ocr-lab") && t.contains("role read"));
-    assert!(t.contains("6.2 GiB") && t.contains("complete"));
+    assert!(t.contains("6.7 GB") && t.contains("complete"));
     let t = render(&downloading(), 120, 36);
     // 2.01 GB of 6.68 GB: 30 %; the hub's speed and ETA as given.
-    assert!(t.contains(" 30% 1.9 GiB / 6.2 GiB"), "{t}");
-    assert!(t.contains("96.3 MiB/s") && t.contains("ETA 00:46"), "{t}");
+    assert!(t.contains(" 30% 2.0 GB / 6.7 GB"), "{t}");
+    assert!(t.contains("101.0 MB/s") && t.contains("ETA 00:46"), "{t}");
     let t = render(&download_failed(), 120, 36);
     assert!(t.contains("connection-lost") && t.contains("press R to resume"));
     let t = render(&streaming(), 120, 36);
@@ -1523,7 +1523,7 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
     // Download: progress shows while bytes arrive, then the cache lists the model.
     t.keys(&["Tab", "d"]);
     let s = t.wait_for("download progress", |s| {
-        s.contains("downloading") && (s.contains("KiB/s") || s.contains("MiB/s"))
+        s.contains("downloading") && (s.contains("kB/s") || s.contains("MB/s"))
     });
     assert!(s.contains("model-00001"), "{s}");
     let s = t.wait_for("the finished download", |s| s.contains("done, verified"));

@@ -10,10 +10,11 @@ use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::cache;
-use crate::hub::diagnose::{self, DiagnoseOptions, Severity, TorchFacts, human_bytes};
+use crate::hub::diagnose::{self, DiagnoseOptions, Severity, TorchFacts};
 use crate::hub::download::{self, ALTERNATE_REPO, DEFAULT_REPO, DownloadEvent, DownloadRequest};
 use crate::hub::token::{self, FoundToken, Secret, TokenSource};
 use crate::hub::{HubClient, HubEnv, HubError};
+use crate::units::human_bytes;
 
 /// `dsocr doctor`.
 #[derive(Debug, Args)]

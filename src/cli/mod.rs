@@ -72,7 +72,7 @@ pub fn kernels_choice(
 
 /// One line saying which batch was chosen and from what (`ocr` and `bench` print it).
 pub fn describe_batch(choice: &crate::ocr::generate::BatchChoice) -> String {
-    let bytes = crate::hub::diagnose::human_bytes;
+    let bytes = crate::units::human_bytes;
     match choice.free_bytes {
         Some(free) => format!(
             "batch {} (chosen from free memory: {} free, a page's KV cache up to {}; at most {} \

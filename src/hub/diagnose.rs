@@ -22,6 +22,7 @@ use super::env::HubEnv;
 use super::fsutil::available_space;
 use super::shellrc::{self, TokenLine};
 use super::token::{self, FoundToken, Secret, TokenSource, TokenStatus};
+use crate::units::human_bytes;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -1140,31 +1141,4 @@ fn torch_check(d: &mut Diag, t: TorchFacts) {
 
 fn short(commit: &str) -> &str {
     commit.get(..8).unwrap_or(commit)
-}
-
-/// Bytes as `1.2 GB` (decimal units, like the hub's pages).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_read_like_the_hub() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(6_672_212_480), "6.7 GB");
-    }
 }

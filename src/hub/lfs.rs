@@ -122,7 +122,7 @@ pub fn folder_problem(dir: &Path) -> Option<String> {
         name(&first.0),
         dir.display(),
         first.1.pointer_size,
-        super::diagnose::human_bytes(first.1.size),
+        crate::units::human_bytes(first.1.size),
         fix_for(dir)
     ))
 }

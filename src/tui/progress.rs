@@ -1,5 +1,5 @@
 //! Progress as a value: bytes done of a total, a percent that never shows 100 % early, and the
-//! human-readable forms the panes print.
+//! human-readable durations the panes print (sizes: [`crate::units::human_bytes`]).
 
 use std::time::Duration;
 
@@ -41,21 +41,6 @@ impl Progress {
     }
 }
 
-/// `1.5 GiB`-style size with binary units and one decimal above bytes.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// `mm:ss`, or `h:mm:ss` past an hour.
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -88,10 +73,6 @@ mod tests {
 
     #[test]
     fn human_forms() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(6_672_212_480), "6.2 GiB");
         assert_eq!(human_duration(Duration::from_secs(75)), "01:15");
         assert_eq!(human_duration(Duration::from_secs(3725)), "1:02:05");
     }

@@ -240,7 +240,7 @@ pub fn delete(tx: &ActionSender, repo: &str, commit: &str) {
     match cache::remove(&env.hub_cache, repo, Some(commit)) {
         Ok(freed) => tx.send(Action::Log(format!(
             "deleted {repo}@{commit}: {} freed",
-            crate::tui::progress::human_bytes(freed)
+            crate::units::human_bytes(freed)
         ))),
         Err(e) => tx.error("Delete failed", e.to_string()),
     }

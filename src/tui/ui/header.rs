@@ -7,8 +7,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
 use crate::tui::app::App;
-use crate::tui::progress::human_bytes;
 use crate::tui::state::{Check, DeviceInfo};
+use crate::units::human_bytes;
 
 /// Draw the header.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {

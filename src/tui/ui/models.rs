@@ -7,10 +7,11 @@ use ratatui::widgets::Paragraph;
 
 use super::{bar, field, pane_block, spinner};
 use crate::tui::app::{App, Pane};
-use crate::tui::progress::{human_bytes, human_duration};
+use crate::tui::progress::human_duration;
 use crate::tui::state::{
     CachedRevision, Check, DownloadPhase, DownloadView, FileState, ModelSource,
 };
+use crate::units::human_bytes;
 
 /// Draw the Models pane.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
