@@ -148,9 +148,9 @@ fn logged_in() -> App {
                 ..LoginState::default()
             })),
             Action::Whoami(Ok(whoami())),
-            Action::CacheScanned(Ok(vec![CachedRepo {
+            Action::CacheScanned(Ok(vec![RepoRow {
                 repo: "deepseek-ai/DeepSeek-OCR".to_string(),
-                revisions: vec![CachedRevision {
+                revisions: vec![RevisionRow {
                     commit: "9f30c71f441d010e5429c532364a86705536c53a".to_string(),
                     refs: vec!["main".to_string()],
                     size: 6_672_212_480 + 9_000_000,
@@ -681,7 +681,7 @@ fn download_progress_cancel_resume_and_rescan() {
     let d = a.models.download.as_ref().expect("download view");
     assert_eq!(
         d.total(),
-        dsocr::tui::progress::Progress::new(2_009_981_961, 6_682_194_441)
+        dsocr::tui::progress::ByteProgress::new(2_009_981_961, 6_682_194_441)
     );
     assert!(a.busy());
     assert!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crossterm::event::{KeyEvent, MouseEvent};
 
 use super::state::{
-    BoxView, CachedRepo, DeviceInfo, DiagnosisView, FileState, LoginState, OcrPhase, PreviewImage,
+    BoxView, DeviceInfo, DiagnosisView, FileState, LoginState, OcrPhase, PreviewImage, RepoRow,
     ServeProbe,
 };
 
@@ -56,7 +56,7 @@ pub enum Action {
     /// whoami answered (Err: one-line reason).
     Whoami(Result<super::state::WhoamiView, String>),
     /// The local cache was scanned (Err: one-line reason).
-    CacheScanned(Result<Vec<CachedRepo>, String>),
+    CacheScanned(Result<Vec<RepoRow>, String>),
     /// A download resolved its file list: (path, total bytes, bytes already there).
     DownloadStarted(Vec<(String, u64, u64)>),
     /// Bytes of one file arrived.

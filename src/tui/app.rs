@@ -11,12 +11,12 @@ use super::action::{Action, Job, OcrRequest, Secret};
 use super::graphics::Graphics;
 use super::keymap::{Command, Key, Settings};
 use super::state::{
-    CachedRevision, Check, DEFAULT_MODEL, DocView, DownloadPhase, DownloadView, FileProgress,
-    FileState, HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState, ServeProbe,
+    Check, DEFAULT_MODEL, DocView, DownloadPhase, DownloadView, FileProgress, FileState,
+    HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState, RevisionRow, ServeProbe,
 };
 use crate::ocr::preprocess::Mode;
 use crate::ocr::prompt::{IMAGE_TAG, Preset};
-use crate::tui::progress::Progress;
+use crate::tui::progress::ByteProgress;
 
 /// How often the dashboard looks for a `dsocr serve` on the default port.
 const SERVE_PROBE_EVERY: Duration = Duration::from_secs(10);
@@ -222,7 +222,7 @@ impl App {
     }
 
     /// Rows of the cache list: (repo index, revision).
-    pub fn cache_rows(&self) -> Vec<(usize, &CachedRevision)> {
+    pub fn cache_rows(&self) -> Vec<(usize, &RevisionRow)> {
         match &self.models.cached {
             Check::Done(repos) => repos
                 .iter()
@@ -233,7 +233,7 @@ impl App {
         }
     }
 
-    fn selected_cache_row(&self) -> Option<(String, CachedRevision)> {
+    fn selected_cache_row(&self) -> Option<(String, RevisionRow)> {
         let Check::Done(repos) = &self.models.cached else {
             return None;
         };
@@ -875,7 +875,7 @@ impl App {
             .into_iter()
             .map(|(name, total, done)| FileProgress {
                 name,
-                progress: Progress::new(done, total),
+                progress: ByteProgress::new(done, total),
                 state: if total > 0 && done >= total {
                     FileState::Done
                 } else {

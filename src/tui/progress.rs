@@ -1,18 +1,19 @@
-//! Progress as a value: bytes done of a total, a percent that never shows 100 % early, and the
+//! A bar's progress as a value ([`ByteProgress`]: bytes done of a total, a percent that never
+//! shows 100 % early; not the hub's [`crate::hub::download::Progress`] event), and the
 //! human-readable durations the panes print (sizes: [`crate::units::human_bytes`]).
 
 use std::time::Duration;
 
-/// Bytes done out of a total that may still be unknown (0).
+/// Bytes done out of a total that may still be unknown (0): one bar of the Models pane.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
+pub struct ByteProgress {
     /// Bytes done so far.
     pub done: u64,
     /// Expected total in bytes; 0 when unknown.
     pub total: u64,
 }
 
-impl Progress {
+impl ByteProgress {
     /// `done` of `total` bytes.
     pub fn new(done: u64, total: u64) -> Self {
         Self { done, total }
@@ -57,7 +58,7 @@ mod tests {
 
     #[test]
     fn unknown_total_is_zero_and_never_complete() {
-        let p = Progress::new(0, 0);
+        let p = ByteProgress::new(0, 0);
         assert_eq!(p.ratio(), 0.0);
         assert_eq!(p.percent(), 0);
         assert!(!p.is_complete());
@@ -65,10 +66,10 @@ mod tests {
 
     #[test]
     fn never_shows_100_before_the_last_byte() {
-        assert_eq!(Progress::new(999_999, 1_000_000).percent(), 99);
-        assert_eq!(Progress::new(1_000_000, 1_000_000).percent(), 100);
-        assert!(Progress::new(1_000_000, 1_000_000).is_complete());
-        assert_eq!(Progress::new(1, 3).percent(), 33);
+        assert_eq!(ByteProgress::new(999_999, 1_000_000).percent(), 99);
+        assert_eq!(ByteProgress::new(1_000_000, 1_000_000).percent(), 100);
+        assert!(ByteProgress::new(1_000_000, 1_000_000).is_complete());
+        assert_eq!(ByteProgress::new(1, 3).percent(), 33);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::progress::Progress;
+use super::progress::ByteProgress;
 use crate::ocr::preprocess::Mode;
 
 /// The model the dashboard selects when nothing else was chosen.
@@ -130,9 +130,10 @@ pub struct LoginState {
     pub scroll: u16,
 }
 
-/// One revision of a cached repo.
+/// A row of the Models pane's cache list: one revision of a cached repo (what the pane shows of
+/// a [`crate::hub::cache::CachedRevision`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedRevision {
+pub struct RevisionRow {
     /// Commit hash.
     pub commit: String,
     /// Refs that point at it (e.g. `main`).
@@ -143,16 +144,17 @@ pub struct CachedRevision {
     pub missing: Vec<String>,
 }
 
-/// One repo in the local cache.
+/// A repo of the Models pane's cache list, with its revisions (what the pane shows of a
+/// [`crate::hub::cache::CachedRepo`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedRepo {
+pub struct RepoRow {
     /// `owner/name`.
     pub repo: String,
     /// Its revisions.
-    pub revisions: Vec<CachedRevision>,
+    pub revisions: Vec<RevisionRow>,
 }
 
-impl CachedRepo {
+impl RepoRow {
     /// Bytes over all revisions.
     pub fn size(&self) -> u64 {
         self.revisions.iter().map(|r| r.size).sum()
@@ -180,7 +182,7 @@ pub struct FileProgress {
     /// Path inside the repo.
     pub name: String,
     /// Bytes.
-    pub progress: Progress,
+    pub progress: ByteProgress,
     /// Where it is.
     pub state: FileState,
 }
@@ -219,9 +221,9 @@ pub struct DownloadView {
 
 impl DownloadView {
     /// Sum over files.
-    pub fn total(&self) -> Progress {
-        self.files.iter().fold(Progress::default(), |acc, f| {
-            Progress::new(acc.done + f.progress.done, acc.total + f.progress.total)
+    pub fn total(&self) -> ByteProgress {
+        self.files.iter().fold(ByteProgress::default(), |acc, f| {
+            ByteProgress::new(acc.done + f.progress.done, acc.total + f.progress.total)
         })
     }
 
@@ -259,7 +261,7 @@ pub struct ModelsState {
     /// The model OCR uses.
     pub selected_model: ModelSource,
     /// Local cache scan.
-    pub cached: Check<Vec<CachedRepo>>,
+    pub cached: Check<Vec<RepoRow>>,
     /// Selected row of the cache list.
     pub cursor: usize,
     /// The running or last download.

@@ -15,8 +15,7 @@ use crate::hub::env::HubEnv;
 use crate::hub::token::{self, FoundToken, Secret, TokenSource, TokenStatus};
 use crate::tui::action::{Action, ActionSender};
 use crate::tui::state::{
-    CachedRepo, CachedRevision, DiagnosisView, FileState, LoginState, StoredToken, TokenView,
-    WhoamiView,
+    DiagnosisView, FileState, LoginState, RepoRow, RevisionRow, StoredToken, TokenView, WhoamiView,
 };
 
 /// Token sources, then whoami, then the diagnosis for `repo`.
@@ -181,18 +180,18 @@ pub fn scan_cache(tx: &ActionSender) {
     tx.send(Action::CacheScanned(result));
 }
 
-fn cached_repo(repo: cache::CachedRepo) -> CachedRepo {
+fn cached_repo(repo: cache::CachedRepo) -> RepoRow {
     let revisions = repo
         .revisions
         .iter()
-        .map(|r| CachedRevision {
+        .map(|r| RevisionRow {
             commit: r.commit.clone(),
             refs: r.refs.clone(),
             size: r.size_on_disk,
             missing: cache::completeness(&repo.path.join("snapshots").join(&r.commit)).missing,
         })
         .collect();
-    CachedRepo {
+    RepoRow {
         repo: repo.repo_id,
         revisions,
     }

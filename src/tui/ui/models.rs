@@ -8,9 +8,7 @@ use ratatui::widgets::Paragraph;
 use super::{bar, field, pane_block, spinner};
 use crate::tui::app::{App, Pane};
 use crate::tui::progress::human_duration;
-use crate::tui::state::{
-    CachedRevision, Check, DownloadPhase, DownloadView, FileState, ModelSource,
-};
+use crate::tui::state::{Check, DownloadPhase, DownloadView, FileState, ModelSource, RevisionRow};
 use crate::units::human_bytes;
 
 /// Draw the Models pane.
@@ -89,7 +87,7 @@ fn cache_lines(app: &App) -> Vec<Line<'static>> {
 }
 
 /// `   main 9f30c71f  6.2 GiB complete`, highlighted when it is the cursor row.
-fn revision_line(app: &App, rev: &CachedRevision, cursor: bool) -> Line<'static> {
+fn revision_line(app: &App, rev: &RevisionRow, cursor: bool) -> Line<'static> {
     let theme = &app.settings.theme;
     let short = rev.commit.get(..8).unwrap_or(&rev.commit);
     let refs = if rev.refs.is_empty() {
