@@ -6,7 +6,8 @@
 //! - 401/403/404 are classified by `X-Error-Code` and `X-Error-Message` as the Python client
 //!   does (`hf_raise_for_status`), keeping "invalid token" apart from "repo not found/private".
 //! - 5xx, 429 (honouring `Retry-After`) and connection failures are retried with exponential
-//!   backoff when the caller asks for it ([`RetryPolicy`]).
+//!   backoff when the caller asks for it ([`RetryPolicy`]); [`Retries`] counts the attempts,
+//!   here and in [`crate::hub::download`], so both follow one rule.
 //! - In offline mode every request fails with [`HubError::Offline`] before touching the network.
 
 use std::time::Duration;
@@ -98,6 +99,45 @@ impl RetryPolicy {
             .map(Duration::from_secs)
             .unwrap_or(backoff)
             .min(self.max_delay)
+    }
+}
+
+/// Failed attempts counted against a [`RetryPolicy`]: the one place that decides whether a
+/// transient failure is tried again and how long to wait first (backoff, or the server's
+/// `Retry-After`, capped). [`HubClient::send_following`] and the downloads use it.
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    policy: RetryPolicy,
+    failures: u32,
+}
+
+impl Retries {
+    /// No failure yet.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Retries {
+            policy,
+            failures: 0,
+        }
+    }
+
+    /// Failures counted so far (since the last [`progressed`](Self::progressed)).
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The last attempt got somewhere (a download received bytes): the next failure counts as
+    /// the first again.
+    pub fn progressed(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Counts a transient failure; the wait before the next attempt, or `None` when the
+    /// policy's attempts are spent. `retry_after` is the server's `Retry-After` in seconds
+    /// ([`HubError::retry_after`]).
+    pub fn failed(&mut self, retry_after: Option<u64>) -> Option<Duration> {
+        self.failures += 1;
+        (self.failures < self.policy.max_attempts)
+            .then(|| self.policy.delay(self.failures - 1, retry_after))
     }
 }
 
@@ -369,7 +409,7 @@ impl HubClient {
         ctx: &RequestContext,
         on_retry: &mut (dyn FnMut(u32, Duration, &HubError) + Send),
     ) -> Result<Response, HubError> {
-        let mut attempt = 0;
+        let mut retries = Retries::new(self.retry);
         loop {
             let result = self
                 .follow_relative(method.clone(), url, headers.clone())
@@ -381,16 +421,13 @@ impl HubClient {
                 Ok(resp) => self.classify(&resp, ctx),
                 Err(e) => e,
             };
-            attempt += 1;
-            if !error.is_transient() || attempt >= self.retry.max_attempts {
+            if !error.is_transient() {
                 return Err(error);
             }
-            let retry_after = match &error {
-                HubError::RateLimited { retry_after } => *retry_after,
-                _ => None,
+            let Some(wait) = retries.failed(error.retry_after()) else {
+                return Err(error);
             };
-            let wait = self.retry.delay(attempt - 1, retry_after);
-            on_retry(attempt, wait, &error);
+            on_retry(retries.failures(), wait, &error);
             tokio::time::sleep(wait).await;
         }
     }
@@ -899,5 +936,22 @@ mod tests {
         assert_eq!(p.delay(2, None), Duration::from_secs(2));
         assert_eq!(p.delay(20, None), Duration::from_secs(30));
         assert_eq!(p.delay(0, Some(3)), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn retries_stop_after_the_policys_attempts_and_restart_after_progress() {
+        let mut r = Retries::new(RetryPolicy::default());
+        assert_eq!(r.failed(None), Some(Duration::from_millis(500)));
+        assert_eq!(r.failed(Some(7)), Some(Duration::from_secs(7)));
+        assert_eq!(r.failed(None), Some(Duration::from_secs(2)));
+        r.progressed();
+        assert_eq!(r.failed(None), Some(Duration::from_millis(500)));
+        assert_eq!(r.failures(), 1);
+        for _ in 0..4 {
+            assert!(r.failed(None).is_some());
+        }
+        assert_eq!(r.failed(None), None, "6 attempts in all: 1 + 5 retries");
+        assert_eq!(r.failures(), 6);
+        assert_eq!(Retries::new(RetryPolicy::none()).failed(None), None);
     }
 }

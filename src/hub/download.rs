@@ -7,8 +7,9 @@
 //! 2. free disk is checked against what is still missing before anything is written;
 //! 3. each file is locked (`.locks/models--o--n/<etag>.lock`; a second process waits and says
 //!    so), then fetched into `blobs/<etag>.incomplete`, resuming with `Range: bytes=<len>-`
-//!    (a 200 answer restarts cleanly), retrying 5xx/429/resets with backoff, following the
-//!    302 to the CDN **without** the token;
+//!    (a 200 answer restarts cleanly), retrying 5xx/429/resets with the client's policy
+//!    ([`super::client::Retries`]: backoff or `Retry-After`, counted afresh once bytes
+//!    arrive), following the 302 to the CDN **without** the token;
 //! 4. the bytes are verified (sha256 for LFS blobs, git blob sha1 otherwise, and the size)
 //!    before the blob is renamed into place: a file that fails never reaches `snapshots/`;
 //! 5. `snapshots/<commit>/<path>` becomes a relative symlink to `../../blobs/<etag>` and
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::HubError;
 use super::cache::{RepoPaths, write_ref};
-use super::client::{HubClient, ModelInfo, RequestContext};
+use super::client::{HubClient, ModelInfo, RequestContext, Retries};
 use super::fsutil;
 
 /// The model dsocr runs.
@@ -764,8 +765,7 @@ impl FetchContext<'_> {
             size,
             resumed_from: part.have,
         });
-        let policy = self.client.retry_policy();
-        let mut failures = 0u32;
+        let mut retries = Retries::new(self.client.retry_policy());
         let mut refreshes = 0u32;
         while part.have < size || (size == 0 && !part.file.exists()) {
             let (reason, progressed, retry_after) = match self.attempt(&mut part).await? {
@@ -784,19 +784,18 @@ impl FetchContext<'_> {
             };
             if progressed {
                 refreshes = 0;
+                retries.progressed();
             }
-            failures = if progressed { 1 } else { failures + 1 };
-            if failures >= policy.max_attempts {
+            let Some(wait) = retries.failed(retry_after) else {
                 return Err(HubError::TooManyRetries {
                     path: job.path.clone(),
-                    attempts: failures,
+                    attempts: retries.failures(),
                     reason,
                 });
-            }
-            let wait = policy.delay(failures - 1, retry_after);
+            };
             let _ = self.events.send(DownloadEvent::Retrying {
                 path: job.path.clone(),
-                attempt: failures,
+                attempt: retries.failures(),
                 wait_ms: wait.as_millis() as u64,
                 reason,
             });
@@ -1058,14 +1057,10 @@ impl Part {
 }
 
 fn failed(e: &HubError, progressed: bool) -> Attempt {
-    let retry_after = match e {
-        HubError::RateLimited { retry_after } => *retry_after,
-        _ => None,
-    };
     Attempt::Failed {
         reason: e.to_string(),
         progressed,
-        retry_after,
+        retry_after: e.retry_after(),
     }
 }
 

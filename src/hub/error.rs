@@ -331,4 +331,12 @@ impl HubError {
                 }
         )
     }
+
+    /// The server's `Retry-After`, in seconds, when it sent one (a 429).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            HubError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
 }
