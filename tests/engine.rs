@@ -31,21 +31,10 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+mod common;
+use common::{fixtures, read_json};
+
 const TOLERANCE: f64 = 1e-3;
-
-/// `tests/fixtures` of this checkout, or `$DSOCR_FIXTURES` (a test binary run on another machine,
-/// e.g. by scripts/gpu-check.sh).
-fn fixtures() -> PathBuf {
-    std::env::var_os("DSOCR_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {}: {e}", path.display()))
-}
 
 fn ids(v: &Value) -> Vec<i64> {
     v.as_array()
@@ -776,10 +765,7 @@ struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("dsocr-engine-{tag}-"))
-            .tempdir()
-            .expect("temp dir");
+        let dir = common::scratch(&format!("engine-{tag}"));
         std::fs::copy(
             fixtures().join("tiny-model/config.json"),
             dir.path().join("config.json"),

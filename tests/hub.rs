@@ -21,6 +21,8 @@ use dsocr::hub::{HubClient, HubEnv, HubError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 const SHARD: &str = "model-00001-of-000001.safetensors";
 const SHARD_SIZE: usize = 3 * 1024 * 1024;
 
@@ -89,18 +91,10 @@ impl Home {
         cmd
     }
     fn isolate(&self, cmd: &mut tokio::process::Command) {
-        for v in dsocr::hub::env::VARIABLES.iter().chain(&[
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-            "XDG_CONFIG_HOME",
-        ]) {
-            cmd.env_remove(v);
-        }
-        cmd.env("NO_PROXY", "127.0.0.1,localhost").envs(&self.vars);
+        common::remove_outside_hub_env(cmd.as_std_mut());
+        cmd.env_remove("XDG_CONFIG_HOME")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .envs(&self.vars);
     }
 }
 
@@ -1095,7 +1089,9 @@ login(token="{}", add_to_git_credential=False)
     assert_eq!(out.trim(), mock::TOKEN_GRANTED);
 }
 
-// ---------------------------------------------------------------- the guide's traps (issue 17)
+// ---------------------------------------------------------------- traps
+// Tokens in startup files and credential stores, LFS pointers, repo ids in another case,
+// expired CDN links, token hygiene, pruning, Python's local dirs.
 
 fn findings_json(out: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(out).expect("one JSON object");

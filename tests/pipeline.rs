@@ -11,7 +11,7 @@ use image::RgbImage;
 use serde_json::Value;
 
 mod common;
-use common::{fixtures, make_model, read_json};
+use common::{fixtures, make_model, read_json, scratch};
 
 fn u32s(v: &Value) -> Vec<u32> {
     v.as_array()
@@ -143,14 +143,6 @@ fn preprocess_matches_the_reference() {
     );
 }
 
-/// A fresh scratch folder under the system temp dir for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dsocr-pipeline-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
 /// A small image with distinct pixel values.
 fn pattern(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
@@ -160,7 +152,8 @@ fn pattern(w: u32, h: u32) -> RgbImage {
 
 #[test]
 fn every_supported_format_decodes_to_rgb() {
-    let dir = scratch("formats");
+    let tmp = scratch("pipeline-formats");
+    let dir = tmp.path();
     let img = pattern(23, 17);
     // Lossless formats come back exactly.
     for ext in ["png", "bmp", "tiff", "webp"] {
@@ -215,13 +208,13 @@ fn every_supported_format_decodes_to_rgb() {
             .0,
         [1, 2, 3]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn bad_images_get_clear_errors() {
     use preprocess::ImageError;
-    let dir = scratch("bad");
+    let tmp = scratch("pipeline-bad");
+    let dir = tmp.path();
     let missing = dir.join("nope.png");
     let err = preprocess::load_image(&missing).unwrap_err();
     assert!(matches!(err, ImageError::Missing { .. }), "{err}");
@@ -264,9 +257,8 @@ fn bad_images_get_clear_errors() {
     assert!(err.to_string().contains("decompression"), "{err}");
 
     // A folder is not an image either.
-    let err = preprocess::load_image(&dir).unwrap_err();
+    let err = preprocess::load_image(dir).unwrap_err();
     assert!(matches!(err, ImageError::Unreadable { .. }), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// File and info headers of a 24-bit BMP of the given size (no pixel data follows).
@@ -502,7 +494,8 @@ fn check_outputs(report: &Value, original: (u32, u32)) {
 
 #[test]
 fn ocr_command_end_to_end() {
-    let root = scratch("e2e");
+    let tmp = scratch("pipeline-e2e");
+    let root = tmp.path();
     let model = root.join("model");
     make_model(&model);
     let model_arg = model.to_str().expect("utf-8 path");
@@ -640,7 +633,6 @@ fn ocr_command_end_to_end() {
         assert_ne!(run.code, 0, "{args:?}");
         assert!(run.stderr.contains(expect), "{args:?}: {}", run.stderr);
     }
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Pages decoded together give the files and the text they give one at a time (f32, so that
@@ -648,7 +640,8 @@ fn ocr_command_end_to_end() {
 /// input order.
 #[test]
 fn ocr_batch_matches_batch_1() {
-    let root = scratch("batch");
+    let tmp = scratch("pipeline-batch");
+    let root = tmp.path();
     let model = root.join("model");
     make_model(&model);
     let pages = root.join("pages");
@@ -703,7 +696,6 @@ fn ocr_batch_matches_batch_1() {
         "progress names each page:\n{}",
         batched.stderr
     );
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -715,7 +707,8 @@ fn session_streams_phases_and_text_and_cancels_between_tokens() {
     use dsocr::ocr::session::{Event, Phase, RunOptions, Session};
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let root = scratch("session");
+    let tmp = scratch("pipeline-session");
+    let root = tmp.path();
     let model = root.join("model");
     make_model(&model);
     let session = Session::load(&model, tch::Device::Cpu, tch::Kind::Float).expect("session loads");
@@ -794,7 +787,6 @@ fn session_streams_phases_and_text_and_cancels_between_tokens() {
     let result = session.run(&page, &opts, &cancel, |_| events += 1);
     assert!(matches!(result, Err(OcrError::Cancelled)));
     assert_eq!(events, 0);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -894,8 +886,8 @@ fn pdf_documents_render_and_bad_ones_get_typed_errors() {
     let e = Document::open(&pdf_fixture("truncated.pdf"), None).unwrap_err();
     assert!(matches!(e, DocumentError::Truncated { .. }), "{e:?}");
     assert!(e.to_string().contains("truncated.pdf is truncated"), "{e}");
-    let root = scratch("pdf-errors");
-    std::fs::create_dir_all(&root).expect("dir");
+    let tmp = scratch("pipeline-pdf-errors");
+    let root = tmp.path();
     let text = root.join("notes.pdf");
     std::fs::write(&text, "just some text, not a PDF\n").expect("write");
     let e = Document::open(&text, None).unwrap_err();
@@ -940,13 +932,13 @@ fn pdf_documents_render_and_bad_ones_get_typed_errors() {
     assert!(e.to_string().contains("lower --dpi"), "{e}");
     let small = huge.render(1, 18).expect("renders at 18 dpi");
     assert_eq!(small.dimensions(), (3600, 3600));
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn ocr_command_on_pdfs() {
     use dsocr::document::PAGE_SPLIT;
-    let root = scratch("pdf-e2e");
+    let tmp = scratch("pipeline-pdf-e2e");
+    let root = tmp.path();
     let model = root.join("model");
     make_model(&model);
     let model_arg = model.to_str().expect("utf-8 path");
@@ -1153,5 +1145,4 @@ fn ocr_command_on_pdfs() {
     assert!(out.join("a-secret/page-2/result.mmd").is_file());
     assert!(out.join("a-secret/a-secret.mmd").is_file());
     assert!(out.join("b-small/result.mmd").is_file());
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -31,6 +31,7 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// The shared scratch folder: the model, the images and the CLI's reports, made once.
 struct Fixture {
+    /// The scratch folder (removed when the test binary exits: see [`fixture`]).
     root: PathBuf,
     model: PathBuf,
     images: Vec<PathBuf>,
@@ -40,9 +41,20 @@ struct Fixture {
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
+    // A static is never dropped, so the folder is dropped (removed) when the process exits.
+    static SCRATCH: Mutex<Option<tempfile::TempDir>> = Mutex::new(None);
+    extern "C" fn remove_scratch() {
+        if let Ok(mut scratch) = SCRATCH.lock() {
+            drop(scratch.take());
+        }
+    }
     F.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("dsocr-serve-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let scratch = common::scratch("serve");
+        let root = scratch.path().to_path_buf();
+        *SCRATCH.lock().expect("scratch lock") = Some(scratch);
+        // SAFETY: `remove_scratch` is a plain function that neither unwinds nor calls `exit`.
+        // It runs once, as the test binary exits (returning from main or `process::exit`).
+        assert_eq!(unsafe { libc::atexit(remove_scratch) }, 0, "atexit");
         let model = root.join("tiny-ocr");
         make_model(&model);
         let dir = root.join("images");
@@ -247,24 +259,8 @@ impl Drop for Server {
 
 /// No proxy, token or hub setting from the outside; a private `HF_HOME` unless one is given.
 fn isolate(cmd: &mut Command, env: &[(&str, &str)]) {
-    for k in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_TOKEN_PATH",
-        "HF_HUB_OFFLINE",
-        "TRANSFORMERS_OFFLINE",
-        "HF_HUB_CACHE",
-        "HUGGINGFACE_HUB_CACHE",
-        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "DSOCR_API_KEY_FILE",
-        "DSOCR_LOG",
-    ] {
+    common::remove_outside_hub_env(cmd);
+    for k in ["DSOCR_API_KEY_FILE", "DSOCR_LOG"] {
         cmd.env_remove(k);
     }
     cmd.env("HF_HOME", fixture().root.join("hf-home"));

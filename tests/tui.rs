@@ -70,7 +70,7 @@ fn whoami() -> WhoamiView {
     }
 }
 
-// ---- the states the issue lists -------------------------------------------------------------
+// ---- the dashboard's states (each is drawn by the snapshot test below) -----------------------
 
 fn no_token() -> App {
     let mut a = app();
@@ -520,7 +520,7 @@ fn narrow_terminal_shows_the_focused_pane_only() {
 // ---- what the screens must say ---------------------------------------------------------------
 
 #[test]
-fn screens_say_what_the_issue_asks() {
+fn each_state_shows_its_cause_fix_and_figures() {
     let t = render(&no_token(), 120, 36);
     assert!(t.contains("none found") && t.contains("no-token") && t.contains("press n"));
     let t = render(&shadowed(), 120, 36);
@@ -1080,8 +1080,8 @@ fn phases(actions: &[Action]) -> Vec<OcrPhase> {
 
 #[test]
 fn model_thread_streams_reuses_the_session_and_cancels() {
-    let dir = std::env::temp_dir().join(format!("dsocr-tui-model-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = common::scratch("tui-model");
+    let dir = tmp.path();
     let model = dir.join("model");
     common::make_model(&model);
     let (tx, rx) = mpsc::channel();
@@ -1202,13 +1202,12 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
         other => panic!("expected a failure, got {other:?}"),
     }
     workers.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
-    let dir = std::env::temp_dir().join(format!("dsocr-tui-pdf-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = common::scratch("tui-pdf");
+    let dir = tmp.path();
     let model = dir.join("model");
     common::make_model(&model);
     let pdf = common::fixtures().join("pdf/three-pages.pdf");
@@ -1349,20 +1348,20 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
         other => panic!("expected a failure, got {other:?}"),
     }
     workers.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- end to end, in a real terminal -----------------------------------------------------------
 
 /// A tmux server of its own running the built `dsocr` in a 160x48 window.
 struct Tmux {
-    socket: String,
+    /// The server's socket, in the scratch folder (so it goes with it).
+    socket: std::path::PathBuf,
     dir: std::path::PathBuf,
 }
 
 impl Tmux {
     fn start(dir: &std::path::Path, env: &[(&str, String)]) -> Self {
-        let socket = format!("dsocr-e2e-{}", std::process::id());
+        let socket = dir.join("tmux.sock");
         let t = Tmux {
             socket,
             dir: dir.to_path_buf(),
@@ -1389,7 +1388,9 @@ impl Tmux {
 
     fn tmux(&self, args: &[&str]) -> String {
         let out = std::process::Command::new("tmux")
-            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["-f", "/dev/null"])
             .args(args)
             .output()
             .expect("tmux runs (scripts/test.sh installs it)");
@@ -1473,9 +1474,8 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
         ..MockConfig::default()
     };
     let hub = rt.block_on(MockHub::start(config)).expect("mock hub");
-    let dir = std::env::temp_dir().join(format!("dsocr-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let tmp = common::scratch("tui-e2e");
+    let dir = tmp.path();
     let path = |p: &str| dir.join(p).display().to_string();
     let env = [
         ("HOME", path("home")),
@@ -1498,7 +1498,7 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
         "[ocr]\ndevice = \"cpu\"\nmax_new_tokens = 4000\n",
     )
     .expect("config file");
-    let t = Tmux::start(&dir, &env);
+    let t = Tmux::start(dir, &env);
     let s = t.wait_for("the dashboard", |s| {
         s.contains("Login") && s.contains("Models")
     });
@@ -1587,7 +1587,6 @@ fn end_to_end_in_tmux_against_the_mock_hub() {
         "raw mode left on: {stty}"
     );
     drop(t);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1,12 +1,48 @@
-//! Helpers shared by the integration tests (each test binary includes this module).
+//! Helpers shared by the integration tests (each test binary includes this module, and so do
+//! the `test_model` and `tui_bench` examples).
+
+// Each test binary uses its own subset of the helpers.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// `tests/fixtures` of this checkout.
+/// `tests/fixtures` of this checkout, or `$DSOCR_FIXTURES` (a test binary run on another machine,
+/// e.g. by scripts/gpu-check.sh).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    std::env::var_os("DSOCR_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+}
+
+/// Proxy variables: a spawned `dsocr` or Python must reach the local servers directly.
+pub const PROXY_VARIABLES: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+];
+
+/// Removes from `cmd`'s environment every variable from the outside that changes what a
+/// spawned `dsocr` (or Python's hub client) does with the hub: the hub's own
+/// ([`dsocr::hub::env::VARIABLES`]: endpoint, home, cache, tokens, offline) and the proxies.
+/// The caller then sets what its test needs.
+pub fn remove_outside_hub_env(cmd: &mut std::process::Command) {
+    for v in dsocr::hub::env::VARIABLES.iter().chain(PROXY_VARIABLES) {
+        cmd.env_remove(v);
+    }
+}
+
+/// A fresh scratch folder for one test, `dsocr-<name>-XXXXXX` under the system temp dir,
+/// removed when the returned value is dropped (also when the test fails).
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("dsocr-{name}-"))
+        .tempdir()
+        .expect("create scratch dir")
 }
 
 /// A JSON file, parsed (panics with the path on failure).
