@@ -1024,7 +1024,10 @@ fn teacher_forced(
             .expect("logits"),
     ];
     for &id in forced {
-        let e = model.decoder.embed(&Tensor::from_slice(&[id]));
+        let e = model
+            .decoder
+            .embed(&Tensor::from_slice(&[id]))
+            .expect("embed");
         let h = model.decoder.forward(&e, &mut cache).expect("decode step");
         logits.push(model.decoder.logits(&h).expect("logits"));
     }
@@ -1189,6 +1192,10 @@ fn decode_ops_per_token() {
         }
         let c = counter.stop();
         let per = |n: i64| n as f64 / steps as f64;
+        let by_name: Vec<String> = dsocr::ocr::opcount::last_count_by_name()
+            .iter()
+            .map(|(name, n)| format!("{} {:.1}", name.trim_start_matches("aten::"), per(*n)))
+            .collect();
         println!(
             "{kind:?}, {layers} layers, libtorch path: per decode token {:.1} operators issued \
              ({:.1} with nested ones), {:.1} host reads",
@@ -1196,6 +1203,9 @@ fn decode_ops_per_token() {
             per(c.all),
             per(c.host_reads)
         );
+        println!("  per token by operator: {}", by_name.join(", "));
+        // On CUDA the one read is the chosen id's copy to the host; on the CPU that copy is
+        // plain memory and the count sees none.
         assert!(per(c.host_reads) <= 1.0, "host reads per token: {c:?}");
         assert!(
             per(c.top) <= OPS_PER_TOKEN_CEILING,
@@ -1205,7 +1215,7 @@ fn decode_ops_per_token() {
 }
 
 /// Most operators one decode token may issue on libtorch's path (see [`decode_ops_per_token`]).
-const OPS_PER_TOKEN_CEILING: f64 = 530.0;
+const OPS_PER_TOKEN_CEILING: f64 = 430.0;
 
 /// The compute paths the tiny parity set runs through: libtorch's ops (what CUDA runs), then
 /// each CPU tier.

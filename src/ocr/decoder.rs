@@ -1,15 +1,25 @@
 //! DeepSeek-V2 language model (MHA, RoPE, dense layer 0, then MoE) with a KV cache.
 //!
+//! A layer is written once ([`Layer::forward`]) over a small set of operations ([`Ops`]):
+//! RMSNorm, a matrix product, a product added to the residual, SwiGLU, attention over the
+//! cache, the MoE gate and the chosen experts. Two implementations run them:
+//! - [`Torch`]: libtorch operations on tensors, on every device, for any number of rows (a
+//!   prefill, a decode step, a batched decode step); this is the whole of the CUDA path. Its
+//!   matrix products follow the phase's [`Path`] (libtorch's, or dsocr's kernels on the CPU).
+//! - [`Step`]: a one-token decode step on the CPU as dsocr's kernels on f32 slices
+//!   ([`cpu_step`] for the small operations, [`gemv`] for every matrix product), which leaves
+//!   libtorch's per-operation cost behind.
+//!
 //! Precision follows the reference: weights and matmuls in the compute dtype; RMSNorm
-//! statistics, the MoE gate (linear + softmax + top-k) and the routed-expert weighting in f32;
-//! logits returned as f32. A decode step on an accelerator makes no host round trip: the routed
-//! experts of the step's tokens are gathered from stacked expert weights (`index_select` + `bmm`). Prefill
-//! groups the tokens by expert (one read of the per-expert counts per MoE layer, which on the
-//! CPU is plain memory; on CUDA it is the one synchronisation of that layer). On the CPU (f32
-//! arithmetic) a one-token step leaves libtorch altogether: slice kernels ([`cpu_step`]) for the
-//! norms, rotary positions, attention over the cache and the gate, and [`gemv`] products for
-//! every matrix, the chosen experts read straight from the stacked weights. There the decoder's
-//! matrices live in one huge-page buffer ([`Slab`]).
+//! statistics, the MoE gate (linear + softmax + top-k) and the experts' weighted sum in f32;
+//! logits returned as f32. The shared experts are stored as extra experts next to the routed
+//! ones (their inner width split into expert-sized parts, a split that changes no product) and
+//! chosen for every token with weight 1, so one expert product serves both. A decode step on an
+//! accelerator makes no host round trip: the chosen experts run through libtorch's grouped
+//! matmul on the stacked weights. Prefill groups the tokens by expert (one read of the
+//! per-expert counts per MoE layer, which on the CPU is plain memory; on CUDA it is the one
+//! synchronisation of that layer). On the CPU the decoder's matrices live in one huge-page
+//! buffer ([`Slab`]).
 //!
 //! Weights may be stored narrower than the activations: with bf16 weights on a CPU without
 //! bf16 instructions the activations, KV cache and arithmetic are f32 and every matrix product
@@ -24,8 +34,8 @@ use super::cpu::{Isa, Path, Plan, step as cpu_step};
 use super::error::{OcrError, Result};
 use super::weights::{Weights, release_free_heap};
 
-/// Up to this many tokens, routed experts are gathered per token (decode); above it, tokens are
-/// grouped by expert (prefill).
+/// Up to this many tokens, the chosen experts run through one grouped matmul (decode); above
+/// it, tokens are grouped by expert and each expert runs once (prefill).
 const GATHER_MAX_TOKENS: i64 = 4;
 
 /// Most sequences one decode step runs together ([`Decoder::step_batch`]).
@@ -36,8 +46,24 @@ fn lin(x: &Tensor, weight: &Tensor, path: Path) -> Result<Tensor> {
     gemv::linear_any(x, weight, None, path)
 }
 
+/// `t` on `device`, without an operation when it is there already (a move to the CPU counts as
+/// a host read in the operator counts, see [`super::opcount`]).
+pub(crate) fn on_device(t: &Tensor, device: Device) -> Result<Tensor> {
+    Ok(if t.device() == device {
+        t.shallow_clone()
+    } else {
+        t.f_to_device(device)?
+    })
+}
+
+/// `silu(gate) * up` of `[..., 2M]` gate-and-up projections (gate first): `[..., M]`.
+fn swiglu(gu: &Tensor) -> Result<Tensor> {
+    let halves = gu.f_chunk(2, -1)?;
+    Ok(halves[0].f_silu()?.f_mul(&halves[1])?)
+}
+
 /// RMSNorm: statistics in f32, the normalised values cast back to the activations' dtype, then
-/// scaled by the weight in that dtype (the reference's order), as libtorch's one `rms_norm` op.
+/// scaled by the weight in that dtype (the reference's order).
 struct RmsNorm {
     weight: Tensor,
 }
@@ -49,10 +75,19 @@ impl RmsNorm {
             weight: w.take(name)?.f_to_kind(compute)?,
         })
     }
+}
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let width = x.size().last().copied().unwrap_or(0);
-        Ok(x.f_rms_norm([width], Some(&self.weight), RMS_NORM_EPS)?)
+/// A projection whose output is added to the residual stream (attention output, MLP down):
+/// the weight `[N, K]` and its transposed view `[K, N]` (no copy), with which libtorch adds
+/// the product to the residual in one operation (`addmm`).
+struct Proj {
+    w: Tensor,
+    t: Tensor,
+}
+
+impl Proj {
+    fn new(w: Tensor) -> Result<Self> {
+        Ok(Self { t: w.f_tr()?, w })
     }
 }
 
@@ -60,7 +95,7 @@ impl RmsNorm {
 /// matrix (`[2I, H]`: gate rows, then up rows), so that one product computes both.
 struct Mlp {
     gate_up: Tensor,
-    down: Tensor,
+    down: Proj,
 }
 
 impl Mlp {
@@ -69,110 +104,137 @@ impl Mlp {
         let up = format!("{prefix}.up_proj.weight");
         Ok(Self {
             gate_up: w.stacked(&[&gate, &up])?,
-            down: w.take(&format!("{prefix}.down_proj.weight"))?,
+            down: Proj::new(w.take(&format!("{prefix}.down_proj.weight"))?)?,
         })
     }
 
-    /// Rows of the gate projection (the inner width).
-    fn inner(&self) -> i64 {
-        self.gate_up.size()[0] / 2
+    /// `residual + down(silu(gate x) * up x)`.
+    fn forward<O: Ops>(&self, o: &mut O, x: &O::X, residual: O::X) -> Result<O::X> {
+        let gu = o.linear(x, &self.gate_up)?;
+        let act = o.swiglu(&gu)?;
+        o.linear_add(&act, &self.down, residual)
     }
-
-    /// `out = down(silu(gate x) * up x)` for one token on the CPU.
-    fn step_cpu(&self, isa: Isa, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let inner = self.inner() as usize;
-        let mut gu = vec![0f32; 2 * inner];
-        gemv::matvec_pool(isa, Matrix::of(&self.gate_up)?, x, &mut gu)?;
-        let mut act = vec![0f32; inner];
-        let (g, u) = gu.split_at(inner);
-        cpu_step::silu_mul(g, u, &mut act);
-        gemv::matvec_pool(isa, Matrix::of(&self.down)?, &act, out)
-    }
-
-    fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
-        let gu = lin(x, &self.gate_up, path)?;
-        lin(&swiglu(&gu)?, &self.down, path)
-    }
-}
-
-/// `silu(gate) * up` of `[..., 2M]` gate-and-up projections (gate first): `[..., M]`.
-fn swiglu(gu: &Tensor) -> Result<Tensor> {
-    let halves = gu.f_chunk(2, -1)?;
-    Ok(halves[0].f_silu()?.f_mul(&halves[1])?)
 }
 
 /// Mixture of experts: softmax gate in f32, top-k without renormalisation, routed experts
-/// weighted by their raw probabilities, plus the shared experts (unweighted).
+/// weighted by their raw probabilities times the routing scale, plus the shared experts
+/// (unweighted). The shared experts' `[S*M]`-wide MLP is stored as S more experts of width M
+/// after the E routed ones (gate rows `s*M..(s+1)*M`, up rows likewise, down columns likewise):
+/// the sum of those S experts is that MLP.
 struct Moe {
     /// `[E, H]`, f32.
     gate: Tensor,
-    /// Stacked routed experts: gate and up projections `[E, 2M, H]`, down `[E, H, M]`.
+    /// Stacked experts, routed then shared: gate and up projections `[E+S, 2M, H]`, down
+    /// `[E+S, H, M]`.
     gate_up: Tensor,
     down: Tensor,
-    /// The same weights seen as `[E, H, 2M]` and `[E, M, H]` (transposed views, no copy): the
-    /// right-hand operands of a grouped matmul.
+    /// The same weights seen as `[E+S, H, 2M]` and `[E+S, M, H]` (transposed views, no copy):
+    /// the right-hand operands of a grouped matmul.
     gate_up_t: Tensor,
     down_t: Tensor,
-    /// `0..E` (int64) on the weights' device.
+    /// `0..E+S` (int64) on the weights' device.
     expert_ids: Tensor,
-    inner: i64,
+    /// The shared experts' ids `[1, S]` (`E..E+S`) and their weights `[1, S]` (f32 ones), on
+    /// the weights' device; `None` without shared experts.
+    shared: Option<(Tensor, Tensor)>,
+    /// Routed experts (E).
+    routed: i64,
     top_k: i64,
     scale: f64,
-    shared: Option<Mlp>,
 }
 
 impl Moe {
-    /// Stacks the routed experts into preallocated tensors, freeing each expert's own tensors
-    /// as soon as they are copied (heap memory returned after each layer, mapped file pages
+    /// Stacks the routed and shared experts into preallocated tensors, freeing each checkpoint
+    /// tensor as soon as it is copied (heap memory returned after each layer, mapped file pages
     /// released), so loading needs one layer's experts of extra memory at most.
     fn load(w: &mut Loader<'_>, prefix: &str, l: &LanguageConfig) -> Result<Self> {
-        let (experts, inner, hidden) = (l.n_routed_experts, l.moe_intermediate_size, l.hidden_size);
+        let (routed, m, hidden) = (l.n_routed_experts, l.moe_intermediate_size, l.hidden_size);
+        let shared = l.n_shared_experts;
         let kind = w
             .weights
             .shape_and_kind(&format!("{prefix}.gate.weight"))?
             .1;
         let opts = (kind, w.weights.device());
-        let gate_up = w.empty(&[experts, 2 * inner, hidden], opts)?;
-        let down = w.empty(&[experts, hidden, inner], opts)?;
-        for e in 0..experts {
-            let p = format!("{prefix}.experts.{e}");
-            let slot = gate_up.get(e);
-            for (mut dst, name) in [
-                (slot.narrow(0, 0, inner), "gate_proj"),
-                (slot.narrow(0, inner, inner), "up_proj"),
-                (down.get(e), "down_proj"),
-            ] {
-                // Straight from the host tensor into its slot (one upload on a GPU).
-                let t = w.weights.take_host(&format!("{p}.{name}.weight"))?;
-                dst.f_copy_(&t)?;
-                w.weights.done_with(t);
-            }
+        let gate_up = w.empty(&[routed + shared, 2 * m, hidden], opts)?;
+        let down = w.empty(&[routed + shared, hidden, m], opts)?;
+        let name = |expert: &str, proj: &str| format!("{prefix}.{expert}.{proj}.weight");
+        // (destination, dimension of the source it is cut from, start along it)
+        let gate_of = |e: i64, start: i64| (gate_up.get(e).narrow(0, 0, m), 0, start);
+        let up_of = |e: i64, start: i64| (gate_up.get(e).narrow(0, m, m), 0, start);
+        let down_of = |e: i64, start: i64| (down.get(e), 1, start);
+        for e in 0..routed {
+            let expert = format!("experts.{e}");
+            w.copy_into(&name(&expert, "gate_proj"), vec![gate_of(e, 0)])?;
+            w.copy_into(&name(&expert, "up_proj"), vec![up_of(e, 0)])?;
+            w.copy_into(&name(&expert, "down_proj"), vec![down_of(e, 0)])?;
+        }
+        if shared > 0 {
+            let parts = |f: &dyn Fn(i64, i64) -> (Tensor, i64, i64)| {
+                (0..shared)
+                    .map(|s| f(routed + s, s * m))
+                    .collect::<Vec<_>>()
+            };
+            w.copy_into(&name("shared_experts", "gate_proj"), parts(&gate_of))?;
+            w.copy_into(&name("shared_experts", "up_proj"), parts(&up_of))?;
+            w.copy_into(&name("shared_experts", "down_proj"), parts(&down_of))?;
         }
         release_free_heap();
-        let shared = if l.n_shared_experts > 0 {
-            Some(Mlp::load(w, &format!("{prefix}.shared_experts"))?)
-        } else {
-            None
-        };
-        Ok(Self {
-            gate: w
-                .weights
-                .take(&format!("{prefix}.gate.weight"))?
-                .f_to_kind(Kind::Float)?,
-            gate_up_t: gate_up.f_transpose(1, 2)?,
-            down_t: down.f_transpose(1, 2)?,
-            expert_ids: Tensor::f_arange(experts, (Kind::Int64, gate_up.device()))?,
+        let gate = w
+            .weights
+            .take(&format!("{prefix}.gate.weight"))?
+            .f_to_kind(Kind::Float)?;
+        Self::new(
+            gate,
             gate_up,
             down,
-            inner: l.moe_intermediate_size,
-            top_k: l.num_experts_per_tok,
-            scale: l.routed_scaling_factor,
+            routed,
+            l.num_experts_per_tok,
+            l.routed_scaling_factor,
+        )
+    }
+
+    /// A MoE block over stacked experts (`[E+S, 2M, H]`, `[E+S, H, M]`, the last S shared)
+    /// with gate `[E, H]` (f32).
+    fn new(
+        gate: Tensor,
+        gate_up: Tensor,
+        down: Tensor,
+        routed: i64,
+        top_k: i64,
+        scale: f64,
+    ) -> Result<Self> {
+        let device = gate_up.device();
+        let experts = gate_up.size()[0];
+        let shared = (experts > routed).then(|| {
+            (
+                Tensor::arange_start(routed, experts, (Kind::Int64, device)).view([1, -1]),
+                Tensor::ones([1, experts - routed], (Kind::Float, device)),
+            )
+        });
+        Ok(Self {
+            gate,
+            gate_up_t: gate_up.f_transpose(1, 2)?,
+            down_t: down.f_transpose(1, 2)?,
+            expert_ids: Tensor::f_arange(experts, (Kind::Int64, device))?,
+            gate_up,
+            down,
             shared,
+            routed,
+            top_k,
+            scale,
         })
     }
 
-    fn forward(&self, x: &Tensor, path: Path) -> Result<Tensor> {
-        let tokens = x.size()[0];
+    /// `residual + Σ w_j expert_j(x)` over each row's chosen experts.
+    fn forward<O: Ops>(&self, o: &mut O, x: &O::X, residual: O::X) -> Result<O::X> {
+        let route = o.route(x, self)?;
+        o.experts_add(x, route, self, residual)
+    }
+
+    /// The gate on libtorch: each row's chosen experts `[T, k+S]` (int64: the top-k routed ones,
+    /// largest probability first, then the shared ones) and their weights `[T, k+S]` (f32: the
+    /// raw probabilities times the routing scale, then ones).
+    fn route(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let x32 = if x.kind() == Kind::Float {
             x.shallow_clone()
         } else {
@@ -182,117 +244,35 @@ impl Moe {
             .f_linear::<Tensor>(&self.gate, None)?
             .f_softmax(-1, Kind::Float)?;
         let (weights, ids) = probs.f_topk(self.top_k, -1, true, true)?;
-        // dsocr's kernels take several tokens (a batched decode step, a prefill) expert by
-        // expert, so that an expert chosen by several rows is read once (faster than gathering
-        // per token for batched steps; BENCHMARKS.md, "Batched pages").
-        let grouped_here = tokens > GATHER_MAX_TOKENS || (tokens > 1 && path.isa().is_some());
-        let weighted = if grouped_here {
-            self.weigh(&self.grouped(x, &ids, path)?, &weights)?
+        let weights = if self.scale != 1.0 {
+            weights.f_mul_scalar(self.scale)?
         } else {
-            match path {
-                Path::Kernels(isa) if gemv::applies(x, &self.gate_up) => {
-                    let routed = gemv::routed_experts(isa, x, &ids, &self.gate_up, &self.down)?;
-                    self.weigh(&routed, &weights)?
-                }
-                _ if x.kind() == self.gate_up.kind() => self.grouped_mm(x, &weights, &ids)?,
-                // Weights stored narrower than the activations (f16 weights, f32 arithmetic, on
-                // the CPU): the chosen experts are copied and widened.
-                _ => self.weigh(&self.gathered(x, &ids), &weights)?,
-            }
+            weights
         };
-        let weighted = if self.scale != 1.0 {
-            weighted * self.scale
+        let Some((shared_ids, ones)) = &self.shared else {
+            return Ok((ids, weights));
+        };
+        let t = ids.size()[0];
+        let (shared_ids, ones) = if t == 1 {
+            (shared_ids.shallow_clone(), ones.shallow_clone())
         } else {
-            weighted
+            (
+                shared_ids.f_expand([t, -1], false)?,
+                ones.f_expand([t, -1], false)?,
+            )
         };
-        let mut y = weighted.to_kind(x.kind());
-        if let Some(shared) = &self.shared {
-            y += shared.forward(x, path)?;
-        }
-        Ok(y)
+        Ok((
+            Tensor::f_cat(&[ids, shared_ids], 1)?,
+            Tensor::f_cat(&[weights, ones], 1)?,
+        ))
     }
 
-    /// The MoE block for one token on the CPU: gate, top-k, then the chosen experts' and the
-    /// shared experts' gate-and-up products in one parallel pass and their down products in
-    /// another; `out` gets the weighted sum plus the shared output.
-    fn step_cpu(&self, isa: Isa, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let gate = Matrix::of(&self.gate)?;
-        let (experts, _) = gate.shape();
-        let mut logits = vec![0f32; experts];
-        gemv::matvec_here(isa, gate, x, &mut logits)?;
-        let chosen = cpu_step::softmax_top_k(&logits, self.top_k as usize);
-        let m = self.inner as usize;
-        let stacked_gu = Matrix::of(&self.gate_up)?;
-        let stacked_down = Matrix::of(&self.down)?;
-        let mut gu = vec![0f32; chosen.len() * 2 * m];
-        let mut jobs = Vec::with_capacity(chosen.len() + 2);
-        for (&(e, _), out) in chosen.iter().zip(gu.chunks_exact_mut(2 * m)) {
-            jobs.push(MatVec {
-                m: stacked_gu.stacked(e, experts)?,
-                x,
-                out,
-            });
-        }
-        let shared_inner = self.shared.as_ref().map_or(0, |s| s.inner() as usize);
-        let mut shared_gu = vec![0f32; 2 * shared_inner];
-        if let Some(s) = &self.shared {
-            jobs.push(MatVec {
-                m: Matrix::of(&s.gate_up)?,
-                x,
-                out: &mut shared_gu,
-            });
-        }
-        gemv::matvecs(isa, jobs)?;
-        let mut act = vec![0f32; chosen.len() * m];
-        for (a, gu) in act.chunks_exact_mut(m).zip(gu.chunks_exact(2 * m)) {
-            let (g, u) = gu.split_at(m);
-            cpu_step::silu_mul(g, u, a);
-        }
-        let mut shared_act = vec![0f32; shared_inner];
-        let (sg, su) = shared_gu.split_at(shared_inner);
-        cpu_step::silu_mul(sg, su, &mut shared_act);
-        let hidden = out.len();
-        let mut routed = vec![0f32; chosen.len() * hidden];
-        let mut jobs = Vec::with_capacity(chosen.len() + 1);
-        for ((&(e, _), a), out) in chosen
-            .iter()
-            .zip(act.chunks_exact(m))
-            .zip(routed.chunks_exact_mut(hidden))
-        {
-            jobs.push(MatVec {
-                m: stacked_down.stacked(e, experts)?,
-                x: a,
-                out,
-            });
-        }
-        let mut shared_out = vec![0f32; hidden];
-        if let Some(s) = &self.shared {
-            jobs.push(MatVec {
-                m: Matrix::of(&s.down)?,
-                x: &shared_act,
-                out: &mut shared_out,
-            });
-        }
-        gemv::matvecs(isa, jobs)?;
-        let scale = self.scale as f32;
-        for (i, o) in out.iter_mut().enumerate() {
-            let weighted: f32 = chosen
-                .iter()
-                .enumerate()
-                .map(|(j, &(_, p))| routed[j * hidden + i] * p)
-                .sum();
-            *o = weighted * scale + shared_out[i];
-        }
-        Ok(())
-    }
-
-    /// The routed outputs `[T * k, H]` (assignment order) weighted by their probabilities
-    /// `weights` `[T, k]` and summed per token, in f32: `[T, H]`.
-    fn weigh(&self, routed: &Tensor, weights: &Tensor) -> Result<Tensor> {
-        let (tokens, hidden) = (weights.size()[0], routed.size()[1]);
-        Ok((routed
-            .f_view([tokens, self.top_k, hidden])?
-            .f_to_kind(Kind::Float)?
+    /// The expert outputs `[T * n, H]` (assignment order) weighted by `weights` `[T, n]` and
+    /// summed per token, in f32: `[T, H]`.
+    fn weigh(routed: &Tensor, weights: &Tensor) -> Result<Tensor> {
+        let (tokens, n) = weights.size2()?;
+        let hidden = routed.size()[1];
+        Ok((routed.f_view([tokens, n, hidden])?.f_to_kind(Kind::Float)?
             * weights.f_unsqueeze(-1)?)
         .f_sum_dim_intlist(1, false, Kind::Float)?)
     }
@@ -303,7 +283,7 @@ impl Moe {
     /// boundaries are computed on the device). Returns the weighted sum `[T, H]` in f32.
     fn grouped_mm(&self, x: &Tensor, weights: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let (tokens, hidden) = x.size2()?;
-        let k = self.top_k;
+        let n = ids.size()[1];
         let run = |rows: &Tensor, sorted: &Tensor| -> Result<Tensor> {
             // Group e ends after the assignments to experts 0..=e: a search of the sorted ids,
             // on the device (`bincount` would read its maximum back to the host on CUDA).
@@ -319,70 +299,44 @@ impl Moe {
             })
         };
         if tokens == 1 {
-            // One token: its k distinct experts in increasing order, its row repeated.
+            // One token: its distinct experts in increasing order, its row repeated.
             let (sorted, perm) = ids.f_sort(-1, false)?;
-            let out = run(&x.f_repeat([k, 1])?, &sorted.f_view([-1])?)?;
+            let out = run(&x.f_repeat([n, 1])?, &sorted.f_view([-1])?)?;
             return Ok(weights.f_gather(-1, &perm, false)?.f_matmul(&out)?);
         }
         let (sorted, perm) = ids.f_reshape([-1])?.f_sort(0, false)?;
-        let token = perm.f_floor_divide_scalar(k)?;
+        let token = perm.f_floor_divide_scalar(n)?;
         let out = run(&x.f_index_select(0, &token)?, &sorted)?;
         let w = weights.f_reshape([-1])?.f_index_select(0, &perm)?;
         let zeros = Tensor::f_zeros([tokens, hidden], (Kind::Float, x.device()))?;
         Ok(zeros.f_index_add(0, &token, &(out * w.f_unsqueeze(-1)?))?)
     }
 
-    /// Expert MLP on rows `x` `[n, H]` with that expert's `gate_up` `[2M, H]` and `down`.
-    fn expert(&self, x: &Tensor, gate_up: &Tensor, down: &Tensor, path: Path) -> Result<Tensor> {
-        let gu = lin(x, gate_up, path)?;
-        lin(&swiglu(&gu)?, down, path)
-    }
-
-    /// Few tokens whose activations are wider than the stored weights (the grouped matmul needs
-    /// one dtype): gather each assignment's expert weights (a copy of k experts per token),
-    /// widen them, and run them as one batched matmul. Returns `[tokens * k, H]` in assignment
-    /// order.
-    fn gathered(&self, x: &Tensor, ids: &Tensor) -> Tensor {
-        let flat = ids.reshape([-1]);
-        let xs = x
-            .repeat_interleave_self_int(self.top_k, 0, None)
-            .unsqueeze(-1);
-        // Weights stored narrower than the activations (f16 on the CPU) are widened here.
-        let gate_up = self.gate_up.index_select(0, &flat).to_kind(x.kind());
-        let down = self.down.index_select(0, &flat).to_kind(x.kind());
-        let gu = gate_up.bmm(&xs);
-        let act = gu.narrow(1, 0, self.inner).silu() * gu.narrow(1, self.inner, self.inner);
-        down.bmm(&act).squeeze_dim(-1)
-    }
-
-    /// Many tokens: sort the assignments by expert and run each expert once on its rows.
-    /// Returns `[tokens * k, H]` in assignment order.
+    /// Many tokens: sort the assignments by expert and run each expert once on its rows (one
+    /// read of the per-expert counts). Returns `[T * n, H]` in assignment order.
     fn grouped(&self, x: &Tensor, ids: &Tensor, path: Path) -> Result<Tensor> {
         let experts = self.gate_up.size()[0];
-        let flat = ids.reshape([-1]);
-        let order = flat.argsort(0, false);
-        let rows = x.index_select(0, &order.floor_divide_scalar(self.top_k));
+        let n = ids.size()[1];
+        let flat = ids.f_reshape([-1])?;
+        let order = flat.f_argsort(0, false)?;
+        let rows = x.f_index_select(0, &order.f_floor_divide_scalar(n)?)?;
         let counts = Vec::<i64>::try_from(
-            flat.bincount::<Tensor>(None, experts)
-                .to_device(Device::Cpu),
+            flat.f_bincount::<Tensor>(None, experts)?
+                .f_to_device(Device::Cpu)?,
         )?;
         let mut outputs = Vec::with_capacity(experts as usize);
         let mut start = 0;
-        for (e, &n) in counts.iter().enumerate() {
-            if n == 0 {
+        for (e, &count) in counts.iter().enumerate() {
+            if count == 0 {
                 continue;
             }
             let e = e as i64;
-            outputs.push(self.expert(
-                &rows.narrow(0, start, n),
-                &self.gate_up.get(e),
-                &self.down.get(e),
-                path,
-            )?);
-            start += n;
+            let gu = lin(&rows.f_narrow(0, start, count)?, &self.gate_up.get(e), path)?;
+            outputs.push(lin(&swiglu(&gu)?, &self.down.get(e), path)?);
+            start += count;
         }
         let sorted = Tensor::f_cat(&outputs, 0)?;
-        Ok(sorted.zeros_like().index_copy(0, &order, &sorted))
+        Ok(sorted.f_zeros_like()?.f_index_copy(0, &order, &sorted)?)
     }
 }
 
@@ -395,7 +349,7 @@ enum Ffn {
 /// projections are stacked into one matrix (`[3W, H]`), so that one product computes all three.
 struct Attention {
     qkv: Tensor,
-    o: Tensor,
+    o: Proj,
     heads: i64,
     head_dim: i64,
 }
@@ -406,69 +360,401 @@ impl Attention {
         let (q, k, v) = (name("q_proj"), name("k_proj"), name("v_proj"));
         Ok(Self {
             qkv: w.stacked(&[&q, &k, &v])?,
-            o: w.take(&name("o_proj"))?,
+            o: Proj::new(w.take(&name("o_proj"))?)?,
             heads: l.num_attention_heads,
             head_dim: l.head_dim(),
         })
     }
 
-    /// `x` `[T, H]` (`rope` holds the tables of its rows' positions): q, k and v in one product,
-    /// viewed as `[T, 3, heads, d]`; the rotary positions applied to all three at once (v's
-    /// tables leave it as it is); then attention over the cache, and the output projection.
-    /// With one cache the T rows are the next T positions of that sequence; with several, row
-    /// `b` is the next token of the sequence of `caches[b]` (a decode step over a batch).
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &RopeAt,
-        caches: &mut [&mut LayerCache],
-        positions: &[i64],
-        path: Path,
-    ) -> Result<Tensor> {
-        let t = x.size()[0];
-        let (heads, d) = (self.heads, self.head_dim);
-        let qkv = rope.apply(&lin(x, &self.qkv, path)?.f_view([t, 3, heads, d])?)?;
-        let out = match caches {
-            [cache] => Self::attend(&qkv, cache, positions[0])?,
-            _ => {
-                let rows = caches
-                    .iter_mut()
-                    .zip(positions)
-                    .enumerate()
-                    .map(|(b, (cache, &pos))| {
-                        Self::attend(&qkv.f_narrow(0, b as i64, 1)?, cache, pos)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::f_cat(&rows, 0)?
-            }
+    /// `residual + o(attention(q, k, v))` of layer `layer`, q, k and v in one product.
+    fn forward<O: Ops>(&self, o: &mut O, layer: usize, x: &O::X, residual: O::X) -> Result<O::X> {
+        let qkv = o.linear(x, &self.qkv)?;
+        let attended = o.attend(qkv, layer, self.heads, self.head_dim)?;
+        o.linear_add(&attended, &self.o, residual)
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+    attn: Attention,
+    ffn: Ffn,
+}
+
+impl Layer {
+    /// The layer, the one implementation of it: pre-norm attention and pre-norm MLP (dense or
+    /// MoE), each added to the residual stream.
+    fn forward<O: Ops>(&self, o: &mut O, index: usize, x: O::X) -> Result<O::X> {
+        let normed = o.rms_norm(&x, &self.input_norm)?;
+        let h = self.attn.forward(o, index, &normed, x)?;
+        let normed = o.rms_norm(&h, &self.post_norm)?;
+        match &self.ffn {
+            Ffn::Dense(mlp) => mlp.forward(o, &normed, h),
+            Ffn::Moe(moe) => moe.forward(o, &normed, h),
+        }
+    }
+}
+
+/// The operations a decoder layer is made of ([`Layer::forward`]). An implementation may run
+/// each one its own way, never restate the layer.
+trait Ops {
+    /// The activations of the rows in flight.
+    type X;
+    /// What the MoE gate chose for the rows.
+    type Route;
+    fn rms_norm(&mut self, x: &Self::X, norm: &RmsNorm) -> Result<Self::X>;
+    /// `x W^T`.
+    fn linear(&mut self, x: &Self::X, w: &Tensor) -> Result<Self::X>;
+    /// `residual + x W^T`.
+    fn linear_add(&mut self, x: &Self::X, w: &Proj, residual: Self::X) -> Result<Self::X>;
+    /// `silu(gate) * up` of gate-and-up projections (gate first).
+    fn swiglu(&mut self, gu: &Self::X) -> Result<Self::X>;
+    /// `qkv` (q, k and v side by side, `heads` heads of `head_dim` each): rotary positions on
+    /// q and k, k and v appended to layer `layer`'s cache, then each query's attention over the
+    /// cached keys up to its own position.
+    fn attend(&mut self, qkv: Self::X, layer: usize, heads: i64, head_dim: i64) -> Result<Self::X>;
+    /// The MoE gate of `moe`: softmax in f32, the top-k routed experts with their raw
+    /// probabilities times the routing scale, then the shared experts with weight 1.
+    fn route(&mut self, x: &Self::X, moe: &Moe) -> Result<Self::Route>;
+    /// `residual + Σ w_j expert_j(x)` over the chosen experts (the sum in f32).
+    fn experts_add(
+        &mut self,
+        x: &Self::X,
+        route: Self::Route,
+        moe: &Moe,
+        residual: Self::X,
+    ) -> Result<Self::X>;
+}
+
+/// [`Ops`] as libtorch operations on `[T, ·]` tensors, on any device: the next T positions of
+/// one sequence, or one row of each of several sequences (a batched decode step). The matrix
+/// products run on `path`.
+struct Torch<'a, 'c> {
+    path: Path,
+    caches: &'a mut [&'c mut KvCache],
+    /// Per cache: where its new rows go.
+    at: Vec<At>,
+    /// The rotary tables of the rows' positions, laid out as [`Torch::attend`] uses them.
+    rope: RopeAt,
+}
+
+/// Where one sequence's new rows go in its cache.
+struct At {
+    /// The first new position.
+    pos: i64,
+    /// `pos..pos + T` (int64, on the cache's device): the positions the keys and values are
+    /// written to.
+    index: Tensor,
+    /// Several new rows after cached ones: which keys each query sees (query i, at position
+    /// `pos + i`, sees keys `0..=pos + i`).
+    mask: Option<Tensor>,
+}
+
+impl At {
+    fn new(pos: i64, t: i64, device: Device) -> Result<Self> {
+        let mask = if t > 1 && pos > 0 {
+            let qi = Tensor::f_arange(t, (Kind::Int64, device))?.f_unsqueeze(1)? + pos;
+            let kj = Tensor::f_arange(pos + t, (Kind::Int64, device))?.f_unsqueeze(0)?;
+            Some(kj.f_le_tensor(&qi)?)
+        } else {
+            None
         };
-        lin(&out, &self.o, path)
+        Ok(Self {
+            pos,
+            index: Tensor::f_arange_start(pos, pos + t, (Kind::Int64, device))?,
+            mask,
+        })
+    }
+}
+
+impl<'a, 'c> Torch<'a, 'c> {
+    /// For `t` rows over `caches`: with one cache, its next `t` positions; with several, one
+    /// row each.
+    fn new(
+        decoder: &Decoder,
+        path: Path,
+        caches: &'a mut [&'c mut KvCache],
+        t: i64,
+        device: Device,
+    ) -> Result<Self> {
+        let rows = if caches.len() == 1 { t } else { 1 };
+        if caches.len() > 1 && t != caches.len() as i64 {
+            return Err(OcrError::Invalid(format!(
+                "a decode step over {} sequences got {t} rows",
+                caches.len()
+            )));
+        }
+        for cache in caches.iter() {
+            Decoder::check_room(cache, rows)?;
+        }
+        let positions: Vec<i64> = caches.iter().map(|c| c.len).collect();
+        let at = positions
+            .iter()
+            .map(|&pos| At::new(pos, rows, device))
+            .collect::<Result<Vec<_>>>()?;
+        let rope = match positions.as_slice() {
+            [pos] => decoder.rope.at(*pos, t)?,
+            _ => decoder
+                .rope
+                .at_each(&on_device(&Tensor::f_from_slice(&positions)?, device)?)?,
+        };
+        Ok(Self {
+            path,
+            caches,
+            at,
+            rope,
+        })
+    }
+}
+
+/// One sequence's attention: `x` `[3, heads, T, d]` (q, k, v with the rotary positions
+/// applied), k and v written into the layer's cache at the new positions in one copy, then
+/// every query over the keys up to its own position. Returns `[heads, T, d]`.
+fn attend_cache(x: &Tensor, cache: &mut LayerCache, at: &At) -> Result<Tensor> {
+    let t = x.size()[2];
+    let q = x.f_select(0, 0)?;
+    let _ = cache
+        .kv
+        .f_index_copy_(2, &at.index, &x.f_narrow(0, 1, 2)?)?;
+    let cached = cache.kv.f_narrow(2, 0, at.pos + t)?.f_unbind(0)?;
+    let causal = t > 1 && at.pos == 0;
+    Ok(Tensor::f_scaled_dot_product_attention(
+        &q,
+        &cached[0],
+        &cached[1],
+        at.mask.as_ref(),
+        0.0,
+        causal,
+        None,
+        false,
+    )?)
+}
+
+impl Ops for Torch<'_, '_> {
+    type X = Tensor;
+    type Route = (Tensor, Tensor);
+
+    fn rms_norm(&mut self, x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
+        let width = x.size().last().copied().unwrap_or(0);
+        Ok(x.f_rms_norm([width], Some(&norm.weight), RMS_NORM_EPS)?)
     }
 
-    /// Attention of one sequence's rows `qkv` `[T, 3, heads, d]` (positions `pos..pos + T`): k
-    /// and v written into the cache in one copy, then every query over the keys up to its own
-    /// position. Returns `[T, heads * d]`.
-    fn attend(qkv: &Tensor, cache: &mut LayerCache, pos: i64) -> Result<Tensor> {
-        let (t, heads, d) = (qkv.size()[0], qkv.size()[2], qkv.size()[3]);
-        let q = qkv.f_select(1, 0)?.f_transpose(0, 1)?;
-        let kv = qkv.f_narrow(1, 1, 2)?.f_permute([1, 2, 0, 3])?;
-        cache.kv.f_narrow(2, pos, t)?.f_copy_(&kv)?;
-        let cached = cache.kv.f_narrow(2, 0, pos + t)?.f_unbind(0)?;
-        let (mask, causal) = if t == 1 {
-            (None, false)
-        } else if pos == 0 {
-            (None, true)
+    fn linear(&mut self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        lin(x, w, self.path)
+    }
+
+    fn linear_add(&mut self, x: &Tensor, w: &Proj, residual: Tensor) -> Result<Tensor> {
+        if self.path == Path::Libtorch && x.kind() == w.w.kind() {
+            // One operation: the product accumulated onto the residual.
+            Ok(residual.f_addmm(x, &w.t)?)
         } else {
-            // Query i (at position pos + i) sees keys 0..=pos + i.
-            let device = qkv.device();
-            let qi = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(1) + pos;
-            let kj = Tensor::arange(pos + t, (Kind::Int64, device)).unsqueeze(0);
-            (Some(kj.le_tensor(&qi)), false)
+            Ok(residual.f_add(&lin(x, &w.w, self.path)?)?)
+        }
+    }
+
+    fn swiglu(&mut self, gu: &Tensor) -> Result<Tensor> {
+        swiglu(gu)
+    }
+
+    fn attend(&mut self, qkv: Tensor, layer: usize, heads: i64, d: i64) -> Result<Tensor> {
+        let t = qkv.size()[0];
+        let width = heads * d;
+        match &mut *self.caches {
+            // One row: `[1, 3W]` is q, k and v as `[3, heads, 1, d]` already.
+            [cache] if t == 1 => {
+                let x = self.rope.apply(&qkv.f_view([3, heads, 1, d])?)?;
+                let out = attend_cache(&x, &mut cache.layers[layer], &self.at[0])?;
+                Ok(out.f_reshape([1, width])?)
+            }
+            [cache] => {
+                let x = self
+                    .rope
+                    .apply(&qkv.f_view([t, 3, heads, d])?)?
+                    .f_permute([1, 2, 0, 3])?;
+                let out = attend_cache(&x, &mut cache.layers[layer], &self.at[0])?;
+                Ok(out.f_transpose(0, 1)?.f_reshape([t, width])?)
+            }
+            caches => {
+                let x = self.rope.apply(&qkv.f_view([t, 3, heads, d])?)?;
+                let rows = caches
+                    .iter_mut()
+                    .zip(&self.at)
+                    .enumerate()
+                    .map(|(b, (cache, at))| {
+                        let row = x.f_select(0, b as i64)?.f_unsqueeze(2)?;
+                        attend_cache(&row, &mut cache.layers[layer], at)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::f_cat(&rows, 1)?
+                    .f_transpose(0, 1)?
+                    .f_reshape([t, width])?)
+            }
+        }
+    }
+
+    fn route(&mut self, x: &Tensor, moe: &Moe) -> Result<(Tensor, Tensor)> {
+        moe.route(x)
+    }
+
+    fn experts_add(
+        &mut self,
+        x: &Tensor,
+        (ids, weights): (Tensor, Tensor),
+        moe: &Moe,
+        residual: Tensor,
+    ) -> Result<Tensor> {
+        let tokens = x.size()[0];
+        // dsocr's kernels take several tokens (a batched decode step, a prefill) expert by
+        // expert, so that an expert chosen by several rows is read once (BENCHMARKS.md,
+        // "Batched pages"); the grouped matmul needs one dtype.
+        let one_call = tokens <= GATHER_MAX_TOKENS
+            && (tokens == 1 || self.path.isa().is_none())
+            && x.kind() == moe.gate_up.kind();
+        let weighted = if one_call {
+            moe.grouped_mm(x, &weights, &ids)?
+        } else {
+            Moe::weigh(&moe.grouped(x, &ids, self.path)?, &weights)?
         };
-        let out = Tensor::f_scaled_dot_product_attention(
-            &q, &cached[0], &cached[1], mask, 0.0, causal, None, false,
-        )?;
-        Ok(out.f_transpose(0, 1)?.f_reshape([t, heads * d])?)
+        let weighted = if weighted.kind() == residual.kind() {
+            weighted
+        } else {
+            weighted.f_to_kind(residual.kind())?
+        };
+        Ok(residual.f_add(&weighted)?)
+    }
+}
+
+/// [`Ops`] as dsocr's CPU kernels on f32 slices: one token of one sequence at position `pos`.
+struct Step<'a> {
+    isa: Isa,
+    cache: &'a mut KvCache,
+    pos: usize,
+    /// The rotary tables' rows of `pos` (q's and k's, `[d]` each).
+    cos: &'a [f32],
+    sin: &'a [f32],
+}
+
+impl Ops for Step<'_> {
+    type X = Vec<f32>;
+    /// The chosen experts and their weights.
+    type Route = Vec<(usize, f32)>;
+
+    fn rms_norm(&mut self, x: &Vec<f32>, norm: &RmsNorm) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; x.len()];
+        let weight = cpu_step::f32_values(&norm.weight)?;
+        cpu_step::rms_norm(x, weight, RMS_NORM_EPS, &mut out);
+        Ok(out)
+    }
+
+    fn linear(&mut self, x: &Vec<f32>, w: &Tensor) -> Result<Vec<f32>> {
+        let m = Matrix::of(w)?;
+        let mut out = vec![0f32; m.shape().0];
+        gemv::matvec_pool(self.isa, m, x, &mut out)?;
+        Ok(out)
+    }
+
+    fn linear_add(&mut self, x: &Vec<f32>, w: &Proj, mut residual: Vec<f32>) -> Result<Vec<f32>> {
+        let y = self.linear(x, &w.w)?;
+        residual.iter_mut().zip(&y).for_each(|(r, y)| *r += y);
+        Ok(residual)
+    }
+
+    fn swiglu(&mut self, gu: &Vec<f32>) -> Result<Vec<f32>> {
+        let (g, u) = gu.split_at(gu.len() / 2);
+        let mut out = vec![0f32; g.len()];
+        cpu_step::silu_mul(g, u, &mut out);
+        Ok(out)
+    }
+
+    fn attend(
+        &mut self,
+        mut qkv: Vec<f32>,
+        layer: usize,
+        heads: i64,
+        head_dim: i64,
+    ) -> Result<Vec<f32>> {
+        let (d, width, pos) = (head_dim as usize, (heads * head_dim) as usize, self.pos);
+        let (q, kv) = qkv.split_at_mut(width);
+        let (k, v) = kv.split_at_mut(width);
+        cpu_step::rotate(q, d, self.cos, self.sin);
+        cpu_step::rotate(k, d, self.cos, self.sin);
+        // SAFETY: the cache's tensor belongs to this `KvCache`, borrowed mutably by this step;
+        // nothing else views it meanwhile.
+        let cached = unsafe { cpu_step::f32_values_mut(&mut self.cache.layers[layer].kv)? };
+        let (keys, values) = cached.split_at_mut(cached.len() / 2);
+        let capacity = keys.len() / width;
+        for (part, new) in [(&mut *keys, &*k), (&mut *values, &*v)] {
+            for (h, row) in new.chunks_exact(d).enumerate() {
+                part[(h * capacity + pos) * d..][..d].copy_from_slice(row);
+            }
+        }
+        let mut out = vec![0f32; width];
+        cpu_step::attend(self.isa, q, keys, values, d, pos + 1, &mut out)?;
+        Ok(out)
+    }
+
+    fn route(&mut self, x: &Vec<f32>, moe: &Moe) -> Result<Vec<(usize, f32)>> {
+        let gate = Matrix::of(&moe.gate)?;
+        let mut logits = vec![0f32; gate.shape().0];
+        gemv::matvec_here(self.isa, gate, x, &mut logits)?;
+        let scale = moe.scale as f32;
+        let mut chosen: Vec<(usize, f32)> = cpu_step::softmax_top_k(&logits, moe.top_k as usize)
+            .into_iter()
+            .map(|(e, p)| (e, if moe.scale != 1.0 { p * scale } else { p }))
+            .collect();
+        let experts = moe.gate_up.size()[0] as usize;
+        chosen.extend((moe.routed as usize..experts).map(|e| (e, 1.0)));
+        Ok(chosen)
+    }
+
+    /// The chosen experts' gate-and-up products in one parallel pass, their down products in
+    /// another, then the weighted sum onto the residual.
+    fn experts_add(
+        &mut self,
+        x: &Vec<f32>,
+        chosen: Vec<(usize, f32)>,
+        moe: &Moe,
+        mut residual: Vec<f32>,
+    ) -> Result<Vec<f32>> {
+        let experts = moe.gate_up.size()[0] as usize;
+        let (gate_up, down) = (Matrix::of(&moe.gate_up)?, Matrix::of(&moe.down)?);
+        let m = gate_up.shape().0 / experts.max(1) / 2;
+        let hidden = residual.len();
+        let mut gu = vec![0f32; chosen.len() * 2 * m];
+        let jobs = chosen
+            .iter()
+            .zip(gu.chunks_exact_mut(2 * m))
+            .map(|(&(e, _), out)| {
+                let m = gate_up.stacked(e, experts)?;
+                Ok(MatVec { m, x, out })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        gemv::matvecs(self.isa, jobs)?;
+        let mut act = vec![0f32; chosen.len() * m];
+        for (a, gu) in act.chunks_exact_mut(m).zip(gu.chunks_exact(2 * m)) {
+            let (g, u) = gu.split_at(m);
+            cpu_step::silu_mul(g, u, a);
+        }
+        let mut outs = vec![0f32; chosen.len() * hidden];
+        let jobs = chosen
+            .iter()
+            .zip(act.chunks_exact(m))
+            .zip(outs.chunks_exact_mut(hidden))
+            .map(|((&(e, _), x), out)| {
+                let m = down.stacked(e, experts)?;
+                Ok(MatVec { m, x, out })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        gemv::matvecs(self.isa, jobs)?;
+        for (i, r) in residual.iter_mut().enumerate() {
+            let sum: f32 = chosen
+                .iter()
+                .enumerate()
+                .map(|(j, &(_, w))| outs[j * hidden + i] * w)
+                .sum();
+            *r += sum;
+        }
+        Ok(residual)
     }
 }
 
@@ -510,11 +796,22 @@ impl Rope {
         }
     }
 
-    /// The tables of positions `pos..pos + t` (one narrow of each, shared by every layer).
+    /// The tables of positions `pos..pos + t` (one narrow of each, shared by every layer),
+    /// `[t, 3, 1, d]`; one position's as `[3, 1, 1, d]`, the layout of a single row's q, k and
+    /// v in [`Torch::attend`].
     fn at(&self, pos: i64, t: i64) -> Result<RopeAt> {
+        let table = |tab: &Tensor| -> Result<Tensor> {
+            let rows = tab.f_narrow(0, pos, t)?;
+            Ok(if t == 1 {
+                let d = rows.size()[3];
+                rows.f_view([3, 1, 1, d])?
+            } else {
+                rows
+            })
+        };
         Ok(RopeAt {
-            cos: self.cos.f_narrow(0, pos, t)?,
-            sin: self.sin.f_narrow(0, pos, t)?,
+            cos: table(&self.cos)?,
+            sin: table(&self.sin)?,
         })
     }
 
@@ -532,26 +829,20 @@ impl Rope {
     }
 }
 
-/// [`Rope`]'s tables at the positions of one forward call, `[T, 3, 1, d]`.
+/// [`Rope`]'s tables at the positions of one forward call, shaped to broadcast over q, k and v
+/// (`[T, 3, 1, d]` against `[T, 3, heads, d]`, or `[3, 1, 1, d]` against `[3, heads, 1, d]`).
 struct RopeAt {
     cos: Tensor,
     sin: Tensor,
 }
 
 impl RopeAt {
-    /// `qkv` `[T, 3, heads, d]` with q and k rotated.
+    /// `qkv` with q and k rotated (d is the last dimension).
     fn apply(&self, qkv: &Tensor) -> Result<Tensor> {
-        let d = qkv.size()[3];
+        let d = qkv.size().last().copied().unwrap_or(0);
         let rolled = qkv.f_roll([d / 2], [-1])?;
         Ok(qkv.f_mul(&self.cos)?.f_addcmul(&rolled, &self.sin)?)
     }
-}
-
-struct Layer {
-    input_norm: RmsNorm,
-    post_norm: RmsNorm,
-    attn: Attention,
-    ffn: Ffn,
 }
 
 /// Keys and values of one layer, `[2, heads, capacity, head_dim]` (keys, then values).
@@ -662,6 +953,20 @@ impl<'a> Loader<'a> {
         Ok(out)
     }
 
+    /// The checkpoint tensor `name` copied into `parts` (destination, dimension of the tensor
+    /// it is cut from, start along it: each destination takes the next `len` along that
+    /// dimension), then released.
+    fn copy_into(&mut self, name: &str, parts: Vec<(Tensor, i64, i64)>) -> Result<()> {
+        // Straight from the host tensor into its slots (one upload on a GPU).
+        let t = self.weights.take_host(name)?;
+        for (mut dst, dim, start) in parts {
+            let len = dst.size()[dim as usize];
+            dst.f_copy_(&t.f_narrow(dim, start, len)?)?;
+        }
+        self.weights.done_with(t);
+        Ok(())
+    }
+
     /// A new uninitialised tensor, in the buffer when there is one.
     fn empty(&mut self, shape: &[i64], opts: (Kind, Device)) -> Result<Tensor> {
         match &mut self.slab {
@@ -766,59 +1071,6 @@ impl Decoder {
         }
     }
 
-    /// One decode step on the CPU: `embeds` `[1, H]` at position `cache.len` through every
-    /// layer with [`cpu_step`] kernels and [`gemv`] products (each layer's q, k and v in one
-    /// parallel pass; a MoE layer's chosen and shared experts in two); returns the final-normed
-    /// hidden state `[1, H]`. Does not advance `cache.len`.
-    fn step_cpu(&self, isa: Isa, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let pos = cache.len as usize;
-        let d = self.head_dim as usize;
-        let width = (self.heads * self.head_dim) as usize;
-        let embeds = embeds.f_to_kind(Kind::Float)?.f_contiguous()?;
-        let mut x = cpu_step::f32_values(&embeds)?.to_vec();
-        let hidden = x.len();
-        let mut normed = vec![0f32; hidden];
-        let mut qkv = vec![0f32; 3 * width];
-        let mut attended = vec![0f32; width];
-        let mut delta = vec![0f32; hidden];
-        let cos = Rope::row(cpu_step::f32_values(&self.rope.cos)?, pos, d);
-        let sin = Rope::row(cpu_step::f32_values(&self.rope.sin)?, pos, d);
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let norm = cpu_step::f32_values(&layer.input_norm.weight)?;
-            cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
-            let a = &layer.attn;
-            gemv::matvec_pool(isa, Matrix::of(&a.qkv)?, &normed, &mut qkv)?;
-            let (q, kv) = qkv.split_at_mut(width);
-            let (k, v) = kv.split_at_mut(width);
-            cpu_step::rotate(q, d, cos, sin);
-            cpu_step::rotate(k, d, cos, sin);
-            // SAFETY: the cache's tensor belongs to this `KvCache`, borrowed mutably here;
-            // nothing else views it during the step.
-            let cached = unsafe { cpu_step::f32_values_mut(&mut lc.kv)? };
-            let (keys, values) = cached.split_at_mut(cached.len() / 2);
-            let capacity = keys.len() / width;
-            for (part, new) in [(&mut *keys, &*k), (&mut *values, &*v)] {
-                for (h, row) in new.chunks_exact(d).enumerate() {
-                    part[(h * capacity + pos) * d..][..d].copy_from_slice(row);
-                }
-            }
-            cpu_step::attend(isa, q, keys, values, d, pos + 1, &mut attended)?;
-            gemv::matvec_pool(isa, Matrix::of(&a.o)?, &attended, &mut delta)?;
-            x.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
-
-            let norm = cpu_step::f32_values(&layer.post_norm.weight)?;
-            cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
-            match &layer.ffn {
-                Ffn::Dense(mlp) => mlp.step_cpu(isa, &normed, &mut delta)?,
-                Ffn::Moe(moe) => moe.step_cpu(isa, &normed, &mut delta)?,
-            }
-            x.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
-        }
-        let norm = cpu_step::f32_values(&self.norm.weight)?;
-        cpu_step::rms_norm(&x, norm, RMS_NORM_EPS, &mut normed);
-        Ok(Tensor::from_slice(&normed).view([1, hidden as i64]))
-    }
-
     /// For the duration of a decode loop: when this decoder's matrix products run in
     /// [`gemv`]'s kernels (f32 arithmetic on the CPU, over bf16 or f32 weights), a guard that keeps
     /// libtorch's pool to one thread (see [`gemv::SoloTorch`]); otherwise nothing.
@@ -868,10 +1120,15 @@ impl Decoder {
     }
 
     /// Token embeddings `[T, H]` of `ids` (`[T]`, int64, each below the vocabulary size).
-    pub fn embed(&self, ids: &Tensor) -> Tensor {
-        self.embed
-            .index_select(0, &ids.to_device(self.embed.device()))
-            .to_kind(self.compute)
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let rows = self
+            .embed
+            .f_index_select(0, &on_device(ids, self.embed.device())?)?;
+        Ok(if rows.kind() == self.compute {
+            rows
+        } else {
+            rows.f_to_kind(self.compute)?
+        })
     }
 
     /// Run `embeds` `[T, H]` (the next T positions) through the layers, appending their keys and
@@ -881,9 +1138,19 @@ impl Decoder {
         let t = embeds.size()[0];
         if let (1, Some(isa)) = (t, self.step_isa) {
             Self::check_room(cache, 1)?;
-            let hidden = self.step_cpu(isa, embeds, cache)?;
-            cache.len += 1;
-            return Ok(hidden);
+            let embeds = embeds.f_to_kind(Kind::Float)?.f_contiguous()?;
+            let x = cpu_step::f32_values(&embeds)?.to_vec();
+            let (pos, d) = (cache.len as usize, self.head_dim as usize);
+            let mut step = Step {
+                isa,
+                pos,
+                cos: Rope::row(cpu_step::f32_values(&self.rope.cos)?, pos, d),
+                sin: Rope::row(cpu_step::f32_values(&self.rope.sin)?, pos, d),
+                cache,
+            };
+            let hidden = self.run(&mut step, x)?;
+            step.cache.len += 1;
+            return Ok(Tensor::f_from_slice(&hidden)?.f_view([1, hidden.len() as i64])?);
         }
         let path = if t == 1 {
             self.plan.decode
@@ -901,11 +1168,6 @@ impl Decoder {
     pub fn step_batch(&self, embeds: &Tensor, caches: &mut [&mut KvCache]) -> Result<Tensor> {
         match caches {
             [cache] => self.forward(embeds, cache),
-            _ if embeds.size()[0] != caches.len() as i64 => Err(OcrError::Invalid(format!(
-                "a decode step over {} sequences got {} rows",
-                caches.len(),
-                embeds.size()[0]
-            ))),
             _ => self.layers_forward(embeds, caches, self.plan.decode),
         }
     }
@@ -920,8 +1182,8 @@ impl Decoder {
         Ok(())
     }
 
-    /// The layers over `embeds`: with one cache, its next T positions; with B caches, one row
-    /// each (see [`Attention::forward`]). Advances the caches.
+    /// The layers as libtorch operations ([`Torch`]) over `embeds`: with one cache, its next T
+    /// positions; with B caches, one row each. Advances the caches.
     fn layers_forward(
         &self,
         embeds: &Tensor,
@@ -930,36 +1192,22 @@ impl Decoder {
     ) -> Result<Tensor> {
         let t = embeds.size()[0];
         let rows = if caches.len() == 1 { t } else { 1 };
-        for cache in caches.iter() {
-            Self::check_room(cache, rows)?;
-        }
-        let positions: Vec<i64> = caches.iter().map(|c| c.len).collect();
-        let rope = match caches {
-            [_] => self.rope.at(positions[0], t)?,
-            _ => self
-                .rope
-                .at_each(&Tensor::from_slice(&positions).to_device(embeds.device()))?,
+        let hidden = {
+            let mut o = Torch::new(self, path, caches, t, embeds.device())?;
+            self.run(&mut o, embeds.shallow_clone())?
         };
-        let mut x = embeds.shallow_clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let mut layer_caches: Vec<&mut LayerCache> =
-                caches.iter_mut().map(|c| &mut c.layers[i]).collect();
-            let normed = layer.input_norm.forward(&x)?;
-            let h = &x
-                + layer
-                    .attn
-                    .forward(&normed, &rope, &mut layer_caches, &positions, path)?;
-            let normed = layer.post_norm.forward(&h)?;
-            let f = match &layer.ffn {
-                Ffn::Dense(mlp) => mlp.forward(&normed, path)?,
-                Ffn::Moe(moe) => moe.forward(&normed, path)?,
-            };
-            x = h + f;
-        }
         for cache in caches.iter_mut() {
             cache.len += rows;
         }
-        self.norm.forward(&x)
+        Ok(hidden)
+    }
+
+    /// Every layer, then the final norm.
+    fn run<O: Ops>(&self, o: &mut O, mut x: O::X) -> Result<O::X> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(o, i, x)?;
+        }
+        o.rms_norm(&x, &self.norm)
     }
 
     /// f32 logits `[n, V]` of hidden states `[n, H]`.
@@ -971,95 +1219,137 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
-    /// A MoE block over the given stacked experts (`[E, 2M, H]`, `[E, H, M]`), top-3.
-    fn moe_of(gate: &Tensor, gate_up: Tensor, down: Tensor, shared: Option<Mlp>) -> Moe {
-        Moe {
-            gate: gate.copy(),
-            gate_up_t: gate_up.transpose(1, 2),
-            down_t: down.transpose(1, 2),
-            expert_ids: Tensor::arange(gate_up.size()[0], (Kind::Int64, Device::Cpu)),
-            inner: down.size()[2],
-            gate_up,
-            down,
-            top_k: 3,
-            scale: 1.0,
-            shared,
-        }
+    /// The tiny model's language config (hidden 64, 8 routed experts of width 32, top-3, 2
+    /// shared).
+    fn tiny() -> LanguageConfig {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-model/config.json"
+        );
+        let text = std::fs::read_to_string(path).expect("tiny config");
+        Config::from_json(&text).expect("config").language_config
     }
 
-    /// A random MoE block: 8 experts of width 16 on hidden 32, top-3, one shared expert.
-    fn moe() -> Moe {
+    /// A MoE layer's checkpoint tensors (random), loaded through [`Moe::load`], and the
+    /// checkpoint tensors themselves.
+    fn moe(l: &LanguageConfig) -> (Moe, HashMap<String, Tensor>) {
         let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2;
-        let shared = Mlp {
-            gate_up: r(&[32, 32]),
-            down: r(&[32, 16]),
+        let (h, m, s) = (l.hidden_size, l.moe_intermediate_size, l.n_shared_experts);
+        let p = "model.layers.1.mlp";
+        let mut t = HashMap::new();
+        t.insert(format!("{p}.gate.weight"), r(&[l.n_routed_experts, h]));
+        let mut mlp = |prefix: String, inner: i64| {
+            t.insert(format!("{prefix}.gate_proj.weight"), r(&[inner, h]));
+            t.insert(format!("{prefix}.up_proj.weight"), r(&[inner, h]));
+            t.insert(format!("{prefix}.down_proj.weight"), r(&[h, inner]));
         };
-        moe_of(&r(&[8, 32]), r(&[8, 32, 32]), r(&[8, 32, 16]), Some(shared))
+        for e in 0..l.n_routed_experts {
+            mlp(format!("{p}.experts.{e}"), m);
+        }
+        mlp(format!("{p}.shared_experts"), s * m);
+        let copies: HashMap<String, Tensor> =
+            t.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
+        let mut w = Weights::from_tensors(t, Device::Cpu);
+        let mut loader = Loader::new(&mut w, Device::Cpu).expect("loader");
+        (Moe::load(&mut loader, p, l).expect("load"), copies)
+    }
+
+    /// The reference's MoE on `x` `[T, H]`, token by token from the checkpoint tensors: softmax
+    /// gate, top-k routed experts weighted by their probabilities, plus the shared MLP (whole).
+    fn reference(x: &Tensor, t: &HashMap<String, Tensor>, l: &LanguageConfig) -> Tensor {
+        let p = "model.layers.1.mlp";
+        let mlp = |x: &Tensor, prefix: &str| {
+            let w = |n: &str| &t[&format!("{prefix}.{n}.weight")];
+            let g = x.linear::<Tensor>(w("gate_proj"), None).silu();
+            (g * x.linear::<Tensor>(w("up_proj"), None)).linear::<Tensor>(w("down_proj"), None)
+        };
+        let probs = x
+            .linear::<Tensor>(&t[&format!("{p}.gate.weight")], None)
+            .softmax(-1, Kind::Float);
+        let (weights, ids) = probs.topk(l.num_experts_per_tok, -1, true, true);
+        let rows: Vec<Tensor> = (0..x.size()[0])
+            .map(|i| {
+                let xi = x.narrow(0, i, 1);
+                let mut y = mlp(&xi, &format!("{p}.shared_experts"));
+                for j in 0..l.num_experts_per_tok {
+                    let e = ids.int64_value(&[i, j]);
+                    let wj = weights.double_value(&[i, j]);
+                    y += mlp(&xi, &format!("{p}.experts.{e}")) * wj;
+                }
+                y
+            })
+            .collect();
+        Tensor::cat(&rows, 0)
+    }
+
+    /// Ops over no cache (the MoE operations use none).
+    fn torch<'a, 'c>(path: Path, caches: &'a mut [&'c mut KvCache]) -> Torch<'a, 'c> {
+        Torch {
+            path,
+            caches,
+            at: Vec::new(),
+            rope: RopeAt {
+                cos: Tensor::new(),
+                sin: Tensor::new(),
+            },
+        }
     }
 
     #[test]
-    fn expert_paths_agree() {
+    fn every_expert_path_is_the_reference_moe() {
+        let _rng = crate::ocr::weights::lock_global_rng();
         tch::manual_seed(3);
-        let m = moe();
-        let x = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
-        let probs = x.linear::<Tensor>(&m.gate, None).softmax(-1, Kind::Float);
-        let (weights, ids) = probs.topk(3, -1, true, true);
+        let l = tiny();
+        let (moe, tensors) = moe(&l);
         let isa = Isa::best();
-        let a = m.gathered(&x, &ids);
-        let b = gemv::routed_experts(isa, &x, &ids, &m.gate_up, &m.down).expect("routed");
-        let c = m.grouped(&x, &ids, Path::Libtorch).expect("grouped");
-        // Reference: every (token, slot) through its expert one by one.
-        let ids_v = Vec::<i64>::try_from(ids.reshape([-1])).expect("ids");
-        let rows: Vec<Tensor> = ids_v
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| {
-                let t = x.get(i as i64 / 3).unsqueeze(0);
-                let gu = m.gate_up.get(e);
-                let g = t.linear::<Tensor>(&gu.narrow(0, 0, 16), None).silu();
-                let u = t.linear::<Tensor>(&gu.narrow(0, 16, 16), None);
-                (g * u).linear::<Tensor>(&m.down.get(e), None)
-            })
-            .collect();
-        let want = Tensor::cat(&rows, 0);
-        // bf16 stacked weights through the same kernel, against f32 math on the same
-        // (bf16-rounded) weights.
-        let (gu16, down16) = (
-            m.gate_up.to_kind(Kind::BFloat16),
-            m.down.to_kind(Kind::BFloat16),
-        );
-        let d = gemv::routed_experts(isa, &x, &ids, &gu16, &down16).expect("routed bf16");
-        let rounded = moe_of(
-            &m.gate,
-            gu16.to_kind(Kind::Float),
-            down16.to_kind(Kind::Float),
-            None,
-        );
-        let want16 = rounded.gathered(&x, &ids);
-        let diff = (&d - &want16).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "routed bf16: max diff {diff}");
-        for (name, got) in [("gathered", a), ("routed", b), ("grouped", c)] {
-            let diff = (&got - &want).abs().max().double_value(&[]);
+        let mut empty = KvCache {
+            layers: Vec::new(),
+            len: 0,
+            capacity: 0,
+        };
+        let check = |name: &str, got: &Tensor, want: &Tensor| {
+            let diff = (got - want).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{name}: max diff {diff}");
+        };
+        for tokens in [1, 2, 4, 9] {
+            let x = Tensor::randn([tokens, l.hidden_size], (Kind::Float, Device::Cpu));
+            let want = reference(&x, &tensors, &l);
+            let zero = x.zeros_like();
+            // libtorch: the grouped matmul for up to 4 tokens, expert by expert above.
+            for path in [Path::Libtorch, Path::Kernels(isa)] {
+                let mut o = torch(path, &mut []);
+                let got = moe
+                    .forward(&mut o, &x, zero.shallow_clone())
+                    .expect("torch");
+                check(
+                    &format!("{tokens} token(s) on {}", path.name()),
+                    &got,
+                    &want,
+                );
+            }
+            // dsocr's one-token step, row by row.
+            for i in 0..tokens {
+                let mut step = Step {
+                    isa,
+                    cache: &mut empty,
+                    pos: 0,
+                    cos: &[],
+                    sin: &[],
+                };
+                let row = Vec::<f32>::try_from(x.get(i)).expect("row");
+                let got = moe
+                    .forward(&mut step, &row, vec![0.0; row.len()])
+                    .expect("step");
+                check(
+                    &format!("step, row {i} of {tokens}"),
+                    &Tensor::from_slice(&got).unsqueeze(0),
+                    &want.narrow(0, i, 1),
+                );
+            }
         }
-        // The grouped matmul gives the weighted sums directly: four tokens, then one.
-        let weighted = m.weigh(&want, &weights).expect("weigh");
-        let got = m.grouped_mm(&x, &weights, &ids).expect("grouped_mm");
-        let diff = (&got - &weighted).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "grouped_mm, 4 tokens: max diff {diff}");
-        let one = m
-            .grouped_mm(
-                &x.narrow(0, 2, 1),
-                &weights.narrow(0, 2, 1),
-                &ids.narrow(0, 2, 1),
-            )
-            .expect("grouped_mm, one token");
-        let diff = (&one - &weighted.narrow(0, 2, 1))
-            .abs()
-            .max()
-            .double_value(&[]);
-        assert!(diff < 1e-5, "grouped_mm, 1 token: max diff {diff}");
     }
 }

@@ -480,7 +480,7 @@ fn step(model: &DeepseekOcr, running: &mut Vec<Running>, driver: &mut impl Drive
         .iter()
         .map(|r| r.out.tokens[r.out.tokens.len() - 1])
         .collect();
-    let embeds = model.decoder.embed(&Tensor::from_slice(&last));
+    let embeds = model.decoder.embed(&Tensor::from_slice(&last))?;
     let mut caches: Vec<&mut KvCache> = running.iter_mut().map(|r| &mut r.cache).collect();
     let hidden = model.decoder.step_batch(&embeds, &mut caches)?;
     let logits = model.decoder.logits(&hidden)?;
@@ -555,7 +555,7 @@ fn available_memory() -> Option<u64> {
 /// One decode step's model work: the embedding of `id`, the decoder over it at the next position
 /// of `cache`, and its logits `[1, V]` (f32).
 pub fn next_logits(model: &DeepseekOcr, cache: &mut KvCache, id: i64) -> Result<Tensor> {
-    let embeds = model.decoder.embed(&Tensor::from_slice(&[id]));
+    let embeds = model.decoder.embed(&Tensor::from_slice(&[id]))?;
     let hidden = model.decoder.forward(&embeds, cache)?;
     model.decoder.logits(&hidden)
 }
@@ -582,7 +582,7 @@ pub fn choose_rows(logits: &Tensor, banned: &[Vec<i64>]) -> Result<Vec<i64>> {
     let logits = if flat.is_empty() {
         logits.shallow_clone()
     } else {
-        let index = Tensor::from_slice(&flat).to_device(logits.device());
+        let index = super::decoder::on_device(&Tensor::from_slice(&flat), logits.device())?;
         logits
             .f_reshape([-1])?
             .f_index_fill(0, &index, f64::NEG_INFINITY)?

@@ -183,7 +183,7 @@ impl DeepseekOcr {
                 ids.len()
             )));
         }
-        let embeds = self.decoder.embed(&Tensor::from_slice(ids));
+        let embeds = self.decoder.embed(&Tensor::from_slice(ids))?;
         let positions: Vec<i64> = (0..ids.len() as i64)
             .filter(|&i| input.image_mask[i as usize])
             .collect();

@@ -222,6 +222,17 @@ fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
 }
 
 impl Weights {
+    /// Weights made of `tensors` as they are (unit tests of the loaders).
+    #[cfg(test)]
+    pub(crate) fn from_tensors(tensors: HashMap<String, Tensor>, device: Device) -> Self {
+        Self {
+            tensors,
+            device,
+            source: PathBuf::from("test tensors"),
+            keep: KeepAlive { _maps: Vec::new() },
+        }
+    }
+
     /// Load one safetensors file as it is (every tensor it holds, no name contract), converting
     /// floating-point tensors to `kind` on `device`.
     pub fn load(path: &Path, kind: Kind, device: Device) -> Result<Self> {

@@ -17,10 +17,6 @@ pub const TESTS: &[(&str, KernelTest)] = &[
         "several_products_keep_their_order",
         several_products_keep_their_order,
     ),
-    (
-        "routed_experts_match_per_expert_products",
-        routed_experts_match_per_expert_products,
-    ),
     ("step_kernels_match_libtorch", step_kernels_match_libtorch),
     (
         "relpos_attn_matches_libtorch_per_window",
@@ -118,34 +114,6 @@ fn several_products_keep_their_order(isa: Isa) {
     assert!(outs[0].allclose(&want1, 1e-5, 1e-4, false));
     assert!(outs[1].allclose(&want2, 1e-5, 1e-4, false));
     assert!(outs[2].equal(&outs[0]));
-}
-
-/// The routed experts straight from stacked bf16 weights against each (token, slot) through its
-/// expert one by one in libtorch.
-fn routed_experts_match_per_expert_products(isa: Isa) {
-    tch::manual_seed(14);
-    let opts = (Kind::Float, Device::Cpu);
-    let (experts, hidden, inner, top_k) = (6, 40, 24, 2);
-    let gate_up = (Tensor::randn([experts, 2 * inner, hidden], opts) * 0.2).to_kind(Kind::BFloat16);
-    let down = (Tensor::randn([experts, hidden, inner], opts) * 0.2).to_kind(Kind::BFloat16);
-    let x = Tensor::randn([3, hidden], opts);
-    let ids = Tensor::from_slice(&[0i64, 5, 3, 3, 1, 4]).view([3, top_k]);
-    let got = gemv::routed_experts(isa, &x, &ids, &gate_up, &down).expect("routed");
-    let ids_v = Vec::<i64>::try_from(ids.reshape([-1])).expect("ids");
-    let rows: Vec<Tensor> = ids_v
-        .iter()
-        .enumerate()
-        .map(|(i, &e)| {
-            let t = x.get(i as i64 / top_k).unsqueeze(0);
-            let gu = gate_up.get(e).to_kind(Kind::Float);
-            let g = t.linear::<Tensor>(&gu.narrow(0, 0, inner), None).silu();
-            let u = t.linear::<Tensor>(&gu.narrow(0, inner, inner), None);
-            (g * u).linear::<Tensor>(&down.get(e).to_kind(Kind::Float), None)
-        })
-        .collect();
-    let want = Tensor::cat(&rows, 0);
-    let diff = (&got - &want).abs().max().double_value(&[]);
-    assert!(diff < 1e-5, "routed experts: max diff {diff}");
 }
 
 fn values(t: &Tensor) -> Vec<f32> {

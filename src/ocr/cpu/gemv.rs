@@ -1,5 +1,4 @@
-//! Matrix-vector products with bf16 (or f32) weights and f32 activations on the CPU, and the
-//! routed experts of a decode step built on them.
+//! Matrix-vector products with bf16 (or f32) weights and f32 activations on the CPU.
 //!
 //! A decode step multiplies one token's activations by every weight matrix it uses, so it is
 //! bound by how fast the weights stream from memory. Keeping them in bf16 halves that traffic,
@@ -10,9 +9,8 @@
 //! that of f32, and the result is at least as accurate as a bf16 matmul.
 //!
 //! Work is split into blocks of output rows run in parallel through [`par`] (on libtorch's own
-//! OpenMP threads where they can be reached). [`routed_experts`] reads the chosen expert ids
-//! inside the call and runs the experts straight from the stacked weights: no copy of expert
-//! weights, no `to_vec`.
+//! OpenMP threads where they can be reached). A matrix of stacked ones (an expert of the MoE's
+//! stacked weights) is read in place ([`Matrix::stacked`]): no copy of expert weights.
 //!
 //! Every entry point takes the [`Isa`] to run: AVX-512 and AVX2 kernels on x86-64, and a
 //! portable one (several independent accumulators, which the compiler vectorises for the
@@ -124,103 +122,6 @@ pub fn products(isa: Isa, jobs: &[Product<'_>]) -> Result<Vec<Tensor>> {
     }
     matvecs(isa, jobs)?;
     Ok(outs)
-}
-
-/// The routed experts of a few tokens, computed from stacked expert weights without copying
-/// them and without a host round trip: for each token `t` and slot `j`, expert
-/// `e = ids[t, j]` gives `down[e] (silu(gate[e] x_t) * up[e] x_t)`. `x` `[T, H]` f32, `ids`
-/// `[T, k]` int64 (read straight from its memory inside this call), `gate_up` `[E, 2M, H]` (gate
-/// rows then up rows) and `down` `[E, H, M]`, bf16 or f32, all on the CPU. Returns `[T*k, H]`
-/// f32 in (token, slot) order. All gate-and-up products run in one parallel pass, then all
-/// down products in another.
-pub fn routed_experts(
-    isa: Isa,
-    x: &Tensor,
-    ids: &Tensor,
-    gate_up: &Tensor,
-    down: &Tensor,
-) -> Result<Tensor> {
-    let (experts, two_m, hidden) = gate_up.size3()?;
-    let inner = two_m / 2;
-    let (tokens, width) = x.size2()?;
-    let ok = applies(x, gate_up)
-        && down.kind() == gate_up.kind()
-        && down.size() == [experts, hidden, inner]
-        && width == hidden
-        && ids.kind() == Kind::Int64
-        && ids.device() == Device::Cpu
-        && ids.size().first() == Some(&tokens);
-    if !ok {
-        return Err(OcrError::Invalid(format!(
-            "routed experts: x {:?} {:?}, ids {:?} {:?}, gate_up {:?} {:?}, down {:?}: shapes \
-             or kinds do not fit",
-            x.kind(),
-            x.size(),
-            ids.kind(),
-            ids.size(),
-            gate_up.kind(),
-            gate_up.size(),
-            down.size()
-        )));
-    }
-    let (x, ids) = (x.f_contiguous()?, ids.f_contiguous()?);
-    let (gate_up, down) = (gate_up.f_contiguous()?, down.f_contiguous()?);
-    let (h, m) = (hidden as usize, inner as usize);
-    let out = Tensor::f_empty([ids.numel() as i64, hidden], (Kind::Float, Device::Cpu))?;
-    let (gu_w, down_w) = (Matrix::of(&gate_up)?, Matrix::of(&down)?);
-    // SAFETY: `x`, `ids` and `out` are contiguous CPU tensors of the kinds checked above, alive
-    // until the end of this function; `out` is fresh and referenced by nothing else.
-    let (x_s, ids_s, out_s) = unsafe {
-        (
-            f32_slice(&x),
-            std::slice::from_raw_parts(ids.data_ptr() as *const i64, ids.numel()),
-            f32_slice_mut(&out),
-        )
-    };
-    if let Some(bad) = ids_s.iter().find(|&&e| !(0..experts).contains(&e)) {
-        return Err(OcrError::Invalid(format!(
-            "routed experts: expert id {bad} outside 0..{experts}"
-        )));
-    }
-    let slots = ids_s.len() / tokens.max(1) as usize;
-    let mut gu = vec![0f32; ids_s.len() * 2 * m];
-    let experts = experts as usize;
-    let jobs = ids_s
-        .iter()
-        .zip(gu.chunks_mut(2 * m))
-        .enumerate()
-        .map(|(i, (&e, out))| {
-            Ok(MatVec {
-                m: gu_w.stacked(e as usize, experts)?,
-                x: &x_s[i / slots * h..][..h],
-                out,
-            })
-        })
-        .collect::<Result<_>>()?;
-    matvecs(isa, jobs)?;
-    let act: Vec<f32> = gu
-        .chunks_exact(2 * m)
-        .flat_map(|row| {
-            let (gate, up) = row.split_at(m);
-            gate.iter()
-                .zip(up)
-                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-        })
-        .collect();
-    let jobs = ids_s
-        .iter()
-        .zip(act.chunks_exact(m))
-        .zip(out_s.chunks_mut(h))
-        .map(|((&e, x), out)| {
-            Ok(MatVec {
-                m: down_w.stacked(e as usize, experts)?,
-                x,
-                out,
-            })
-        })
-        .collect::<Result<_>>()?;
-    matvecs(isa, jobs)?;
-    Ok(out)
 }
 
 /// A row-major matrix `[N, K]` of bf16 or f32 values borrowed from a CPU tensor (or a slice),
@@ -685,6 +586,26 @@ mod x86 {
         }
     }
 
+    /// Stores a few-row block's products at `o[(r0 + r) * t + m0 + m]`: `sums[r][m]`, the SIMD
+    /// part over `0..body`, plus the rest `body..k` of each dot product.
+    fn store_block<const NR: usize, const MR: usize>(
+        w: &[u16],
+        x: &[f32],
+        (k, body): (usize, usize),
+        (t, r0, m0): (usize, usize, usize),
+        sums: &[[f32; MR]; NR],
+        o: &mut [f32],
+    ) {
+        for (r, row_sums) in sums.iter().enumerate() {
+            let row = &w[(r0 + r) * k..][..k];
+            for (m, &sum) in row_sums.iter().enumerate() {
+                let xm = &x[(m0 + m) * k..][..k];
+                let tail: f32 = (body..k).map(|j| widen(row[j]) * xm[j]).sum();
+                o[(r0 + r) * t + m0 + m] = sum + tail;
+            }
+        }
+    }
+
     /// `NR` weight rows by `MR` activation rows: `o[r * t + m] += dot(w row r, x row m)` for
     /// the block at weight row `r0` and activation row `m0`, `k` a multiple of 16 handled here
     /// and the rest by the caller.
@@ -722,14 +643,13 @@ mod x86 {
             }
             i += 16;
         }
+        let mut sums = [[0f32; MR]; NR];
         for r in 0..NR {
             for m in 0..MR {
-                let row = &w[(r0 + r) * k..][..k];
-                let xm = &x[(m0 + m) * k..][..k];
-                let tail: f32 = (body..k).map(|j| widen(row[j]) * xm[j]).sum();
-                o[(r0 + r) * t + m0 + m] = _mm512_reduce_add_ps(acc[r][m]) + tail;
+                sums[r][m] = _mm512_reduce_add_ps(acc[r][m]);
             }
         }
+        store_block(w, x, (k, body), (t, r0, m0), &sums, o);
     }
 
     /// Every weight row of `w` against every row of `x` (`t` rows of `k`): `o` `[rows, t]`.
@@ -855,14 +775,13 @@ mod x86 {
             }
             i += 8;
         }
+        let mut sums = [[0f32; MR]; NR];
         for r in 0..NR {
             for m in 0..MR {
-                let row = &w[(r0 + r) * k..][..k];
-                let xm = &x[(m0 + m) * k..][..k];
-                let tail: f32 = (body..k).map(|j| widen(row[j]) * xm[j]).sum();
-                o[(r0 + r) * t + m0 + m] = hsum256(acc[r][m]) + tail;
+                sums[r][m] = hsum256(acc[r][m]);
             }
         }
+        store_block(w, x, (k, body), (t, r0, m0), &sums, o);
     }
 
     /// Every weight row of `w` against every row of `x` (`t` rows of `k`): `o` `[rows, t]`.
@@ -928,18 +847,5 @@ mod tests {
         assert!(products(isa, &[Product { weight: &w, x: &x }]).is_ok());
         let out = products(isa, &[Product { weight: &f, x: &x }]).expect("f32 weights");
         assert_eq!(Vec::<f32>::try_from(&out[0]).expect("out"), vec![8.0; 4]);
-        // An expert id outside the stack is an error, not a read out of bounds.
-        let gate_up = Tensor::zeros([2, 6, 8], (Kind::Float, Device::Cpu));
-        let down = Tensor::zeros([2, 8, 3], (Kind::Float, Device::Cpu));
-        let xs = Tensor::zeros([1, 8], (Kind::Float, Device::Cpu));
-        let bad = Tensor::from_slice(&[0i64, 2]).view([1, 2]);
-        let good = Tensor::from_slice(&[1i64, 0]).view([1, 2]);
-        assert!(routed_experts(isa, &xs, &bad, &gate_up, &down).is_err());
-        assert_eq!(
-            routed_experts(isa, &xs, &good, &gate_up, &down)
-                .expect("ids in range")
-                .size(),
-            [2, 8]
-        );
     }
 }

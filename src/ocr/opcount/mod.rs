@@ -15,6 +15,7 @@ use std::ffi::c_int;
 unsafe extern "C" {
     fn dsocr_opcount_start() -> c_int;
     fn dsocr_opcount_stop(all: *mut i64, top: *mut i64, host_reads: *mut i64) -> c_int;
+    fn dsocr_opcount_names(buf: *mut std::ffi::c_char, cap: i64) -> i64;
     fn dsocr_accelerator_memory(
         device: c_int,
         allocated: *mut i64,
@@ -103,6 +104,26 @@ impl Counter {
     }
 }
 
+/// The operators issued during the last count on this thread (top-level ones, by name, with
+/// how many times each), after [`Counter::stop`]; most frequent first.
+pub fn last_count_by_name() -> Vec<(String, i64)> {
+    // SAFETY: a null buffer of capacity 0 is only measured, never written.
+    let len = unsafe { dsocr_opcount_names(std::ptr::null_mut(), 0) };
+    let mut buf = vec![0u8; len.max(0) as usize + 1];
+    // SAFETY: `buf` is `len + 1` writable bytes; the call writes at most that many.
+    unsafe { dsocr_opcount_names(buf.as_mut_ptr().cast(), buf.len() as i64) };
+    buf.truncate(len.max(0) as usize);
+    let mut names: Vec<(String, i64)> = String::from_utf8_lossy(&buf)
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.rsplit_once(' ')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    names.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    names
+}
+
 impl Drop for Counter {
     fn drop(&mut self) {
         let (mut a, mut b, mut c) = (0, 0, 0);
@@ -132,6 +153,18 @@ mod tests {
         assert!(c.top >= 4, "{c:?}");
         assert!(c.all > c.top, "linear dispatches nested operators: {c:?}");
         assert_eq!(c.host_reads, 1, "{c:?}");
+        let names = last_count_by_name();
+        assert_eq!(
+            names.iter().map(|(_, n)| n).sum::<i64>(),
+            c.top,
+            "the breakdown adds up: {names:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .any(|(name, n)| name == "aten::linear" && *n == 1),
+            "{names:?}"
+        );
         // Stopped: nothing more is counted, and a new counter starts from zero.
         let _ = &x * 2.0;
         let again = Counter::start().expect("counting again").stop();

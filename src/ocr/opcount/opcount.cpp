@@ -7,8 +7,11 @@
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <string>
 
 namespace {
 
@@ -20,6 +23,8 @@ struct Counts {
 };
 
 thread_local Counts counts;
+// Top-level operators by name (what the caller issued), for the breakdown of a count.
+thread_local std::map<std::string, int64_t> top_names;
 thread_local at::CallbackHandle handle = 0;
 
 // Operators whose CUDA implementation reads a value back to the host before it returns
@@ -60,6 +65,7 @@ std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
   counts.all += 1;
   if (top) {
     counts.top += 1;
+    top_names[fn.name()] += 1;
   }
   counts.depth += 1;
   if (is_host_read(fn, top)) {
@@ -82,6 +88,7 @@ int dsocr_opcount_start() {
     return -1;
   }
   counts = Counts{};
+  top_names.clear();
   handle = at::addThreadLocalCallback(at::RecordFunctionCallback(on_start, on_end)
                                           .needsInputs(true)
                                           .scopes({at::RecordScope::FUNCTION}));
@@ -99,6 +106,22 @@ int dsocr_opcount_stop(int64_t* all, int64_t* top, int64_t* host_reads) {
   *top = counts.top;
   *host_reads = counts.host_reads;
   return 0;
+}
+
+// The top-level operators of the last count on this thread, one "name count" line each
+// (by name), written into `buf` (`cap` bytes, NUL-terminated when it fits). Returns the
+// length the whole text needs, without the NUL.
+int64_t dsocr_opcount_names(char* buf, int64_t cap) {
+  std::string text;
+  for (const auto& [name, n] : top_names) {
+    text += name + " " + std::to_string(n) + "\n";
+  }
+  if (cap > 0) {
+    const auto len = std::min<int64_t>(cap - 1, static_cast<int64_t>(text.size()));
+    std::memcpy(buf, text.data(), static_cast<size_t>(len));
+    buf[len] = '\0';
+  }
+  return static_cast<int64_t>(text.size());
 }
 
 // The caching allocator's bytes on accelerator `device` (CUDA): currently allocated, their

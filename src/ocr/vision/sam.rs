@@ -95,7 +95,14 @@ impl RelPosAttention {
     fn core(&self, qkv: &Tensor, h: i64, w: i64) -> Result<Tensor> {
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let (rel_h, rel_w) = self.rel_pos_terms(&q, h, w)?;
-        attention_with_rel_pos(&q, &k, &v, &rel_h, &rel_w)
+        RelPos {
+            q: &q,
+            k: &k,
+            v: &v,
+            rel_h: &rel_h,
+            rel_w: &rel_w,
+        }
+        .attention()
     }
 
     /// The two halves of the additive mask from the unscaled queries `q`
@@ -129,100 +136,105 @@ const CPU_MASK_CHUNK_BYTES: usize = 128 << 20;
 const CPU_MIN_CHUNK_ROWS: i64 = 768;
 
 /// Query rows per SDPA call in a global block on the CPU, one head at a time (see
-/// [`attention_per_head`]).
+/// [`RelPos::per_head`]).
 const CPU_HEAD_CHUNK_ROWS: i64 = 2048;
 
 /// From this many queries on (global blocks; windows have 196), the CPU takes one head at a
 /// time.
 const CPU_PER_HEAD_MIN_ROWS: i64 = 1024;
 
-/// `softmax(q k^T / sqrt(d) + rel_h + rel_w) v` through SDPA (CUDA, bf16 compute, CPUs
-/// without AVX-512; elsewhere [`RelPosAttention::forward_fused`] runs instead), the mask built
-/// for one chunk of queries at a time (on CUDA, where allocation is cheap, in one piece).
-fn attention_with_rel_pos(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    rel_h: &Tensor,
-    rel_w: &Tensor,
-) -> Result<Tensor> {
-    let (b, heads, len, _) = q.size4()?;
-    if !q.device().is_cuda() && len >= CPU_PER_HEAD_MIN_ROWS {
-        return attention_per_head(q, k, v, rel_h, rel_w);
-    }
-    let (kh, kw) = (rel_h.size()[3], rel_w.size()[4]);
-    let row_bytes = (b * heads * kh * kw) as usize * q.kind().elt_size_in_bytes();
-    let chunk = if q.device().is_cuda() {
-        len
-    } else {
-        ((CPU_MASK_CHUNK_BYTES / row_bytes.max(1)) as i64)
-            .max(CPU_MIN_CHUNK_ROWS)
-            .min(len)
-    };
-    let buffer = Tensor::f_empty([b, heads, chunk, kh, kw], (q.kind(), q.device()))?;
-    let mut outs = Vec::with_capacity(((len + chunk - 1) / chunk) as usize);
-    for start in (0..len).step_by(chunk as usize) {
-        let n = chunk.min(len - start);
-        outs.push(query_chunk(q, k, v, rel_h, rel_w, &buffer, start, n)?);
-    }
-    Ok(Tensor::f_cat(&outs, 2)?)
+/// The inputs of one attention with decomposed relative positions: q, k, v `[B, heads, L, d]`
+/// and the relative-position terms `rel_h` `[B, heads, L, kh, 1]` and `rel_w`
+/// `[B, heads, L, 1, kw]`, whose sum is the mask.
+struct RelPos<'a> {
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+    rel_h: &'a Tensor,
+    rel_w: &'a Tensor,
 }
 
-/// Attention of queries `start..start + n` of `q` `[B, heads, L, d]`, their mask
-/// `rel_h + rel_w` written into `buffer` (at least `n` rows along dim 2) first.
-#[allow(clippy::too_many_arguments)]
-fn query_chunk(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    rel_h: &Tensor,
-    rel_w: &Tensor,
-    buffer: &Tensor,
-    start: i64,
-    n: i64,
-) -> Result<Tensor> {
-    let (b, heads, _, kh, _) = rel_h.size5()?;
-    let kw = rel_w.size()[4];
-    let mask = rel_h
-        .f_narrow(2, start, n)?
-        .f_add_out(&buffer.f_narrow(2, 0, n)?, &rel_w.f_narrow(2, start, n)?)?
-        .f_view([b, heads, n, kh * kw])?;
-    attention(&q.f_narrow(2, start, n)?, k, v, Some(&mask))
-}
+impl RelPos<'_> {
+    /// `softmax(q k^T / sqrt(d) + rel_h + rel_w) v` through SDPA (CUDA, bf16 compute, CPUs
+    /// without AVX-512; elsewhere [`RelPosAttention::forward_fused`] runs instead), the mask
+    /// built for one chunk of queries at a time (on CUDA, where allocation is cheap, in one
+    /// piece).
+    fn attention(&self) -> Result<Tensor> {
+        let (b, heads, len, _) = self.q.size4()?;
+        if !self.q.device().is_cuda() && len >= CPU_PER_HEAD_MIN_ROWS {
+            return self.per_head();
+        }
+        let (kh, kw) = (self.rel_h.size()[3], self.rel_w.size()[4]);
+        let row_bytes = (b * heads * kh * kw) as usize * self.q.kind().elt_size_in_bytes();
+        let chunk = if self.q.device().is_cuda() {
+            len
+        } else {
+            ((CPU_MASK_CHUNK_BYTES / row_bytes.max(1)) as i64)
+                .max(CPU_MIN_CHUNK_ROWS)
+                .min(len)
+        };
+        let buffer = Tensor::f_empty([b, heads, chunk, kh, kw], (self.q.kind(), self.q.device()))?;
+        let mut outs = Vec::with_capacity(((len + chunk - 1) / chunk) as usize);
+        for start in (0..len).step_by(chunk as usize) {
+            let n = chunk.min(len - start);
+            outs.push(self.query_chunk(&buffer, start, n)?);
+        }
+        Ok(Tensor::f_cat(&outs, 2)?)
+    }
 
-/// [`attention_with_rel_pos`] for long sequences on the CPU: one head and up to
-/// [`CPU_HEAD_CHUNK_ROWS`] queries per SDPA call, so that each mask chunk (32 MB at 1024 px) is
-/// written and read while it is still in the cache instead of streaming 150 MB chunks through
-/// memory. Same rows, same arithmetic. Measured on the venv's torch (2 threads, 12 heads x 4096
-/// queries x 64, the same mask construction, alternated four times in one process): 493-564 ms
-/// per global block against 569-808 ms for 768-row chunks over all heads.
-fn attention_per_head(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    rel_h: &Tensor,
-    rel_w: &Tensor,
-) -> Result<Tensor> {
-    let (b, heads, len, _) = q.size4()?;
-    let (kh, kw) = (rel_h.size()[3], rel_w.size()[4]);
-    let rows = CPU_HEAD_CHUNK_ROWS.min(len);
-    let buffer = Tensor::f_empty([1, 1, rows, kh, kw], (q.kind(), q.device()))?;
-    let out = Tensor::f_empty([b, heads, len, v.size()[3]], (q.kind(), q.device()))?;
-    let one = |t: &Tensor, i: i64, h: i64| -> Result<Tensor> {
-        Ok(t.f_narrow(0, i, 1)?.f_narrow(1, h, 1)?)
-    };
-    for i in 0..b {
-        for h in 0..heads {
-            let (qh, keys, values) = (one(q, i, h)?, one(k, i, h)?, one(v, i, h)?);
-            let (rh, rw) = (one(rel_h, i, h)?, one(rel_w, i, h)?);
-            for start in (0..len).step_by(rows as usize) {
-                let n = rows.min(len - start);
-                let o = query_chunk(&qh, &keys, &values, &rh, &rw, &buffer, start, n)?;
-                one(&out, i, h)?.f_narrow(2, start, n)?.f_copy_(&o)?;
+    /// Attention of queries `start..start + n`, their mask `rel_h + rel_w` written into
+    /// `buffer` (at least `n` rows along dim 2) first.
+    fn query_chunk(&self, buffer: &Tensor, start: i64, n: i64) -> Result<Tensor> {
+        let (b, heads, _, kh, _) = self.rel_h.size5()?;
+        let kw = self.rel_w.size()[4];
+        let mask = self
+            .rel_h
+            .f_narrow(2, start, n)?
+            .f_add_out(
+                &buffer.f_narrow(2, 0, n)?,
+                &self.rel_w.f_narrow(2, start, n)?,
+            )?
+            .f_view([b, heads, n, kh * kw])?;
+        attention(&self.q.f_narrow(2, start, n)?, self.k, self.v, Some(&mask))
+    }
+
+    /// [`RelPos::attention`] for long sequences on the CPU: one head and up to
+    /// [`CPU_HEAD_CHUNK_ROWS`] queries per SDPA call, so that each mask chunk (32 MB at 1024 px)
+    /// is written and read while it is still in the cache instead of streaming 150 MB chunks
+    /// through memory. Same rows, same arithmetic. Measured on the venv's torch (2 threads, 12
+    /// heads x 4096 queries x 64, the same mask construction, alternated four times in one
+    /// process): 493-564 ms per global block against 569-808 ms for 768-row chunks over all
+    /// heads.
+    fn per_head(&self) -> Result<Tensor> {
+        let (b, heads, len, _) = self.q.size4()?;
+        let (kh, kw) = (self.rel_h.size()[3], self.rel_w.size()[4]);
+        let rows = CPU_HEAD_CHUNK_ROWS.min(len);
+        let opts = (self.q.kind(), self.q.device());
+        let buffer = Tensor::f_empty([1, 1, rows, kh, kw], opts)?;
+        let out = Tensor::f_empty([b, heads, len, self.v.size()[3]], opts)?;
+        let one = |t: &Tensor, i: i64, h: i64| -> Result<Tensor> {
+            Ok(t.f_narrow(0, i, 1)?.f_narrow(1, h, 1)?)
+        };
+        for i in 0..b {
+            for h in 0..heads {
+                let (q, k, v) = (one(self.q, i, h)?, one(self.k, i, h)?, one(self.v, i, h)?);
+                let (rel_h, rel_w) = (one(self.rel_h, i, h)?, one(self.rel_w, i, h)?);
+                let head = RelPos {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    rel_h: &rel_h,
+                    rel_w: &rel_w,
+                };
+                for start in (0..len).step_by(rows as usize) {
+                    let n = rows.min(len - start);
+                    let o = head.query_chunk(&buffer, start, n)?;
+                    one(&out, i, h)?.f_narrow(2, start, n)?.f_copy_(&o)?;
+                }
             }
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// `R[q, k] = table[q - k + size - 1]` `[size, size, C]`, the table first resized linearly to
