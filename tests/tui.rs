@@ -920,6 +920,21 @@ fn custom_prompt_gets_the_image_tag() {
     drive(&mut a, [key(KeyCode::Enter)]);
     assert_eq!(a.ocr.preset, None);
     assert_eq!(a.prompt(), "<image>\nRead the table.");
+    // Two tags for one image: refused with the reason, over the input kept for fixing.
+    let ctrl_u = Action::Key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL));
+    drive(&mut a, [ch('t'), ctrl_u]);
+    drive(&mut a, "<image><image>".chars().map(ch));
+    drive(&mut a, [key(KeyCode::Enter)]);
+    assert!(
+        matches!(a.overlays.last(), Some(Overlay::Error { message, .. }) if message.contains("2 <image> tags")),
+        "{:?}",
+        a.overlays
+    );
+    assert!(matches!(
+        a.overlays.first(),
+        Some(Overlay::Input { value, .. }) if value == "<image><image>"
+    ));
+    assert_eq!(a.prompt(), "<image>\nRead the table.");
 }
 
 #[test]

@@ -70,6 +70,24 @@ pub fn kernels_choice(
     }
 }
 
+/// The model folder a `--model` value means (`crate::model_source`), with the command line's
+/// fix when there is none.
+pub fn model_folder(model: &str) -> anyhow::Result<std::path::PathBuf> {
+    use crate::model_source::{ModelSource, SourceError};
+    let hub_cache = crate::hub::HubEnv::from_process().hub_cache;
+    ModelSource::parse(model)
+        .and_then(|source| source.folder(&hub_cache))
+        .map_err(|e| match e {
+            SourceError::NotCached { .. } => {
+                anyhow::anyhow!("{e}; run `dsocr download {model}` or pass --model DIR")
+            }
+            SourceError::NotARepoId { .. } | SourceError::NoFolder(_) => {
+                anyhow::anyhow!("{e}; pass --model DIR (an existing folder) or a repo id")
+            }
+            SourceError::IsAFile(_) => anyhow::anyhow!("--model {e}"),
+        })
+}
+
 /// One line saying which batch was chosen and from what (`ocr` and `bench` print it).
 pub fn describe_batch(choice: &crate::ocr::generate::BatchChoice) -> String {
     let bytes = crate::hub::diagnose::human_bytes;

@@ -15,7 +15,7 @@ use super::state::{
     FileState, HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState, ServeProbe,
 };
 use crate::ocr::preprocess::Mode;
-use crate::ocr::prompt::{IMAGE_TAG, Preset};
+use crate::ocr::prompt::{Preset, user_prompt};
 use crate::tui::progress::Progress;
 
 /// How often the dashboard looks for a `dsocr serve` on the default port.
@@ -245,8 +245,10 @@ impl App {
     pub fn prompt(&self) -> String {
         match self.ocr.preset {
             Some(i) => PRESETS[i % PRESETS.len()].prompt(),
-            None if self.ocr.custom_prompt.contains(IMAGE_TAG) => self.ocr.custom_prompt.clone(),
-            None => format!("{IMAGE_TAG}\n{}", self.ocr.custom_prompt),
+            // Checked when typed (`submit_input`), so the rule's refusal cannot come here; if it
+            // did, the text goes as typed and the run says what is wrong with it.
+            None => user_prompt(&self.ocr.custom_prompt)
+                .unwrap_or_else(|_| self.ocr.custom_prompt.clone()),
         }
     }
 
@@ -285,10 +287,7 @@ impl App {
     }
 
     fn selected_repo(&self) -> Option<&str> {
-        match &self.models.selected_model {
-            ModelSource::Repo(r) => Some(r),
-            ModelSource::Folder(_) => None,
-        }
+        self.models.selected_model.repo()
     }
 
     /// Apply one action; return the jobs it asks for.
@@ -443,6 +442,15 @@ impl App {
                 vec![Job::LoadPreview(PathBuf::from(value))]
             }
             InputPurpose::Prompt => {
+                if let Err(e) = user_prompt(&value) {
+                    // Back to the input, under the reason, so the text can be fixed.
+                    self.overlays.push(Overlay::Input { purpose, value });
+                    self.overlays.push(Overlay::Error {
+                        title: "Custom prompt".to_string(),
+                        message: e.to_string(),
+                    });
+                    return Vec::new();
+                }
                 self.ocr.custom_prompt = value;
                 self.ocr.preset = None;
                 Vec::new()

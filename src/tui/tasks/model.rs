@@ -14,10 +14,10 @@ use crate::document::{
     DEFAULT_DPI, Document, DocumentReport, PAGE_SPLIT, PageEntry, page_dir, page_name,
 };
 use crate::hub::HubEnv;
-use crate::hub::cache::RepoPaths;
+use crate::model_source::SourceError;
 use crate::ocr::OcrError;
 use crate::ocr::cpu::{Kernels, Plan};
-use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
+use crate::ocr::device::{device_name, kind_name, kind_or_default, parse_device};
 use crate::ocr::session::{self, Event, OcrOutput, RunOptions, Session};
 use crate::tui::action::{Action, ActionSender, OcrRequest};
 use crate::tui::state::{ModelSource, OcrPhase, PageProgress};
@@ -416,11 +416,8 @@ fn load_key(request: &OcrRequest) -> Result<LoadKey, String> {
     let dir = model_dir(&request.model)?;
     let device = parse_device(&request.device)
         .map_err(|e| format!("{e} (the [ocr] device setting in the config file)"))?;
-    let kind = match &request.dtype {
-        Some(d) => parse_kind(d)
-            .map_err(|e| format!("{e} (the [ocr] dtype setting in the config file)"))?,
-        None => Kind::BFloat16,
-    };
+    let kind = kind_or_default(request.dtype.as_deref(), device)
+        .map_err(|e| format!("{e} (the [ocr] dtype setting in the config file)"))?;
     let kernels = match &request.kernels {
         Some(k) => Kernels::parse(k)
             .map_err(|e| format!("{e} (the [ocr] kernels setting in the config file)"))?,
@@ -437,35 +434,23 @@ fn load_key(request: &OcrRequest) -> Result<LoadKey, String> {
     })
 }
 
-/// A local folder as chosen, or the `main` snapshot of a repo in the local Hugging Face cache.
+/// The folder the chosen model means (`crate::model_source`), with the dashboard's fix when
+/// there is none.
 fn model_dir(source: &ModelSource) -> Result<PathBuf, String> {
-    match source {
-        ModelSource::Folder(dir) => folder(dir),
-        ModelSource::Repo(repo) => {
-            let missing = || {
-                format!(
-                    "{repo} is not in the local Hugging Face cache: press d in Models to \
-                     download it, or f to use a local model folder"
-                )
-            };
-            let env = HubEnv::from_process();
-            let paths = RepoPaths::new(&env.hub_cache, repo).map_err(|_| missing())?;
-            let commit = paths.resolve_revision("main").ok_or_else(missing)?;
-            Ok(paths.snapshot_dir(&commit))
-        }
-    }
-}
-
-fn folder(dir: &Path) -> Result<PathBuf, String> {
-    if dir.is_dir() {
-        Ok(dir.to_path_buf())
-    } else {
-        Err(format!(
-            "the model folder {} does not exist; press f in Models to choose the folder that \
-             holds config.json, tokenizer.json and *.safetensors",
-            dir.display()
-        ))
-    }
+    source
+        .folder(&HubEnv::from_process().hub_cache)
+        .map_err(|e| match e {
+            SourceError::NotCached { .. } => {
+                format!("{e}: press d in Models to download it, or f to use a local model folder")
+            }
+            SourceError::NoFolder(_) | SourceError::IsAFile(_) => format!(
+                "{e}; press f in Models to choose the folder that holds config.json, \
+                 tokenizer.json and *.safetensors"
+            ),
+            SourceError::NotARepoId { .. } => {
+                format!("{e}; press m in Models to choose a repo, or f to use a local folder")
+            }
+        })
 }
 
 #[cfg(test)]
