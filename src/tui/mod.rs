@@ -25,7 +25,7 @@ use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
 
-use action::{Action, ActionSender, Job};
+use action::{Action, ActionSender, Input, Job};
 use app::App;
 use graphics::{Graphics, KittyPreview, Placement};
 use keymap::{ColorEnv, Settings};
@@ -93,7 +93,7 @@ pub fn event_loop_with<B: Backend>(
     while open && !app.quit {
         let first = match rx.recv_timeout(TICK) {
             Ok(a) => a,
-            Err(RecvTimeoutError::Timeout) => Action::Tick,
+            Err(RecvTimeoutError::Timeout) => Action::Input(Input::Tick),
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut busy = apply(app, first, &mut dispatch);
