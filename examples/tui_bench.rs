@@ -15,7 +15,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use dsocr::ocr::grounding::LabeledBox;
 use dsocr::tui::action::{Action, ActionSender, Input, Outcome, Update};
 use dsocr::tui::app::App;
-use dsocr::tui::keymap::{ColorEnv, Settings};
+use dsocr::tui::config::{ColorEnv, Settings};
 use dsocr::tui::state::{Check, DeviceInfo, HeaderInfo, PreviewImage};
 use ratatui::Terminal;
 use ratatui::backend::{CrosstermBackend, TestBackend};

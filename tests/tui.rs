@@ -8,7 +8,8 @@ use std::time::Duration;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use dsocr::tui::action::{Action, Input, Job, OcrRequest, Outcome, Secret, Update};
 use dsocr::tui::app::{App, Overlay, Pane};
-use dsocr::tui::keymap::{self, ColorEnv, Command, Settings};
+use dsocr::tui::config::{ColorEnv, Settings};
+use dsocr::tui::keys::Command;
 use dsocr::tui::state::*;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -572,7 +573,7 @@ fn help_lists_every_command() {
     let t = render(&a, 100, 60);
     let km = a.settings.keymap.clone();
     for cmd in km.commands() {
-        assert!(t.contains(keymap::describe(cmd)), "help lacks {cmd:?}\n{t}");
+        assert!(t.contains(cmd.description()), "help lacks {cmd:?}\n{t}");
     }
 }
 

@@ -54,10 +54,10 @@ pub fn kernels_choice(
     if let Some(k) = flag {
         return Ok(k);
     }
-    let path = crate::tui::keymap::config_path();
-    let settings = crate::tui::keymap::Settings::load(
+    let path = crate::tui::config::config_path();
+    let settings = crate::tui::config::Settings::load(
         path.as_deref(),
-        crate::tui::keymap::ColorEnv::default(),
+        crate::tui::config::ColorEnv::default(),
     );
     match settings.ocr.kernels {
         Some(k) => crate::ocr::cpu::Kernels::parse(&k).map_err(|e| {

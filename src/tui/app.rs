@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEventKind};
 
 use super::action::{Action, Input, Job, OcrRequest, Outcome, Secret, Update};
+use super::config::Settings;
 use super::graphics::Graphics;
-use super::keymap::{Command, Key, Settings};
+use super::keys::{Command, Key};
 use super::state::{
     CachedRevision, Check, DEFAULT_MODEL, DocView, DownloadPhase, DownloadView, FileProgress,
     FileState, HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState, ServeProbe,

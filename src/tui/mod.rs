@@ -6,9 +6,10 @@
 
 pub mod action;
 pub mod app;
+pub mod config;
 pub mod event;
 pub mod graphics;
-pub mod keymap;
+pub mod keys;
 pub mod logging;
 pub mod progress;
 pub mod state;
@@ -27,8 +28,8 @@ use ratatui::layout::Rect;
 
 use action::{Action, ActionSender, Input, Job};
 use app::App;
+use config::{ColorEnv, Settings};
 use graphics::{Graphics, KittyPreview, Placement};
-use keymap::{ColorEnv, Settings};
 use state::{Check, HeaderInfo};
 
 /// How often the screen refreshes with nothing happening (spinners, elapsed time).
@@ -163,7 +164,7 @@ pub fn run() -> anyhow::Result<()> {
     let sender = ActionSender(tx);
     let log_path = logging::init(sender.clone())
         .map_err(|e| anyhow::anyhow!("cannot open the log file: {e}"))?;
-    let config = keymap::config_path();
+    let config = config::config_path();
     let settings = Settings::load(config.as_deref(), ColorEnv::from_env());
     let mut app = App::new(header(), settings);
     app.graphics = Graphics::from_env();
