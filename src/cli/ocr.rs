@@ -24,7 +24,7 @@ use crate::ocr::device::{device_name, kind_name, kind_or_default, parse_device};
 use crate::ocr::generate::{DEFAULT_NGRAM_WHITELIST, NoRepeatNgram};
 use crate::ocr::preprocess::{DEFAULT_MAX_TILES, Mode};
 use crate::ocr::prompt::{Preset, user_prompt};
-use crate::ocr::session::{Event, Job, Jobs, OcrOutput, Phase, Report, RunOptions, Session};
+use crate::ocr::session::{Event, Job, JobPhase, Jobs, OcrOutput, Report, RunOptions, Session};
 
 /// The model used when `--model` is not given.
 pub const DEFAULT_MODEL: &str = crate::hub::download::DEFAULT_REPO;
@@ -619,7 +619,7 @@ impl Jobs for Runner<'_> {
     fn event(&mut self, job: usize, event: Event) {
         let unit = self.jobs[job].unit;
         match event {
-            Event::Phase(Phase::Preprocess) => {}
+            Event::Phase(JobPhase::Preprocess) => {}
             Event::Prepared(p) => {
                 self.jobs[job].prompt_tokens = p.prompt_tokens;
                 self.progress(
@@ -638,12 +638,12 @@ impl Jobs for Runner<'_> {
                     ),
                 );
             }
-            Event::Phase(Phase::Vision) => self.progress(unit, "vision..."),
-            Event::Phase(Phase::Prefill) => {
+            Event::Phase(JobPhase::Vision) => self.progress(unit, "vision..."),
+            Event::Phase(JobPhase::Prefill) => {
                 let tokens = self.jobs[job].prompt_tokens;
                 self.progress(unit, &format!("prefill ({tokens} tokens)..."));
             }
-            Event::Phase(Phase::Decode) => self.progress(unit, "decoding..."),
+            Event::Phase(JobPhase::Decode) => self.progress(unit, "decoding..."),
             Event::Text { piece, .. } => self.out.text(unit, &piece),
         }
     }

@@ -34,7 +34,7 @@ use super::{Shared, SubmitError};
 use crate::ocr::generate::{DEFAULT_NGRAM_WHITELIST, NoRepeatNgram};
 use crate::ocr::preprocess::{DEFAULT_MAX_TILES, MAX_PIXELS, Mode, decode_image};
 use crate::ocr::prompt::{Preset, user_prompt};
-use crate::ocr::session::{Phase, RunOptions};
+use crate::ocr::session::{JobPhase, RunOptions};
 
 type St = State<Arc<Shared>>;
 
@@ -629,12 +629,12 @@ fn engine_gone() -> ApiError {
     )
 }
 
-fn phase_name(p: Phase) -> &'static str {
+fn phase_name(p: JobPhase) -> &'static str {
     match p {
-        Phase::Preprocess => "preprocess",
-        Phase::Vision => "vision",
-        Phase::Prefill => "prefill",
-        Phase::Decode => "decode",
+        JobPhase::Preprocess => "preprocess",
+        JobPhase::Vision => "vision",
+        JobPhase::Prefill => "prefill",
+        JobPhase::Decode => "decode",
     }
 }
 

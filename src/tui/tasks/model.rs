@@ -363,7 +363,7 @@ fn run_one(
         cancel,
         |event| match event {
             // Preprocessing was announced before the image was loaded or rendered.
-            Event::Phase(session::Phase::Preprocess) => {}
+            Event::Phase(session::JobPhase::Preprocess) => {}
             Event::Phase(p) => tx.send(Update::OcrPhase(phase(p))),
             Event::Prepared(p) => tx.send(Update::Log(format!(
                 "{}x{} page, {} image tokens, {} prompt tokens",
@@ -402,12 +402,12 @@ fn run_one(
     Ok(output)
 }
 
-fn phase(p: session::Phase) -> OcrPhase {
+fn phase(p: session::JobPhase) -> OcrPhase {
     match p {
-        session::Phase::Preprocess => OcrPhase::Preprocess,
-        session::Phase::Vision => OcrPhase::Vision,
-        session::Phase::Prefill => OcrPhase::Prefill,
-        session::Phase::Decode => OcrPhase::Decode,
+        session::JobPhase::Preprocess => OcrPhase::Preprocess,
+        session::JobPhase::Vision => OcrPhase::Vision,
+        session::JobPhase::Prefill => OcrPhase::Prefill,
+        session::JobPhase::Decode => OcrPhase::Decode,
     }
 }
 
