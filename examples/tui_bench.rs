@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use dsocr::ocr::grounding::LabeledBox;
-use dsocr::tui::action::{Action, ActionSender};
+use dsocr::tui::action::{Action, ActionSender, Input, Outcome, Update};
 use dsocr::tui::app::App;
-use dsocr::tui::keymap::{ColorEnv, Settings};
+use dsocr::tui::config::{ColorEnv, Settings};
 use dsocr::tui::state::{Check, DeviceInfo, HeaderInfo, PreviewImage};
 use ratatui::Terminal;
 use ratatui::backend::{CrosstermBackend, TestBackend};
@@ -41,7 +41,7 @@ fn app() -> App {
 }
 
 fn key(c: char) -> Action {
-    Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
+    Input::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)).into()
 }
 
 /// Every pane busy: a 3-file download, a page preview with 40 boxes, 4000 characters of
@@ -68,7 +68,7 @@ fn busy_app() -> App {
         })
         .collect();
     feed(vec![key('L'), key('l'), key('d')]);
-    feed(vec![Action::DownloadStarted(vec![
+    feed(vec![Action::Worker(Update::DownloadStarted(vec![
         ("config.json".to_string(), 2_544, 0),
         ("tokenizer.json".to_string(), 9_979_417, 0),
         (
@@ -76,23 +76,25 @@ fn busy_app() -> App {
             6_672_212_480,
             0,
         ),
-    ])]);
+    ]))]);
     feed(vec![
-        Action::Preview(Some(PreviewImage {
+        Update::Preview(Some(PreviewImage {
             width: w,
             height: h,
             rgb,
-        })),
-        Action::OcrText {
+        }))
+        .into(),
+        Update::OcrText {
             text: "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(70),
             tokens: 1000,
             elapsed: Duration::from_secs(20),
             decode_elapsed: Duration::from_secs(18),
-        },
-        Action::OcrFinished(Ok(boxes)),
+        }
+        .into(),
+        Update::OcrFinished(Outcome::Done(boxes)).into(),
     ]);
     for i in 0..200 {
-        feed(vec![Action::Log(format!("log line {i}"))]);
+        feed(vec![Update::Log(format!("log line {i}")).into()]);
     }
     a
 }
@@ -253,7 +255,7 @@ fn real_inference_bench() {
     let (tx, rx) = mpsc::channel();
     let relay = thread::spawn(move || {
         for action in worker_rx {
-            let finished = matches!(action, Action::OcrFinished(_));
+            let finished = matches!(action, Action::Worker(Update::OcrFinished(_)));
             let _ = tx.send(action);
             if finished {
                 let _ = tx.send(key('q'));
@@ -302,24 +304,24 @@ fn main() {
     let _ = a.update(key('d'));
     loop_bench("download, 6100 progress events/s for 3 s", a, |tx| {
         let total = 6_672_212_480u64;
-        let _ = tx.send(Action::DownloadStarted(vec![(
+        let _ = tx.send(Action::Worker(Update::DownloadStarted(vec![(
             "model.safetensors".to_string(),
             total,
             0,
-        )]));
+        )])));
         let start = Instant::now();
         let mut done = 0;
         while start.elapsed() < Duration::from_secs(3) {
             done += 65_536;
             let secs = start.elapsed().as_secs_f64().max(1e-3);
-            let _ = tx.send(Action::DownloadProgress {
+            let _ = tx.send(Action::Worker(Update::DownloadProgress {
                 file: 0,
                 done,
                 speed: Some(done as f64 / secs),
                 eta: Some(Duration::from_secs_f64(
                     (total - done) as f64 * secs / done as f64,
                 )),
-            });
+            }));
             thread::sleep(Duration::from_micros(164));
         }
         let _ = tx.send(key('q'));
@@ -332,16 +334,16 @@ fn main() {
     let _ = a.update(key('r'));
     loop_bench("OCR streaming, 100 tokens/s for 3 s", a, |tx| {
         let start = Instant::now();
-        let _ = tx.send(Action::OcrPhase(dsocr::tui::state::OcrPhase::Decode));
+        let _ = tx.send(Update::OcrPhase(dsocr::tui::state::OcrPhase::Decode).into());
         let mut tokens = 0;
         while start.elapsed() < Duration::from_secs(3) {
             tokens += 1;
-            let _ = tx.send(Action::OcrText {
+            let _ = tx.send(Action::Worker(Update::OcrText {
                 text: "word ".to_string(),
                 tokens,
                 elapsed: start.elapsed(),
                 decode_elapsed: start.elapsed(),
-            });
+            }));
             thread::sleep(Duration::from_millis(10));
         }
         let _ = tx.send(key('q'));

@@ -704,7 +704,7 @@ fn ocr_batch_matches_batch_1() {
 #[test]
 fn session_streams_phases_and_text_and_cancels_between_tokens() {
     use dsocr::ocr::OcrError;
-    use dsocr::ocr::session::{Event, Phase, RunOptions, Session};
+    use dsocr::ocr::session::{Event, JobPhase, RunOptions, Session};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let tmp = scratch("pipeline-session");
@@ -725,7 +725,7 @@ fn session_streams_phases_and_text_and_cancels_between_tokens() {
     let out = session
         .run(&page, &opts, &cancel, |e| events.push(e))
         .expect("run");
-    let phases: Vec<Phase> = events
+    let phases: Vec<JobPhase> = events
         .iter()
         .filter_map(|e| match e {
             Event::Phase(p) => Some(*p),
@@ -735,10 +735,10 @@ fn session_streams_phases_and_text_and_cancels_between_tokens() {
     assert_eq!(
         phases,
         [
-            Phase::Preprocess,
-            Phase::Vision,
-            Phase::Prefill,
-            Phase::Decode
+            JobPhase::Preprocess,
+            JobPhase::Vision,
+            JobPhase::Prefill,
+            JobPhase::Decode
         ]
     );
     let prepared = events.iter().find_map(|e| match e {

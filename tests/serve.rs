@@ -680,7 +680,14 @@ print(json.dumps({"model": model, "content": r.choices[0].message.content,
             "unknown field \"colour\"",
         ),
         (
-            post_multipart(&client, &ocr, &png, "a.png", &[("prompt", "no tag")]).await,
+            post_multipart(
+                &client,
+                &ocr,
+                &png,
+                "a.png",
+                &[("prompt", "<image><image>")],
+            )
+            .await,
             400,
             "<image>",
         ),

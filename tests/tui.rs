@@ -6,9 +6,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use dsocr::tui::action::{Action, Job, OcrRequest, Secret};
+use dsocr::tui::action::{Action, Input, Job, OcrRequest, Outcome, Secret, Update};
 use dsocr::tui::app::{App, Overlay, Pane};
-use dsocr::tui::keymap::{self, ColorEnv, Command, Settings};
+use dsocr::tui::config::{ColorEnv, Settings};
+use dsocr::tui::keys::Command;
 use dsocr::tui::state::*;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -35,7 +36,7 @@ fn app() -> App {
 }
 
 fn key(code: KeyCode) -> Action {
-    Action::Key(KeyEvent::new(code, KeyModifiers::NONE))
+    Input::Key(KeyEvent::new(code, KeyModifiers::NONE)).into()
 }
 
 fn ch(c: char) -> Action {
@@ -43,11 +44,11 @@ fn ch(c: char) -> Action {
 }
 
 fn ctrl_c() -> Action {
-    Action::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL))
+    Input::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)).into()
 }
 
-/// Apply actions in order; return every job they asked for.
-fn drive(app: &mut App, actions: impl IntoIterator<Item = Action>) -> Vec<Job> {
+/// Apply actions (inputs or updates) in order; return every job they asked for.
+fn drive<A: Into<Action>>(app: &mut App, actions: impl IntoIterator<Item = A>) -> Vec<Job> {
     actions.into_iter().flat_map(|a| app.update(a)).collect()
 }
 
@@ -77,7 +78,7 @@ fn no_token() -> App {
     drive(
         &mut a,
         [
-            Action::LoginStatus(Box::new(LoginState {
+            Update::LoginStatus(Box::new(LoginState {
                 diagnosis: Some(DiagnosisView {
                     code: "no-token".to_string(),
                     cause: "no token in HF_TOKEN, ~/.cache/huggingface/token or stored tokens"
@@ -87,8 +88,8 @@ fn no_token() -> App {
                 }),
                 ..LoginState::default()
             })),
-            Action::Whoami(Err("not logged in".to_string())),
-            Action::CacheScanned(Ok(Vec::new())),
+            Update::Whoami(Err("not logged in".to_string())),
+            Update::CacheScanned(Ok(Vec::new())),
         ],
     );
     a
@@ -99,7 +100,7 @@ fn shadowed() -> App {
     drive(
         &mut a,
         [
-            Action::LoginStatus(Box::new(LoginState {
+            Update::LoginStatus(Box::new(LoginState {
                 active: Some(TokenView {
                     masked: "hf_ba…dd0d".to_string(),
                     source: "HF_TOKEN".to_string(),
@@ -116,8 +117,8 @@ fn shadowed() -> App {
                 }),
                 ..LoginState::default()
             })),
-            Action::Whoami(Err("401 Unauthorized: invalid token".to_string())),
-            Action::CacheScanned(Ok(Vec::new())),
+            Update::Whoami(Err("401 Unauthorized: invalid token".to_string())),
+            Update::CacheScanned(Ok(Vec::new())),
         ],
     );
     a
@@ -128,7 +129,7 @@ fn logged_in() -> App {
     drive(
         &mut a,
         [
-            Action::LoginStatus(Box::new(LoginState {
+            Update::LoginStatus(Box::new(LoginState {
                 active: Some(TokenView {
                     masked: masked(TOKEN),
                     source: "~/.cache/huggingface/token".to_string(),
@@ -147,8 +148,8 @@ fn logged_in() -> App {
                 ],
                 ..LoginState::default()
             })),
-            Action::Whoami(Ok(whoami())),
-            Action::CacheScanned(Ok(vec![RepoRow {
+            Update::Whoami(Ok(whoami())),
+            Update::CacheScanned(Ok(vec![RepoRow {
                 repo: "deepseek-ai/DeepSeek-OCR".to_string(),
                 revisions: vec![RevisionRow {
                     commit: "9f30c71f441d010e5429c532364a86705536c53a".to_string(),
@@ -168,7 +169,7 @@ fn gated() -> App {
     drive(
         &mut a,
         [
-            Action::LoginStatus(Box::new(LoginState {
+            Update::LoginStatus(Box::new(LoginState {
                 active,
                 stored,
                 diagnosis: Some(DiagnosisView {
@@ -180,7 +181,7 @@ fn gated() -> App {
                 }),
                 ..LoginState::default()
             })),
-            Action::Whoami(Ok(whoami())),
+            Update::Whoami(Ok(whoami())),
         ],
     );
     a.models.selected_model = ModelSource::Repo("acme/gated-ocr".to_string());
@@ -197,7 +198,7 @@ fn start_download(a: &mut App) {
     drive(
         a,
         [
-            Action::DownloadStarted(vec![
+            Update::DownloadStarted(vec![
                 ("config.json".to_string(), 2_544, 0),
                 ("tokenizer.json".to_string(), 9_979_417, 0),
                 (
@@ -206,27 +207,27 @@ fn start_download(a: &mut App) {
                     1_000_000_000,
                 ),
             ]),
-            Action::DownloadProgress {
+            Update::DownloadProgress {
                 file: 0,
                 done: 2_544,
                 speed: None,
                 eta: None,
             },
-            Action::DownloadFile {
+            Update::DownloadFile {
                 file: 0,
                 state: FileState::Done,
             },
-            Action::DownloadProgress {
+            Update::DownloadProgress {
                 file: 1,
                 done: 9_979_417,
                 speed: Some(90_000_000.0),
                 eta: Some(Duration::from_secs(70)),
             },
-            Action::DownloadFile {
+            Update::DownloadFile {
                 file: 1,
                 state: FileState::Done,
             },
-            Action::DownloadProgress {
+            Update::DownloadProgress {
                 file: 2,
                 done: 2_000_000_000,
                 speed: Some(100_998_196.0),
@@ -238,7 +239,7 @@ fn start_download(a: &mut App) {
 
 fn downloading() -> App {
     let mut a = logged_in();
-    drive(&mut a, [Action::CacheScanned(Ok(Vec::new()))]);
+    drive(&mut a, [Update::CacheScanned(Ok(Vec::new()))]);
     start_download(&mut a);
     a
 }
@@ -248,15 +249,15 @@ fn download_failed() -> App {
     drive(
         &mut a,
         [
-            Action::DownloadFile {
+            Update::DownloadFile {
                 file: 2,
                 state: FileState::Failed,
             },
-            Action::DownloadFinished(Err(Some(DiagnosisView {
+            Update::DownloadFinished(Outcome::Failed(DiagnosisView {
                 code: "connection-lost".to_string(),
                 cause: "the connection to cas-bridge.xethub.hf.co was reset at 2.0 GB".to_string(),
                 fix: "press R to resume; the 2.0 GB already on disk are kept".to_string(),
-            }))),
+            })),
         ],
     );
     a
@@ -272,10 +273,10 @@ fn streaming() -> App {
     drive(
         &mut a,
         [
-            Action::OcrPhase(OcrPhase::Vision),
-            Action::OcrPhase(OcrPhase::Prefill),
-            Action::OcrPhase(OcrPhase::Decode),
-            Action::OcrText {
+            Update::OcrPhase(OcrPhase::Vision),
+            Update::OcrPhase(OcrPhase::Prefill),
+            Update::OcrPhase(OcrPhase::Decode),
+            Update::OcrText {
                 text:
                     "<|ref|>title<|/ref|><|det|>[[72, 40, 928, 98]]<|/det|>\n# Quarterly report\n\n"
                         .to_string(),
@@ -283,7 +284,7 @@ fn streaming() -> App {
                 elapsed: Duration::from_millis(4200),
                 decode_elapsed: Duration::from_millis(1500),
             },
-            Action::OcrText {
+            Update::OcrText {
                 text: "Revenue grew 12% over the".to_string(),
                 tokens: 36,
                 elapsed: Duration::from_millis(4500),
@@ -315,14 +316,14 @@ fn ocr_done() -> App {
     drive(
         &mut a,
         [
-            Action::Preview(Some(page())),
-            Action::OcrText {
+            Update::Preview(Some(page())),
+            Update::OcrText {
                 text: " last year.\n".to_string(),
                 tokens: 40,
                 elapsed: Duration::from_millis(4800),
                 decode_elapsed: Duration::from_millis(2000),
             },
-            Action::OcrFinished(Ok(vec![
+            Update::OcrFinished(Outcome::Done(vec![
                 BoxView {
                     label: "title".to_string(),
                     norm: [72.0, 40.0, 928.0, 98.0],
@@ -349,41 +350,46 @@ fn pdf_running() -> App {
         &mut a,
         [
             key(KeyCode::Enter),
-            Action::DocumentOpened(Some(3)),
-            Action::Preview(Some(page())),
+            Update::DocumentOpened(Some(3)).into(),
+            Update::Preview(Some(page())).into(),
             ch(']'),
-            Action::Preview(Some(page())),
+            Update::Preview(Some(page())).into(),
             ch('a'),
-            Action::OcrPage(PageProgress {
+            Update::OcrPage(PageProgress {
                 page: 1,
                 done: 0,
                 total: 3,
-            }),
-            Action::OcrPhase(OcrPhase::Decode),
-            Action::OcrText {
+            })
+            .into(),
+            Update::OcrPhase(OcrPhase::Decode).into(),
+            Update::OcrText {
                 text: "# Quarterly report\n\nRevenue grew".to_string(),
                 tokens: 12,
                 elapsed: Duration::from_millis(3000),
                 decode_elapsed: Duration::from_millis(1000),
-            },
-            Action::OcrPage(PageProgress {
+            }
+            .into(),
+            Update::OcrPage(PageProgress {
                 page: 2,
                 done: 1,
                 total: 3,
-            }),
-            Action::OcrText {
+            })
+            .into(),
+            Update::OcrText {
                 text: "\n<--- Page Split --->\n".to_string(),
                 tokens: 0,
                 elapsed: Duration::from_millis(3100),
                 decode_elapsed: Duration::ZERO,
-            },
-            Action::OcrPhase(OcrPhase::Decode),
-            Action::OcrText {
+            }
+            .into(),
+            Update::OcrPhase(OcrPhase::Decode).into(),
+            Update::OcrText {
                 text: "## Costs".to_string(),
                 tokens: 3,
                 elapsed: Duration::from_millis(5000),
                 decode_elapsed: Duration::from_millis(300),
-            },
+            }
+            .into(),
         ],
     );
     assert!(matches!(jobs.last(), Some(Job::Ocr(_))), "{jobs:?}");
@@ -394,7 +400,7 @@ fn error_dialog() -> App {
     let mut a = logged_in();
     drive(
         &mut a,
-        [Action::Error {
+        [Update::Error {
             title: "Cannot load the model".to_string(),
             message: "model.safetensors is missing tensor sam_model.blocks.0.attn.qkv.weight; \
                       press v in Models to verify the download, then d to fetch it again"
@@ -410,7 +416,7 @@ fn all_states() -> Vec<(&'static str, App)> {
     let mut login_input = no_token();
     drive(
         &mut login_input,
-        [ch('n'), Action::Paste(TOKEN.to_string())],
+        [ch('n'), Input::Paste(TOKEN.to_string()).into()],
     );
     let mut log = downloading();
     drive(&mut log, [ch('L')]);
@@ -567,7 +573,7 @@ fn help_lists_every_command() {
     let t = render(&a, 100, 60);
     let km = a.settings.keymap.clone();
     for cmd in km.commands() {
-        assert!(t.contains(keymap::describe(cmd)), "help lacks {cmd:?}\n{t}");
+        assert!(t.contains(cmd.description()), "help lacks {cmd:?}\n{t}");
     }
 }
 
@@ -632,7 +638,7 @@ fn focus_cycles_with_tab_and_includes_the_log_when_shown() {
 #[test]
 fn login_takes_a_pasted_token_and_never_logs_it() {
     let mut a = no_token();
-    let jobs = drive(&mut a, [ch('n'), Action::Paste(format!("{TOKEN}\n"))]);
+    let jobs = drive(&mut a, [ch('n'), Input::Paste(format!("{TOKEN}\n")).into()]);
     assert!(jobs.is_empty());
     let jobs = drive(&mut a, [key(KeyCode::Enter)]);
     assert_eq!(
@@ -689,7 +695,7 @@ fn download_progress_cancel_resume_and_rescan() {
         "no second download while one runs"
     );
     assert_eq!(drive(&mut a, [ch('x')]), vec![Job::CancelDownload]);
-    drive(&mut a, [Action::DownloadFinished(Err(None))]);
+    drive(&mut a, [Update::DownloadFinished(Outcome::Cancelled)]);
     assert!(!a.busy());
     let jobs = drive(&mut a, [ch('R')]);
     assert_eq!(
@@ -702,8 +708,8 @@ fn download_progress_cancel_resume_and_rescan() {
     let jobs = drive(
         &mut a,
         [
-            Action::DownloadStarted(vec![]),
-            Action::DownloadFinished(Ok(())),
+            Update::DownloadStarted(vec![]),
+            Update::DownloadFinished(Outcome::Done(())),
         ],
     );
     assert_eq!(
@@ -725,7 +731,10 @@ fn ctrl_c_cancels_the_running_job_then_quits() {
     assert!(idle.quit, "with nothing running Ctrl-C quits");
     let mut ocr = streaming();
     assert_eq!(drive(&mut ocr, [ctrl_c()]), vec![Job::CancelOcr]);
-    drive(&mut ocr, [Action::OcrFinished(Err(None)), ch('j')]);
+    drive(
+        &mut ocr,
+        [Update::OcrFinished(Outcome::Cancelled).into(), ch('j')],
+    );
     assert!(
         !ocr.quit,
         "another key in between disarms the second Ctrl-C"
@@ -783,14 +792,14 @@ fn ocr_run_request_and_streaming() {
     drive(
         &mut a,
         [
-            Action::OcrPhase(OcrPhase::Decode),
-            Action::OcrText {
+            Update::OcrPhase(OcrPhase::Decode),
+            Update::OcrText {
                 text: "Hello".to_string(),
                 tokens: 1,
                 elapsed: Duration::from_secs(1),
                 decode_elapsed: Duration::from_millis(100),
             },
-            Action::OcrText {
+            Update::OcrText {
                 text: " world".to_string(),
                 tokens: 2,
                 elapsed: Duration::from_secs(1),
@@ -800,7 +809,7 @@ fn ocr_run_request_and_streaming() {
     );
     assert_eq!(a.ocr.output, "Hello world");
     assert_eq!(a.ocr.tokens_per_sec(), Some(10.0));
-    drive(&mut a, [Action::OcrFinished(Ok(vec![]))]);
+    drive(&mut a, [Update::OcrFinished(Outcome::Done(vec![]))]);
     assert_eq!(a.ocr.run, OcrRun::Done);
     let jobs = drive(&mut a, [ch('y'), ch('w')]);
     assert_eq!(jobs[0], Job::Copy("Hello world".to_string()));
@@ -822,8 +831,8 @@ fn pdf_input_page_picker_and_run_this_page_or_all() {
     drive(
         &mut a,
         [
-            Action::DocumentOpened(Some(3)),
-            Action::Preview(Some(page())),
+            Update::DocumentOpened(Some(3)),
+            Update::Preview(Some(page())),
         ],
     );
     assert_eq!(a.ocr.doc, Some(DocView { pages: 3, page: 1 }));
@@ -882,11 +891,11 @@ fn pdf_input_page_picker_and_run_this_page_or_all() {
         drive(&mut a, [ch(']'), ch('a')]).is_empty(),
         "no paging while running"
     );
-    drive(&mut a, [Action::OcrFinished(Ok(Vec::new()))]);
+    drive(&mut a, [Update::OcrFinished(Outcome::Done(Vec::new()))]);
     assert_eq!(run_pages(drive(&mut a, [ch('a')])), Some(vec![1, 2, 3]));
     drive(
         &mut a,
-        [Action::OcrPage(PageProgress {
+        [Update::OcrPage(PageProgress {
             page: 3,
             done: 2,
             total: 3,
@@ -894,14 +903,18 @@ fn pdf_input_page_picker_and_run_this_page_or_all() {
     );
     let t = render(&a, 160, 30);
     assert!(t.contains("page 3 (2/3 done)"), "{t}");
-    drive(&mut a, [Action::OcrFinished(Ok(Vec::new()))]);
+    drive(&mut a, [Update::OcrFinished(Outcome::Done(Vec::new()))]);
     let t = render(&a, 160, 30);
     assert!(!t.contains("2/3 done"), "progress gone when done: {t}");
 
     // A new image input forgets the document.
     drive(
         &mut a,
-        [ch('i'), key(KeyCode::Enter), Action::DocumentOpened(None)],
+        [
+            ch('i'),
+            key(KeyCode::Enter),
+            Update::DocumentOpened(None).into(),
+        ],
     );
     assert_eq!(a.ocr.doc, None);
     assert_eq!(run_pages(drive(&mut a, [ch('r')])), None);
@@ -919,6 +932,21 @@ fn custom_prompt_gets_the_image_tag() {
     );
     drive(&mut a, [key(KeyCode::Enter)]);
     assert_eq!(a.ocr.preset, None);
+    assert_eq!(a.prompt(), "<image>\nRead the table.");
+    // Two tags for one image: refused with the reason, over the input kept for fixing.
+    let ctrl_u = Input::Key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL)).into();
+    drive(&mut a, [ch('t'), ctrl_u]);
+    drive(&mut a, "<image><image>".chars().map(ch));
+    drive(&mut a, [key(KeyCode::Enter)]);
+    assert!(
+        matches!(a.overlays.last(), Some(Overlay::Error { message, .. }) if message.contains("2 <image> tags")),
+        "{:?}",
+        a.overlays
+    );
+    assert!(matches!(
+        a.overlays.first(),
+        Some(Overlay::Input { value, .. }) if value == "<image><image>"
+    ));
     assert_eq!(a.prompt(), "<image>\nRead the table.");
 }
 
@@ -950,7 +978,7 @@ fn models_pane_selects_folders_repos_and_guards_delete() {
         &mut a,
         [
             ch('m'),
-            Action::Key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL)),
+            Input::Key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL)).into(),
         ],
     );
     drive(&mut a, "acme/ocr".chars().map(ch));
@@ -966,7 +994,7 @@ fn error_dialog_closes_with_esc_and_ctrl_c_still_cancels_under_it() {
     let mut a = downloading();
     drive(
         &mut a,
-        [Action::Error {
+        [Update::Error {
             title: "t".into(),
             message: "m".into(),
         }],
@@ -992,7 +1020,7 @@ fn config_file_rebinds_keys() {
     drive(&mut a, [key(KeyCode::Esc)]);
     drive(
         &mut a,
-        [Action::Key(KeyEvent::new(
+        [Input::Key(KeyEvent::new(
             KeyCode::Char('q'),
             KeyModifiers::CONTROL,
         ))],
@@ -1035,8 +1063,8 @@ fn event_loop_applies_queued_actions_and_dispatches_jobs() {
     let (tx, rx) = mpsc::channel();
     for a in [
         key(KeyCode::Char('r')),
-        Action::LoginStatus(Box::default()),
-        Action::Whoami(Ok(whoami())),
+        Update::LoginStatus(Box::default()).into(),
+        Update::Whoami(Ok(whoami())).into(),
         ch('q'),
     ] {
         tx.send(a).expect("send");
@@ -1053,14 +1081,23 @@ fn event_loop_applies_queued_actions_and_dispatches_jobs() {
 
 // ---- the real model thread ------------------------------------------------------------------
 
-/// Actions from the workers until (and including) the next `OcrFinished`.
-fn until_finished(rx: &mpsc::Receiver<Action>) -> Vec<Action> {
+/// The next update from the workers, within `secs` seconds.
+fn next_update(rx: &mpsc::Receiver<Action>, secs: u64) -> Update {
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Action::Worker(update)) => update,
+        other => panic!("expected a worker's update, got {other:?}"),
+    }
+}
+
+/// Updates from the workers until (and including) the next `OcrFinished`.
+fn until_finished(rx: &mpsc::Receiver<Action>) -> Vec<Update> {
     let mut got = Vec::new();
     loop {
-        let a = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("no OcrFinished ({e}); got {got:?}"));
-        let done = matches!(a, Action::OcrFinished(_));
+        let a = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Action::Worker(update)) => update,
+            other => panic!("no OcrFinished ({other:?}); got {got:?}"),
+        };
+        let done = matches!(a, Update::OcrFinished(_));
         got.push(a);
         if done {
             return got;
@@ -1068,11 +1105,11 @@ fn until_finished(rx: &mpsc::Receiver<Action>) -> Vec<Action> {
     }
 }
 
-fn phases(actions: &[Action]) -> Vec<OcrPhase> {
+fn phases(actions: &[Update]) -> Vec<OcrPhase> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::OcrPhase(p) => Some(*p),
+            Update::OcrPhase(p) => Some(*p),
             _ => None,
         })
         .collect()
@@ -1115,14 +1152,14 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
     let tokens: Vec<usize> = got
         .iter()
         .filter_map(|a| match a {
-            Action::OcrText { tokens, .. } => Some(*tokens),
+            Update::OcrText { tokens, .. } => Some(*tokens),
             _ => None,
         })
         .collect();
     assert_eq!(tokens.first(), Some(&1));
     assert_eq!(tokens.last(), Some(&8), "{tokens:?}");
     assert!(
-        matches!(got.last(), Some(Action::OcrFinished(Ok(_)))),
+        matches!(got.last(), Some(Update::OcrFinished(Outcome::Done(_)))),
         "{got:?}"
     );
     // The app shows it: text, 8 tokens, a speed, done.
@@ -1140,14 +1177,14 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
     let streamed: String = got
         .iter()
         .filter_map(|a| match a {
-            Action::OcrText { text, .. } => Some(text.as_str()),
+            Update::OcrText { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect();
     workers.dispatch(Job::Save(dir.join("saved")));
     let saved = dir.join("saved/letter-1275x1650");
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Action::Saved(path)) => assert_eq!(path, saved),
+    match next_update(&rx, 60) {
+        Update::Saved(path) => assert_eq!(path, saved),
         other => panic!("expected Saved, got {other:?}"),
     }
     assert_eq!(
@@ -1166,28 +1203,27 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
     // A long run cancelled once text streams: stops with a typed cancel, promptly.
     workers.dispatch(Job::Ocr(request(4000)));
     loop {
-        let a = rx.recv_timeout(Duration::from_secs(120)).expect("actions");
-        if matches!(a, Action::OcrText { tokens: 3.., .. }) {
+        if matches!(next_update(&rx, 120), Update::OcrText { tokens: 3.., .. }) {
             break;
         }
     }
     workers.dispatch(Job::CancelOcr);
     let got = until_finished(&rx);
     assert!(
-        matches!(got.last(), Some(Action::OcrFinished(Err(None)))),
+        matches!(got.last(), Some(Update::OcrFinished(Outcome::Cancelled))),
         "{got:?}"
     );
     let streamed_after = got
         .iter()
-        .filter(|a| matches!(a, Action::OcrText { .. }))
+        .filter(|a| matches!(a, Update::OcrText { .. }))
         .count();
     assert!(
         streamed_after < 100,
         "{streamed_after} tokens after the cancel"
     );
     workers.dispatch(Job::Save(dir.join("saved")));
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Action::Error { title, .. }) => assert_eq!(title, "Nothing to save"),
+    match next_update(&rx, 60) {
+        Update::Error { title, .. } => assert_eq!(title, "Nothing to save"),
         other => panic!("a cancelled run has nothing to save, got {other:?}"),
     }
 
@@ -1196,7 +1232,7 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
     missing.model = ModelSource::Repo("nobody/no-such-model".to_string());
     workers.dispatch(Job::Ocr(missing));
     match until_finished(&rx).last() {
-        Some(Action::OcrFinished(Err(Some(m)))) => {
+        Some(Update::OcrFinished(Outcome::Failed(m))) => {
             assert!(m.contains("press d in Models"), "{m}")
         }
         other => panic!("expected a failure, got {other:?}"),
@@ -1214,13 +1250,13 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
     let (tx, rx) = mpsc::channel();
     let mut workers =
         dsocr::tui::tasks::Workers::new(dsocr::tui::action::ActionSender(tx)).expect("workers");
-    let next = || rx.recv_timeout(Duration::from_secs(60)).expect("an action");
+    let next = || next_update(&rx, 60);
 
     // A new PDF input: its page count, then page 1's preview; another page on request.
     workers.dispatch(Job::LoadPreview(pdf.clone()));
-    assert!(matches!(next(), Action::DocumentOpened(Some(3))));
+    assert!(matches!(next(), Update::DocumentOpened(Some(3))));
     let first = match next() {
-        Action::Preview(Some(p)) => p,
+        Update::Preview(Some(p)) => p,
         other => panic!("expected a preview, got {other:?}"),
     };
     // Letter-sized: 612x792 points.
@@ -1231,22 +1267,22 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
         page: 2,
     });
     match next() {
-        Action::Preview(Some(p)) => assert_ne!(p.rgb, first.rgb, "page 2 is not page 1"),
+        Update::Preview(Some(p)) => assert_ne!(p.rgb, first.rgb, "page 2 is not page 1"),
         other => panic!("expected a preview, got {other:?}"),
     }
     // An encrypted PDF: the cause, no page count.
     workers.dispatch(Job::LoadPreview(
         common::fixtures().join("pdf/encrypted.pdf"),
     ));
-    assert!(matches!(next(), Action::DocumentOpened(None)));
+    assert!(matches!(next(), Update::DocumentOpened(None)));
     match next() {
-        Action::Error { title, message } => {
+        Update::Error { title, message } => {
             assert_eq!(title, "Cannot use this PDF");
             assert!(message.contains("encrypted.pdf is encrypted"), "{message}");
         }
         other => panic!("expected an error, got {other:?}"),
     }
-    assert!(matches!(next(), Action::Preview(None)));
+    assert!(matches!(next(), Update::Preview(None)));
 
     // Pages 1 and 3: per-page progress, a page split between them, then save.
     workers.dispatch(Job::Ocr(OcrRequest {
@@ -1264,7 +1300,7 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
     let progress: Vec<PageProgress> = got
         .iter()
         .filter_map(|a| match a {
-            Action::OcrPage(p) => Some(*p),
+            Update::OcrPage(p) => Some(*p),
             _ => None,
         })
         .collect();
@@ -1284,13 +1320,13 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
         ]
     );
     assert!(
-        matches!(got.last(), Some(Action::OcrFinished(Ok(_)))),
+        matches!(got.last(), Some(Update::OcrFinished(Outcome::Done(_)))),
         "{got:?}"
     );
     let streamed: String = got
         .iter()
         .filter_map(|a| match a {
-            Action::OcrText { text, .. } => Some(text.as_str()),
+            Update::OcrText { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect();
@@ -1298,7 +1334,7 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
     workers.dispatch(Job::Save(dir.join("saved")));
     let saved = dir.join("saved/three-pages");
     match next() {
-        Action::Saved(path) => assert_eq!(path, saved),
+        Update::Saved(path) => assert_eq!(path, saved),
         other => panic!("expected Saved, got {other:?}"),
     }
     let raw = |n: usize| {
@@ -1342,7 +1378,7 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
         kernels: None,
     }));
     match until_finished(&rx).last() {
-        Some(Action::OcrFinished(Err(Some(m)))) => {
+        Some(Update::OcrFinished(Outcome::Failed(m))) => {
             assert!(m.contains("encrypted.pdf is encrypted"), "{m}")
         }
         other => panic!("expected a failure, got {other:?}"),
@@ -1626,7 +1662,7 @@ fn header_shows_a_local_dsocr_serve() {
     let header = |a: &App| render(a, 160, 30).lines().next().unwrap_or("").to_string();
     assert!(!header(&a).contains("serve"), "{}", header(&a));
     let probe = |ready: bool, status: &str| {
-        Action::Serve(Some(ServeProbe {
+        Update::Serve(Some(ServeProbe {
             addr: "127.0.0.1:8000".into(),
             ready,
             status: status.into(),
@@ -1644,9 +1680,9 @@ fn header_shows_a_local_dsocr_serve() {
         "{}",
         header(&a)
     );
-    drive(&mut a, [Action::Serve(None)]);
+    drive(&mut a, [Update::Serve(None)]);
     assert!(!header(&a).contains("serve"), "{}", header(&a));
     // Looked for at start; a tick right after does not ask again.
     assert!(a.startup_jobs().contains(&Job::ProbeServe));
-    assert!(drive(&mut a, [Action::Tick]).is_empty());
+    assert!(drive(&mut a, [Input::Tick]).is_empty());
 }

@@ -17,7 +17,7 @@ use tch::{Device, Kind};
 
 use crate::ocr::Config;
 use crate::ocr::cpu::{Kernels, Plan, Tier};
-use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
+use crate::ocr::device::{device_name, kind_name, kind_or_default, parse_device};
 use crate::ocr::generate::{
     Driver, GenerateEvent, GenerateOptions, GenerateOutput, Phase, Request, default_batch,
     generate_batch,
@@ -41,18 +41,19 @@ const MAX_TILES: u32 = 9;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model folder (config.json + *.safetensors [+ tokenizer.json])
+    /// Model folder (config.json + *.safetensors [+ tokenizer.json]) or a repo id in the local
+    /// Hugging Face cache
     #[arg(long, conflicts_with = "seeded")]
-    model: Option<PathBuf>,
+    model: Option<String>,
     /// Full-size model with the fixtures' seeded random weights (no download needed)
     #[arg(long)]
     seeded: Option<i64>,
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
-    /// bf16, f16 or f32 (default: bf16)
-    #[arg(long, default_value = "bf16")]
-    dtype: String,
+    /// bf16, f16 or f32 [default: bf16]
+    #[arg(long)]
+    dtype: Option<String>,
     /// tiny, small, base, large or gundam
     #[arg(long, default_value = "base")]
     mode: String,
@@ -194,13 +195,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         tch::set_num_threads(n);
     }
     let device = parse_device(&args.device)?;
-    let kind = parse_kind(&args.dtype)?;
+    let kind = kind_or_default(args.dtype.as_deref(), device)?;
+    let model_dir = args.model.as_deref().map(super::model_folder).transpose()?;
     let mode: Mode = args.mode.parse().map_err(anyhow::Error::msg)?;
     let _no_grad = tch::no_grad_guard();
 
     let plan = super::kernels_choice(args.kernels)?.plan(device)?;
     let start = Instant::now();
-    let (model, weights) = load_model(&args, device, kind, plan)?;
+    let (model, weights) = load_model(model_dir.as_deref(), args.seeded, device, kind, plan)?;
     sync(device);
     let load_s = start.elapsed().as_secs_f64();
     // From here on, peaks are per phase: the loading peak is kept, then the counter starts again.
@@ -218,13 +220,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let most = sizes.iter().copied().max().unwrap_or(1);
     let start = Instant::now();
     let views = preprocess(&page, mode, MAX_TILES);
-    let input = prepared_input(&model, &views, args.model.as_deref())?;
+    let input = prepared_input(&model, &views, model_dir.as_deref())?;
     let preprocess_s = start.elapsed().as_secs_f64();
     // The other pages of a batch: the same page shifted, so that every sequence differs.
     let mut inputs = vec![input];
     for i in 1..most {
         let views = preprocess(&shifted(&page, i), mode, MAX_TILES);
-        inputs.push(prepared_input(&model, &views, args.model.as_deref())?);
+        inputs.push(prepared_input(&model, &views, model_dir.as_deref())?);
     }
 
     let mut batches: Vec<(usize, Vec<Run>, Option<f64>)> = Vec::new();
@@ -308,12 +310,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// The model and a description of its weights.
 fn load_model(
-    args: &BenchArgs,
+    dir: Option<&Path>,
+    seeded: Option<i64>,
     device: Device,
     kind: Kind,
     plan: Plan,
 ) -> anyhow::Result<(DeepseekOcr, String)> {
-    match (&args.model, args.seeded) {
+    match (dir, seeded) {
         (Some(dir), _) => {
             let model = DeepseekOcr::load_with(dir, device, kind, plan)?;
             Ok((model, dir.display().to_string()))

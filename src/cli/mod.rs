@@ -54,10 +54,10 @@ pub fn kernels_choice(
     if let Some(k) = flag {
         return Ok(k);
     }
-    let path = crate::tui::keymap::config_path();
-    let settings = crate::tui::keymap::Settings::load(
+    let path = crate::tui::config::config_path();
+    let settings = crate::tui::config::Settings::load(
         path.as_deref(),
-        crate::tui::keymap::ColorEnv::default(),
+        crate::tui::config::ColorEnv::default(),
     );
     match settings.ocr.kernels {
         Some(k) => crate::ocr::cpu::Kernels::parse(&k).map_err(|e| {
@@ -68,6 +68,24 @@ pub fn kernels_choice(
         }),
         None => Ok(crate::ocr::cpu::Kernels::Auto),
     }
+}
+
+/// The model folder a `--model` value means (`crate::model_source`), with the command line's
+/// fix when there is none.
+pub fn model_folder(model: &str) -> anyhow::Result<std::path::PathBuf> {
+    use crate::model_source::{ModelSource, SourceError};
+    let hub_cache = crate::hub::HubEnv::from_process().hub_cache;
+    ModelSource::parse(model)
+        .and_then(|source| source.folder(&hub_cache))
+        .map_err(|e| match e {
+            SourceError::NotCached { .. } => {
+                anyhow::anyhow!("{e}; run `dsocr download {model}` or pass --model DIR")
+            }
+            SourceError::NotARepoId { .. } | SourceError::NoFolder(_) => {
+                anyhow::anyhow!("{e}; pass --model DIR (an existing folder) or a repo id")
+            }
+            SourceError::IsAFile(_) => anyhow::anyhow!("--model {e}"),
+        })
 }
 
 /// One line saying which batch was chosen and from what (`ocr` and `bench` print it).

@@ -14,20 +14,17 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use tch::Kind;
 
 use crate::document::{
     DEFAULT_DPI, Document, DocumentError, DocumentReport, PAGE_SPLIT, PageEntry, PageSelection,
     page_dir, page_name,
 };
-use crate::hub::HubEnv;
-use crate::hub::cache::RepoPaths;
 use crate::ocr::cpu::Kernels;
-use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
+use crate::ocr::device::{device_name, kind_name, kind_or_default, parse_device};
 use crate::ocr::generate::{DEFAULT_NGRAM_WHITELIST, NoRepeatNgram};
 use crate::ocr::preprocess::{DEFAULT_MAX_TILES, Mode};
-use crate::ocr::prompt::Preset;
-use crate::ocr::session::{Event, Job, Jobs, OcrOutput, Phase, Report, RunOptions, Session};
+use crate::ocr::prompt::{Preset, user_prompt};
+use crate::ocr::session::{Event, Job, JobPhase, Jobs, OcrOutput, Report, RunOptions, Session};
 
 /// The model used when `--model` is not given.
 pub const DEFAULT_MODEL: &str = crate::hub::download::DEFAULT_REPO;
@@ -64,7 +61,8 @@ pub struct OcrArgs {
     /// Prompt preset: document, ocr, free, figure, describe, locate:TEXT
     #[arg(long, default_value = "document", conflicts_with = "prompt")]
     pub preset: Preset,
-    /// Custom prompt; `<image>` marks where the image goes, e.g. "<image>\nFree OCR."
+    /// Custom prompt; `<image>` marks where the image goes (without it the image comes first,
+    /// on its own line), e.g. "Free OCR." or "<image>\nFree OCR."
     #[arg(long)]
     pub prompt: Option<String>,
     /// Stop after this many new tokens (a result that hits it without EOS is flagged)
@@ -146,14 +144,14 @@ impl Outcome {
 
 pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
     let inputs = collect_inputs(&args.inputs)?;
-    let prompt = args.prompt.clone().unwrap_or_else(|| args.preset.prompt());
-    let device = parse_device(&args.device)?;
-    let kind = match &args.dtype {
-        Some(d) => parse_kind(d)?,
-        None => Kind::BFloat16,
+    let prompt = match &args.prompt {
+        Some(p) => user_prompt(p)?,
+        None => args.preset.prompt(),
     };
+    let device = parse_device(&args.device)?;
+    let kind = kind_or_default(args.dtype.as_deref(), device)?;
     let plan = super::kernels_choice(args.kernels)?.plan(device)?;
-    let model_dir = resolve_model(&args.model)?;
+    let model_dir = super::model_folder(&args.model)?;
     eprintln!(
         "loading {} on {} ({}, kernels {})",
         model_dir.display(),
@@ -238,28 +236,6 @@ fn has_pdf_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("pdf"))
-}
-
-/// A model folder as given, or the snapshot of a repo id in the local Hugging Face cache.
-fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
-    let path = Path::new(model);
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    if path.exists() {
-        bail!(
-            "--model {model} is a file; give the model folder (config.json, tokenizer.json, *.safetensors)"
-        );
-    }
-    let not_found = || {
-        format!(
-            "{model} is neither a model folder nor a repo in the local Hugging Face cache; run `dsocr download {model}` or pass --model DIR"
-        )
-    };
-    let env = HubEnv::from_process();
-    let paths = RepoPaths::new(&env.hub_cache, model).with_context(not_found)?;
-    let commit = paths.resolve_revision("main").with_context(not_found)?;
-    Ok(paths.snapshot_dir(&commit))
 }
 
 /// What every image of the batch is run with.
@@ -643,7 +619,7 @@ impl Jobs for Runner<'_> {
     fn event(&mut self, job: usize, event: Event) {
         let unit = self.jobs[job].unit;
         match event {
-            Event::Phase(Phase::Preprocess) => {}
+            Event::Phase(JobPhase::Preprocess) => {}
             Event::Prepared(p) => {
                 self.jobs[job].prompt_tokens = p.prompt_tokens;
                 self.progress(
@@ -662,12 +638,12 @@ impl Jobs for Runner<'_> {
                     ),
                 );
             }
-            Event::Phase(Phase::Vision) => self.progress(unit, "vision..."),
-            Event::Phase(Phase::Prefill) => {
+            Event::Phase(JobPhase::Vision) => self.progress(unit, "vision..."),
+            Event::Phase(JobPhase::Prefill) => {
                 let tokens = self.jobs[job].prompt_tokens;
                 self.progress(unit, &format!("prefill ({tokens} tokens)..."));
             }
-            Event::Phase(Phase::Decode) => self.progress(unit, "decoding..."),
+            Event::Phase(JobPhase::Decode) => self.progress(unit, "decoding..."),
             Event::Text { piece, .. } => self.out.text(unit, &piece),
         }
     }

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tch::Kind;
 
 use crate::ocr::cpu::Kernels;
-use crate::ocr::device::{parse_device, parse_kind};
+use crate::ocr::device::{kind_or_default, parse_device};
 use crate::serve::{ApiKeys, DEFAULT_BIND, ServeConfig};
 
 #[derive(Debug, Args)]
@@ -59,10 +58,7 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let device = parse_device(&args.device)?;
-    let kind = match &args.dtype {
-        Some(d) => parse_kind(d)?,
-        None => Kind::BFloat16,
-    };
+    let kind = kind_or_default(args.dtype.as_deref(), device)?;
     let plan = super::kernels_choice(args.kernels)?.plan(device)?;
     let keys = match &args.api_key_file {
         Some(path) => ApiKeys::from_file(path)?,

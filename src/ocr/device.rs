@@ -45,6 +45,19 @@ pub fn parse_kind(name: &str) -> Result<Kind> {
     }
 }
 
+/// The compute dtype when none is asked for, on `device`: bf16 on every device today (the
+/// checkpoint's own dtype; where dsocr's CPU kernels run, the bf16 weights are multiplied in
+/// f32). The one place a per-device default would go.
+pub fn default_kind(_device: Device) -> Kind {
+    Kind::BFloat16
+}
+
+/// The dtype asked for (`--dtype`, the config file's `[ocr] dtype`), else the default for
+/// `device`.
+pub fn kind_or_default(dtype: Option<&str>, device: Device) -> Result<Kind> {
+    dtype.map_or(Ok(default_kind(device)), parse_kind)
+}
+
 /// Short name of a compute dtype (`bf16`, `f16`, `f32`), for reports.
 pub fn kind_name(kind: Kind) -> &'static str {
     match kind {
@@ -124,6 +137,16 @@ mod tests {
         assert_eq!(parse_kind("float16").ok(), Some(Kind::Half));
         assert_eq!(parse_kind("F32").ok(), Some(Kind::Float));
         assert!(parse_kind("int8").is_err());
+        // No dtype: bf16 everywhere.
+        for device in [Device::Cpu, Device::Cuda(0)] {
+            assert_eq!(default_kind(device), Kind::BFloat16);
+            assert_eq!(kind_or_default(None, device).ok(), Some(Kind::BFloat16));
+        }
+        assert_eq!(
+            kind_or_default(Some("f32"), Device::Cpu).ok(),
+            Some(Kind::Float)
+        );
+        assert!(kind_or_default(Some("int8"), Device::Cpu).is_err());
         assert_eq!(kind_name(Kind::BFloat16), "bf16");
         assert_eq!(device_name(Device::Cuda(1)), "cuda:1");
     }

@@ -28,6 +28,26 @@ pub enum PromptError {
         "the prompt has {tags} {IMAGE_TAG} tag(s) but {images} image(s) were given; put one {IMAGE_TAG} where each image goes, e.g. \"{IMAGE_TAG}\\nFree OCR.\""
     )]
     ImageCount { tags: usize, images: usize },
+    #[error("the prompt is empty; give the text after the image, e.g. \"Free OCR.\", or a preset")]
+    Empty,
+    #[error(
+        "the prompt has {0} {IMAGE_TAG} tags but one image is given; put one {IMAGE_TAG} where the image goes, or none (the image then comes first)"
+    )]
+    ManyImageTags(usize),
+}
+
+/// A prompt a user typed (`dsocr ocr --prompt`, the dashboard's custom prompt, `serve`'s
+/// `prompt` field and chat text), made into the prompt one image runs with: `<image>` marks
+/// where the image goes; a prompt without it gets the image first, on its own line
+/// (`<image>\n` + the text), as every preset has it. An empty prompt, or one with more than one
+/// `<image>`, is refused.
+pub fn user_prompt(text: &str) -> Result<String, PromptError> {
+    match text.matches(IMAGE_TAG).count() {
+        _ if text.trim().is_empty() => Err(PromptError::Empty),
+        0 => Ok(format!("{IMAGE_TAG}\n{}", text.trim())),
+        1 => Ok(text.to_string()),
+        tags => Err(PromptError::ManyImageTags(tags)),
+    }
 }
 
 /// The official prompts (from the model card and the vLLM scripts).
@@ -298,5 +318,23 @@ mod tests {
                 .unwrap_err()
                 .contains("document, ocr")
         );
+    }
+
+    #[test]
+    fn user_prompts_get_one_image_tag() {
+        // Without a tag, the image goes first, as in the presets.
+        assert_eq!(user_prompt("Free OCR.").ok(), Some(Preset::Free.prompt()));
+        assert_eq!(
+            user_prompt("  Read the table. ").ok().as_deref(),
+            Some("<image>\nRead the table.")
+        );
+        // A tag stays where it is.
+        for p in ["<image>\nFree OCR.", "Read this: <image> now"] {
+            assert_eq!(user_prompt(p).ok().as_deref(), Some(p));
+        }
+        // One image: not two tags; and not an empty prompt.
+        let err = user_prompt("<image> and <image>").unwrap_err().to_string();
+        assert!(err.contains("2 <image> tags"), "{err}");
+        assert!(matches!(user_prompt(" \n"), Err(PromptError::Empty)));
     }
 }

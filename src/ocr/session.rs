@@ -41,9 +41,9 @@ use super::model::{DeepseekOcr, ImageInput, PreparedInput};
 use super::preprocess::{self, DEFAULT_MAX_TILES, Mode};
 use super::prompt::{EOS_TEXT, Preset, PromptTokenizer, SpecialIds, StreamDecoder};
 
-/// A phase of one image's run, in order.
+/// A phase of one job's run through the session (an image or a page), in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub enum JobPhase {
     /// Decoding the image file and building the model's views and the prompt.
     Preprocess,
     /// The vision encoders.
@@ -75,7 +75,7 @@ pub struct Prepared {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A phase begins.
-    Phase(Phase),
+    Phase(JobPhase),
     /// Preprocessing is done.
     Prepared(Prepared),
     /// A token was generated. `piece` is the text it completed (empty while a character is
@@ -373,7 +373,7 @@ impl<'s, J: Jobs> Batcher<'s, '_, J> {
         if self.jobs.cancelled(index) {
             return Err(OcrError::Cancelled);
         }
-        self.jobs.event(index, Event::Phase(Phase::Preprocess));
+        self.jobs.event(index, Event::Phase(JobPhase::Preprocess));
         let start = job.started.unwrap_or_else(Instant::now);
         let original = match job.image {
             Some(image) => image,
@@ -450,11 +450,11 @@ impl<J: Jobs> Driver for Batcher<'_, '_, J> {
         };
         let event = match event {
             GenerateEvent::Phase(p) => Some(Event::Phase(match p {
-                super::generate::Phase::Vision => Phase::Vision,
-                super::generate::Phase::Prefill => Phase::Prefill,
+                super::generate::Phase::Vision => JobPhase::Vision,
+                super::generate::Phase::Prefill => JobPhase::Prefill,
                 super::generate::Phase::Decode => {
                     state.streamer.decode_start = Some(Instant::now());
-                    Phase::Decode
+                    JobPhase::Decode
                 }
             })),
             GenerateEvent::Token(id) => state.streamer.token(id),

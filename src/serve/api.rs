@@ -33,8 +33,8 @@ use super::engine::{Finished, Job, JobError, JobEvent, retry_after};
 use super::{Shared, SubmitError};
 use crate::ocr::generate::{DEFAULT_NGRAM_WHITELIST, NoRepeatNgram};
 use crate::ocr::preprocess::{DEFAULT_MAX_TILES, MAX_PIXELS, Mode, decode_image};
-use crate::ocr::prompt::{IMAGE_TAG, Preset};
-use crate::ocr::session::{Phase, RunOptions};
+use crate::ocr::prompt::{Preset, user_prompt};
+use crate::ocr::session::{JobPhase, RunOptions};
 
 type St = State<Arc<Shared>>;
 
@@ -368,12 +368,7 @@ impl OcrParams {
                 return Err(ApiError::bad("give either `prompt` or `preset`, not both"));
             }
             (Some(p), None) => {
-                if p.matches(IMAGE_TAG).count() != 1 {
-                    return Err(ApiError::bad(format!(
-                        "`prompt` must contain {IMAGE_TAG} exactly once (where the image goes), e.g. \"{IMAGE_TAG}\\nFree OCR.\""
-                    )));
-                }
-                p.clone()
+                user_prompt(p).map_err(|e| ApiError::bad(format!("`prompt`: {e}")))?
             }
             (None, Some(p)) => p.parse::<Preset>().map_err(ApiError::bad)?.prompt(),
             (None, None) => Preset::Document.prompt(),
@@ -634,12 +629,12 @@ fn engine_gone() -> ApiError {
     )
 }
 
-fn phase_name(p: Phase) -> &'static str {
+fn phase_name(p: JobPhase) -> &'static str {
     match p {
-        Phase::Preprocess => "preprocess",
-        Phase::Vision => "vision",
-        Phase::Prefill => "prefill",
-        Phase::Decode => "decode",
+        JobPhase::Preprocess => "preprocess",
+        JobPhase::Vision => "vision",
+        JobPhase::Prefill => "prefill",
+        JobPhase::Decode => "decode",
     }
 }
 
@@ -849,15 +844,8 @@ fn parse_chat(body: &[u8], ceiling: usize) -> Result<ChatRequest, ApiError> {
     let text = text.trim();
     let prompt = if text.is_empty() {
         Preset::Document.prompt()
-    } else if text.contains(IMAGE_TAG) {
-        if text.matches(IMAGE_TAG).count() != 1 {
-            return Err(ApiError::bad(format!(
-                "the prompt may contain {IMAGE_TAG} only once"
-            )));
-        }
-        text.to_string()
     } else {
-        format!("{IMAGE_TAG}\n{text}")
+        user_prompt(text).map_err(|e| ApiError::bad(e.to_string()))?
     };
     let max_tokens = value
         .get("max_completion_tokens")

@@ -20,7 +20,7 @@ use super::metrics::Metrics;
 use crate::ocr::OcrError;
 use crate::ocr::generate::StopReason;
 use crate::ocr::session::{
-    self, BoxReport, Event, Jobs, OcrOutput, Phase, Report, RunOptions, Session,
+    self, BoxReport, Event, JobPhase, Jobs, OcrOutput, Report, RunOptions, Session,
 };
 
 /// One page to OCR.
@@ -43,7 +43,7 @@ pub struct Job {
 #[derive(Debug)]
 pub enum JobEvent {
     /// A phase began.
-    Phase(Phase),
+    Phase(JobPhase),
     /// Text for one more token (may be empty while a character is incomplete).
     Text {
         /// The text.
@@ -170,7 +170,7 @@ impl Jobs for Engine<'_> {
             metrics.running.fetch_add(1, Ordering::Relaxed);
             let start = Instant::now();
             // The image was decoded by the handler; what the engine does first is preprocessing.
-            let _ = job.events.send(JobEvent::Phase(Phase::Preprocess));
+            let _ = job.events.send(JobEvent::Phase(JobPhase::Preprocess));
             let mut page = session::Job::image(Path::new(&job.name), job.image, job.opts);
             page.started = Some(start);
             self.running.push(Running {
@@ -189,7 +189,7 @@ impl Jobs for Engine<'_> {
             return;
         };
         match event {
-            Event::Phase(Phase::Preprocess) | Event::Prepared(_) => {}
+            Event::Phase(JobPhase::Preprocess) | Event::Prepared(_) => {}
             Event::Phase(p) => {
                 let _ = r.events.send(JobEvent::Phase(p));
             }

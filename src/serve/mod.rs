@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::HubEnv;
 use crate::hub::cache::{RepoPaths, completeness};
 use crate::hub::diagnose::{self, DiagnoseOptions, Finding, TorchFacts};
+use crate::model_source::ModelSource;
 use crate::ocr::cpu::Plan;
 use crate::ocr::device::{device_name, kind_name};
 use crate::ocr::session::Session;
@@ -274,43 +275,6 @@ pub(crate) enum SubmitError {
     Full,
 }
 
-/// A model given as a folder or as a repo id of the local cache.
-#[derive(Debug, Clone)]
-enum ModelSource {
-    Folder(PathBuf),
-    Repo(String),
-}
-
-impl ModelSource {
-    fn parse(model: &str) -> anyhow::Result<Self> {
-        let path = Path::new(model);
-        if path.is_dir() {
-            return Ok(Self::Folder(path.to_path_buf()));
-        }
-        if path.exists() {
-            bail!(
-                "--model {model} is a file; give the model folder (config.json, tokenizer.json, *.safetensors) or a repo id"
-            );
-        }
-        let env = HubEnv::from_process();
-        RepoPaths::new(&env.hub_cache, model).with_context(|| {
-            format!("--model {model} is neither a folder nor a valid repo id (owner/name)")
-        })?;
-        Ok(Self::Repo(model.to_string()))
-    }
-
-    /// The id `/v1/models` lists: the repo id, or the folder's name.
-    fn id(&self) -> String {
-        match self {
-            Self::Repo(r) => r.clone(),
-            Self::Folder(p) => std::fs::canonicalize(p)
-                .unwrap_or_else(|_| p.clone())
-                .file_name()
-                .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned()),
-        }
-    }
-}
-
 /// Run the server until SIGTERM or Ctrl-C.
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     if !config.bind.ip().is_loopback() && config.keys.is_empty() {
@@ -322,7 +286,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
             config.bind
         );
     }
-    let source = ModelSource::parse(&config.model)?;
+    let source = ModelSource::parse(&config.model).map_err(|e| anyhow::anyhow!("--model {e}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("dsocr-serve")
@@ -347,7 +311,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         metrics,
         queue: Mutex::new(Some(queue)),
         keys: config.keys,
-        model_id: source.id(),
+        model_id: source.name(),
         max_new_tokens: config.max_new_tokens,
         timeout: config.timeout,
         max_body: config.max_body,
@@ -472,6 +436,7 @@ fn load(
 ) -> Option<Session> {
     let dir = match source {
         ModelSource::Folder(dir) => dir.clone(),
+        // Not `ModelSource::folder`: the server waits for the snapshot to be complete.
         ModelSource::Repo(repo) => wait_for_snapshot(shared, repo, rt, stop)?,
     };
     shared.set_status(

@@ -1,5 +1,6 @@
-//! Everything that changes the dashboard's state is an [`Action`]; everything the state asks
-//! the outside world to do is a [`Job`]. Workers hold a sender of actions, never the state.
+//! Everything that changes the dashboard's state is an [`Action`]: an [`Input`] from the
+//! terminal or the clock, or an [`Update`] from a worker. Everything the state asks the outside
+//! world to do is a [`Job`]. Workers hold a sender of updates, never the state.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -23,9 +24,30 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A state change.
+/// A state change: input from the terminal or the clock, or what a worker reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// The user or the clock.
+    Input(Input),
+    /// A worker's progress or result.
+    Worker(Update),
+}
+
+impl From<Input> for Action {
+    fn from(input: Input) -> Self {
+        Self::Input(input)
+    }
+}
+
+impl From<Update> for Action {
+    fn from(update: Update) -> Self {
+        Self::Worker(update)
+    }
+}
+
+/// Input from the terminal, and the clock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
     /// A key press from the terminal.
     Key(KeyEvent),
     /// Text pasted into the terminal (bracketed paste).
@@ -36,6 +58,22 @@ pub enum Action {
     Resize(u16, u16),
     /// Time passed (redraw elapsed times, spinners).
     Tick,
+}
+
+/// How a job that can be cancelled ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome<T, E = String> {
+    /// It finished.
+    Done(T),
+    /// It was cancelled.
+    Cancelled,
+    /// It failed: why, and what to do.
+    Failed(E),
+}
+
+/// What a worker reports: progress and results of the jobs it was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
     /// A line for the log pane.
     Log(String),
     /// A failure to show in a dialog.
@@ -77,8 +115,8 @@ pub enum Action {
         /// Its new state.
         state: FileState,
     },
-    /// The download ended: `Ok` done, `Err(None)` cancelled, `Err(Some)` failed.
-    DownloadFinished(Result<(), Option<DiagnosisView>>),
+    /// The download ended (failed: the diagnosis).
+    DownloadFinished(Outcome<(), DiagnosisView>),
     /// The OCR run entered a phase.
     OcrPhase(OcrPhase),
     /// Decoded text arrived.
@@ -92,8 +130,8 @@ pub enum Action {
         /// Time spent decoding so far.
         decode_elapsed: Duration,
     },
-    /// The run finished with these boxes (Err: failure message; `None` when cancelled).
-    OcrFinished(Result<Vec<BoxView>, Option<String>>),
+    /// The run ended; done: the boxes found.
+    OcrFinished(Outcome<Vec<BoxView>>),
     /// The page image for the preview was loaded.
     Preview(Option<PreviewImage>),
     /// The new input is a PDF with this many pages (`None`: not a PDF).
@@ -202,16 +240,16 @@ pub struct OcrRequest {
 pub struct ActionSender(pub Sender<Action>);
 
 impl ActionSender {
-    /// Send one action.
-    pub fn send(&self, action: Action) {
-        if self.0.send(action).is_err() {
-            tracing::debug!("dashboard closed; action dropped");
+    /// Send one update.
+    pub fn send(&self, update: Update) {
+        if self.0.send(Action::Worker(update)).is_err() {
+            tracing::debug!("dashboard closed; update dropped");
         }
     }
 
     /// Send an error dialog.
     pub fn error(&self, title: impl Into<String>, message: impl Into<String>) {
-        self.send(Action::Error {
+        self.send(Update::Error {
             title: title.into(),
             message: message.into(),
         });

@@ -1,5 +1,5 @@
-//! The dashboard's state and its one way to change: [`App::update`] with an [`Action`],
-//! returning the [`Job`]s the runtime must hand to workers.
+//! The dashboard's state and its one way to change: [`App::update`] with an [`Action`] (an
+//! [`Input`] or a worker's [`Update`]), returning the [`Job`]s the runtime must hand to workers.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEventKind};
 
-use super::action::{Action, Job, OcrRequest, Secret};
+use super::action::{Action, Input, Job, OcrRequest, Outcome, Secret, Update};
+use super::config::Settings;
 use super::graphics::Graphics;
-use super::keymap::{Command, Key, Settings};
+use super::keys::{Command, Key};
 use super::state::{
     Check, DEFAULT_MODEL, DocView, DownloadPhase, DownloadView, FileProgress, FileState,
     HeaderInfo, LoginState, ModelSource, ModelsState, OcrRun, OcrState, RevisionRow, ServeProbe,
 };
 use crate::ocr::preprocess::Mode;
-use crate::ocr::prompt::{IMAGE_TAG, Preset};
+use crate::ocr::prompt::{Preset, user_prompt};
 use crate::tui::progress::ByteProgress;
 
 /// How often the dashboard looks for a `dsocr serve` on the default port.
@@ -245,8 +246,10 @@ impl App {
     pub fn prompt(&self) -> String {
         match self.ocr.preset {
             Some(i) => PRESETS[i % PRESETS.len()].prompt(),
-            None if self.ocr.custom_prompt.contains(IMAGE_TAG) => self.ocr.custom_prompt.clone(),
-            None => format!("{IMAGE_TAG}\n{}", self.ocr.custom_prompt),
+            // Checked when typed (`submit_input`), so the rule's refusal cannot come here; if it
+            // did, the text goes as typed and the run says what is wrong with it.
+            None => user_prompt(&self.ocr.custom_prompt)
+                .unwrap_or_else(|_| self.ocr.custom_prompt.clone()),
         }
     }
 
@@ -285,27 +288,31 @@ impl App {
     }
 
     fn selected_repo(&self) -> Option<&str> {
-        match &self.models.selected_model {
-            ModelSource::Repo(r) => Some(r),
-            ModelSource::Folder(_) => None,
+        self.models.selected_model.repo()
+    }
+
+    /// Apply one action (an [`Input`] or an [`Update`]); return the jobs it asks for.
+    pub fn update(&mut self, action: impl Into<Action>) -> Vec<Job> {
+        match action.into() {
+            Action::Input(input) => self.on_input(input),
+            Action::Worker(update) => self.on_update(update),
         }
     }
 
-    /// Apply one action; return the jobs it asks for.
-    pub fn update(&mut self, action: Action) -> Vec<Job> {
-        match action {
-            Action::Key(key) if key.kind != KeyEventKind::Release => self.on_key(key),
-            Action::Key(_) | Action::Resize(..) => Vec::new(),
-            Action::Paste(text) => {
+    fn on_input(&mut self, input: Input) -> Vec<Job> {
+        match input {
+            Input::Key(key) if key.kind != KeyEventKind::Release => self.on_key(key),
+            Input::Key(_) | Input::Resize(..) => Vec::new(),
+            Input::Paste(text) => {
                 self.on_paste(&text);
                 Vec::new()
             }
-            Action::Mouse(m) => match m.kind {
+            Input::Mouse(m) => match m.kind {
                 MouseEventKind::ScrollUp => self.command(Command::Up),
                 MouseEventKind::ScrollDown => self.command(Command::Down),
                 _ => Vec::new(),
             },
-            Action::Tick => {
+            Input::Tick => {
                 self.ticks = self.ticks.wrapping_add(1);
                 if let (true, Some(started)) = (self.ocr.is_running(), self.ocr.started) {
                     self.ocr.elapsed = self.ocr.elapsed.max(started.elapsed());
@@ -319,7 +326,6 @@ impl App {
                     _ => Vec::new(),
                 }
             }
-            other => self.on_result(other),
         }
     }
 
@@ -443,6 +449,15 @@ impl App {
                 vec![Job::LoadPreview(PathBuf::from(value))]
             }
             InputPurpose::Prompt => {
+                if let Err(e) = user_prompt(&value) {
+                    // Back to the input, under the reason, so the text can be fixed.
+                    self.overlays.push(Overlay::Input { purpose, value });
+                    self.overlays.push(Overlay::Error {
+                        title: "Custom prompt".to_string(),
+                        message: e.to_string(),
+                    });
+                    return Vec::new();
+                }
                 self.ocr.custom_prompt = value;
                 self.ocr.preset = None;
                 Vec::new()
@@ -743,29 +758,28 @@ impl App {
         self.log.push_back(line);
     }
 
-    /// Results from workers; a finished download asks for a fresh cache scan and diagnosis.
-    fn on_result(&mut self, action: Action) -> Vec<Job> {
-        if let Action::DownloadFinished(result) = action {
-            let done = result.is_ok();
-            self.on_download_finished(result);
-            // The cache changed: rescan it, and re-run the diagnosis so a `cache.missing`
-            // problem in the Login pane goes away once the download completes.
-            return if done {
-                vec![Job::ScanCache, Job::RefreshLogin(self.diag_repo())]
-            } else {
-                Vec::new()
-            };
-        }
-        match action {
-            Action::Log(line) => self.push_log(line),
-            Action::Error { title, message } => {
+    /// Progress and results from workers; a finished download asks for a fresh cache scan and
+    /// diagnosis.
+    fn on_update(&mut self, update: Update) -> Vec<Job> {
+        match update {
+            Update::DownloadFinished(outcome) => {
+                let done = matches!(outcome, Outcome::Done(()));
+                self.on_download_finished(outcome);
+                // The cache changed: rescan it, and re-run the diagnosis so a `cache.missing`
+                // problem in the Login pane goes away once the download completes.
+                if done {
+                    return vec![Job::ScanCache, Job::RefreshLogin(self.diag_repo())];
+                }
+            }
+            Update::Log(line) => self.push_log(line),
+            Update::Error { title, message } => {
                 self.push_log(format!("error: {title}: {message}"));
                 self.overlays.push(Overlay::Error { title, message });
             }
-            Action::Device(d) => self.header.device = Check::Done(d),
-            Action::Serve(probe) => self.serve = probe,
-            Action::Diagnosis(d) => self.login.diagnosis = d,
-            Action::LoginStatus(status) => {
+            Update::Device(d) => self.header.device = Check::Done(d),
+            Update::Serve(probe) => self.serve = probe,
+            Update::Diagnosis(d) => self.login.diagnosis = d,
+            Update::LoginStatus(status) => {
                 let whoami = std::mem::take(&mut self.login.whoami);
                 let scroll = self.login.scroll;
                 self.login = *status;
@@ -776,13 +790,13 @@ impl App {
                     .selected
                     .min(self.login.stored.len().saturating_sub(1));
             }
-            Action::Whoami(result) => {
+            Update::Whoami(result) => {
                 self.login.whoami = match result {
                     Ok(w) => Check::Done(w),
                     Err(e) => Check::Failed(e),
                 }
             }
-            Action::CacheScanned(result) => {
+            Update::CacheScanned(result) => {
                 self.models.cached = match result {
                     Ok(repos) => Check::Done(repos),
                     Err(e) => Check::Failed(e),
@@ -790,8 +804,8 @@ impl App {
                 let rows = self.cache_rows().len();
                 self.models.cursor = self.models.cursor.min(rows.saturating_sub(1));
             }
-            Action::DownloadStarted(files) => self.on_download_started(files),
-            Action::DownloadProgress {
+            Update::DownloadStarted(files) => self.on_download_started(files),
+            Update::DownloadProgress {
                 file,
                 done,
                 speed,
@@ -808,7 +822,7 @@ impl App {
                     }
                 }
             }
-            Action::DownloadFile { file, state } => {
+            Update::DownloadFile { file, state } => {
                 if let Some(f) = self
                     .models
                     .download
@@ -818,12 +832,12 @@ impl App {
                     f.state = state;
                 }
             }
-            Action::OcrPhase(phase) => {
+            Update::OcrPhase(phase) => {
                 if self.ocr.is_running() {
                     self.ocr.run = OcrRun::Running(phase);
                 }
             }
-            Action::OcrText {
+            Update::OcrText {
                 text,
                 tokens,
                 elapsed,
@@ -834,17 +848,17 @@ impl App {
                 self.ocr.elapsed = elapsed;
                 self.ocr.decode_elapsed = decode_elapsed;
             }
-            Action::OcrFinished(result) => self.on_ocr_finished(result),
-            Action::Preview(p) => self.ocr.preview = p,
-            Action::DocumentOpened(pages) => {
+            Update::OcrFinished(result) => self.on_ocr_finished(result),
+            Update::Preview(p) => self.ocr.preview = p,
+            Update::DocumentOpened(pages) => {
                 self.ocr.doc = pages.map(|pages| DocView { pages, page: 1 });
             }
-            Action::OcrPage(progress) => {
+            Update::OcrPage(progress) => {
                 if self.ocr.is_running() {
                     self.ocr.page_progress = Some(progress);
                 }
             }
-            Action::Completions { input, candidates } => {
+            Update::Completions { input, candidates } => {
                 if let Some(Overlay::Input {
                     purpose: InputPurpose::OcrInput,
                     value,
@@ -854,15 +868,9 @@ impl App {
                 }
                 self.ocr.completions = candidates;
             }
-            Action::Saved(dir) => {
+            Update::Saved(dir) => {
                 self.status = Some(format!("saved to {}", dir.display()));
             }
-            Action::Key(_)
-            | Action::Paste(_)
-            | Action::Mouse(_)
-            | Action::Resize(..)
-            | Action::Tick
-            | Action::DownloadFinished(_) => {}
         }
         Vec::new()
     }
@@ -886,30 +894,29 @@ impl App {
         d.phase = DownloadPhase::Running;
     }
 
-    fn on_download_finished(&mut self, result: Result<(), Option<super::state::DiagnosisView>>) {
+    fn on_download_finished(&mut self, outcome: Outcome<(), super::state::DiagnosisView>) {
         let Some(d) = self.models.download.as_mut() else {
             return;
         };
-        d.phase = match result {
-            Ok(()) => DownloadPhase::Done,
-            Err(None) => DownloadPhase::Cancelled,
-            Err(Some(diag)) => DownloadPhase::Failed(diag),
-        };
-        let line = match &d.phase {
-            DownloadPhase::Done => format!("download {} done", d.repo),
-            DownloadPhase::Cancelled => format!("download {} cancelled (resumable)", d.repo),
-            DownloadPhase::Failed(diag) => {
-                format!("download {} failed: {}: {}", d.repo, diag.code, diag.cause)
+        let (phase, line) = match outcome {
+            Outcome::Done(()) => (DownloadPhase::Done, format!("download {} done", d.repo)),
+            Outcome::Cancelled => (
+                DownloadPhase::Cancelled,
+                format!("download {} cancelled (resumable)", d.repo),
+            ),
+            Outcome::Failed(diag) => {
+                let line = format!("download {} failed: {}: {}", d.repo, diag.code, diag.cause);
+                (DownloadPhase::Failed(diag), line)
             }
-            _ => String::new(),
         };
+        d.phase = phase;
         self.push_log(line);
     }
 
-    fn on_ocr_finished(&mut self, result: Result<Vec<super::state::BoxView>, Option<String>>) {
+    fn on_ocr_finished(&mut self, outcome: Outcome<Vec<super::state::BoxView>>) {
         self.ocr.started = None;
-        match result {
-            Ok(boxes) => {
+        match outcome {
+            Outcome::Done(boxes) => {
                 self.push_log(format!(
                     "ocr done: {} tokens, {} boxes",
                     self.ocr.tokens,
@@ -918,11 +925,11 @@ impl App {
                 self.ocr.boxes = boxes;
                 self.ocr.run = OcrRun::Done;
             }
-            Err(None) => {
+            Outcome::Cancelled => {
                 self.push_log("ocr cancelled".to_string());
                 self.ocr.run = OcrRun::Cancelled;
             }
-            Err(Some(msg)) => {
+            Outcome::Failed(msg) => {
                 self.ocr.run = OcrRun::Failed(msg.clone());
                 self.push_log(format!("error: OCR failed: {msg}"));
                 self.overlays.push(Overlay::Error {

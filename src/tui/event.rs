@@ -1,11 +1,10 @@
-//! Terminal input on its own thread: crossterm events become actions.
+//! Terminal input on its own thread: crossterm events become [`Input`] actions.
 
 use std::thread;
 
 use crossterm::event::{self, Event};
 
-use super::action::Action;
-use super::action::ActionSender;
+use super::action::{Action, ActionSender, Input};
 
 /// Read terminal events until the dashboard's channel closes or the terminal fails.
 pub fn spawn_input(tx: ActionSender) -> std::io::Result<thread::JoinHandle<()>> {
@@ -13,11 +12,11 @@ pub fn spawn_input(tx: ActionSender) -> std::io::Result<thread::JoinHandle<()>> 
         .name("dsocr-input".to_string())
         .spawn(move || {
             loop {
-                let action = match event::read() {
-                    Ok(Event::Key(k)) => Action::Key(k),
-                    Ok(Event::Paste(s)) => Action::Paste(s),
-                    Ok(Event::Mouse(m)) => Action::Mouse(m),
-                    Ok(Event::Resize(w, h)) => Action::Resize(w, h),
+                let input = match event::read() {
+                    Ok(Event::Key(k)) => Input::Key(k),
+                    Ok(Event::Paste(s)) => Input::Paste(s),
+                    Ok(Event::Mouse(m)) => Input::Mouse(m),
+                    Ok(Event::Resize(w, h)) => Input::Resize(w, h),
                     Ok(_) => continue,
                     Err(e) => {
                         tracing::error!("terminal input failed: {e}");
@@ -28,7 +27,7 @@ pub fn spawn_input(tx: ActionSender) -> std::io::Result<thread::JoinHandle<()>> 
                         return;
                     }
                 };
-                if tx.0.send(action).is_err() {
+                if tx.0.send(Action::Input(input)).is_err() {
                     return;
                 }
             }

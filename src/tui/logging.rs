@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-use super::action::{Action, ActionSender};
+use super::action::{ActionSender, Update};
 
 /// The log file: `$XDG_STATE_HOME/dsocr/dsocr.log` on Linux.
 pub fn log_path() -> Option<PathBuf> {
@@ -50,7 +50,7 @@ impl Drop for Record {
         let text = String::from_utf8_lossy(&self.buf);
         let line = text.trim_end();
         if !line.is_empty() {
-            self.sink.pane.send(Action::Log(line.to_string()));
+            self.sink.pane.send(Update::Log(line.to_string()));
         }
     }
 }

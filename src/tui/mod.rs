@@ -6,9 +6,10 @@
 
 pub mod action;
 pub mod app;
+pub mod config;
 pub mod event;
 pub mod graphics;
-pub mod keymap;
+pub mod keys;
 pub mod logging;
 pub mod progress;
 pub mod state;
@@ -25,10 +26,10 @@ use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
 
-use action::{Action, ActionSender, Job};
+use action::{Action, ActionSender, Input, Job};
 use app::App;
+use config::{ColorEnv, Settings};
 use graphics::{Graphics, KittyPreview, Placement};
-use keymap::{ColorEnv, Settings};
 use state::{Check, HeaderInfo};
 
 /// How often the screen refreshes with nothing happening (spinners, elapsed time).
@@ -93,7 +94,7 @@ pub fn event_loop_with<B: Backend>(
     while open && !app.quit {
         let first = match rx.recv_timeout(TICK) {
             Ok(a) => a,
-            Err(RecvTimeoutError::Timeout) => Action::Tick,
+            Err(RecvTimeoutError::Timeout) => Action::Input(Input::Tick),
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut busy = apply(app, first, &mut dispatch);
@@ -163,7 +164,7 @@ pub fn run() -> anyhow::Result<()> {
     let sender = ActionSender(tx);
     let log_path = logging::init(sender.clone())
         .map_err(|e| anyhow::anyhow!("cannot open the log file: {e}"))?;
-    let config = keymap::config_path();
+    let config = config::config_path();
     let settings = Settings::load(config.as_deref(), ColorEnv::from_env());
     let mut app = App::new(header(), settings);
     app.graphics = Graphics::from_env();

@@ -236,24 +236,8 @@ impl DownloadView {
     }
 }
 
-/// Where the OCR model comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A repo in the hub cache.
-    Repo(String),
-    /// A local folder chosen by the user.
-    Folder(PathBuf),
-}
-
-impl ModelSource {
-    /// One-line label.
-    pub fn label(&self) -> String {
-        match self {
-            Self::Repo(r) => r.clone(),
-            Self::Folder(p) => format!("folder {}", p.display()),
-        }
-    }
-}
+/// Where the OCR model comes from: the library's, which also says what folder it means.
+pub use crate::model_source::ModelSource;
 
 /// The Models pane.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@ use crate::hub::diagnose::{self, DiagnoseOptions, Severity};
 use crate::hub::download::{self, DownloadEvent, DownloadRequest};
 use crate::hub::env::HubEnv;
 use crate::hub::token::{self, FoundToken, Secret, TokenSource, TokenStatus};
-use crate::tui::action::{Action, ActionSender};
+use crate::tui::action::{ActionSender, Outcome, Update};
 use crate::tui::state::{
     DiagnosisView, FileState, LoginState, RepoRow, RevisionRow, StoredToken, TokenView, WhoamiView,
 };
@@ -24,12 +24,12 @@ pub async fn refresh_login(tx: ActionSender, repo: String) {
     let status = match token::status(&env) {
         Ok(s) => s,
         Err(e) => {
-            tx.send(Action::Whoami(Err(e.to_string())));
+            tx.send(Update::Whoami(Err(e.to_string())));
             return;
         }
     };
     let shell_lines = crate::hub::shellrc::scan(&env);
-    tx.send(Action::LoginStatus(Box::new(login_state(
+    tx.send(Update::LoginStatus(Box::new(login_state(
         &status,
         &env,
         &shell_lines,
@@ -38,7 +38,7 @@ pub async fn refresh_login(tx: ActionSender, repo: String) {
         Some(found) => whoami(&env, found.clone()).await,
         None => Err("not logged in: press n to paste a token".to_string()),
     };
-    tx.send(Action::Whoami(who));
+    tx.send(Update::Whoami(who));
     let opts = DiagnoseOptions {
         repo,
         ..DiagnoseOptions::default()
@@ -54,7 +54,7 @@ pub async fn refresh_login(tx: ActionSender, repo: String) {
             cause: f.message.clone(),
             fix: f.fix.clone(),
         });
-    tx.send(Action::Diagnosis(worst));
+    tx.send(Update::Diagnosis(worst));
 }
 
 async fn whoami(env: &HubEnv, found: FoundToken) -> Result<WhoamiView, String> {
@@ -139,7 +139,7 @@ pub async fn login(tx: ActionSender, token: String, repo: String) {
     }
     .await;
     match result {
-        Ok(user) => tx.send(Action::Log(format!("logged in as {user}"))),
+        Ok(user) => tx.send(Update::Log(format!("logged in as {user}"))),
         Err(e) => tx.error("Login failed", e.to_string()),
     }
     refresh_login(tx, repo).await;
@@ -153,7 +153,7 @@ pub async fn logout(tx: ActionSender, repo: String) {
         token::logout(&env, name.as_deref())
     });
     match result {
-        Ok(r) => tx.send(Action::Log(format!(
+        Ok(r) => tx.send(Update::Log(format!(
             "logged out: {}",
             r.removed_names.join(", ")
         ))),
@@ -177,7 +177,7 @@ pub fn scan_cache(tx: &ActionSender) {
     let result = cache::scan(&env.hub_cache)
         .map(|scan| scan.repos.into_iter().map(cached_repo).collect())
         .map_err(|e| e.to_string());
-    tx.send(Action::CacheScanned(result));
+    tx.send(Update::CacheScanned(result));
 }
 
 fn cached_repo(repo: cache::CachedRepo) -> RepoRow {
@@ -200,7 +200,7 @@ fn cached_repo(repo: cache::CachedRepo) -> RepoRow {
 /// Re-hash a cached repo; report mismatches in a dialog, success in the log.
 pub fn verify(tx: &ActionSender, repo: &str) {
     let env = HubEnv::from_process();
-    tx.send(Action::Log(format!("verifying {repo}…")));
+    tx.send(Update::Log(format!("verifying {repo}…")));
     match cache::verify(&env.hub_cache, repo, None, &mut |_, _, _| {}) {
         Ok(files) => {
             let bad: Vec<String> = files
@@ -214,7 +214,7 @@ pub fn verify(tx: &ActionSender, repo: &str) {
                 .map(|f| f.path.clone())
                 .collect();
             if bad.is_empty() {
-                tx.send(Action::Log(format!(
+                tx.send(Update::Log(format!(
                     "{repo}: {} files verified",
                     files.len()
                 )));
@@ -237,7 +237,7 @@ pub fn verify(tx: &ActionSender, repo: &str) {
 pub fn delete(tx: &ActionSender, repo: &str, commit: &str) {
     let env = HubEnv::from_process();
     match cache::remove(&env.hub_cache, repo, Some(commit)) {
-        Ok(freed) => tx.send(Action::Log(format!(
+        Ok(freed) => tx.send(Update::Log(format!(
             "deleted {repo}@{commit}: {} freed",
             crate::units::human_bytes(freed)
         ))),
@@ -253,7 +253,7 @@ pub async fn download(tx: ActionSender, repo: String, revision: String, cancel: 
     let client = match HubClient::new(env, found) {
         Ok(c) => c,
         Err(e) => {
-            tx.send(Action::DownloadFinished(Err(Some(failure(&e)))));
+            tx.send(Update::DownloadFinished(Outcome::Failed(failure(&e))));
             return;
         }
     };
@@ -272,10 +272,10 @@ pub async fn download(tx: ActionSender, repo: String, revision: String, cancel: 
     let result = download::download(&client, &req, &events_tx, &cancel).await;
     drop(events_tx);
     let _ = forward.await;
-    tx.send(Action::DownloadFinished(match result {
-        Ok(_) => Ok(()),
-        Err(_) if cancel.is_cancelled() => Err(None),
-        Err(e) => Err(Some(failure(&e))),
+    tx.send(Update::DownloadFinished(match result {
+        Ok(_) => Outcome::Done(()),
+        Err(_) if cancel.is_cancelled() => Outcome::Cancelled,
+        Err(e) => Outcome::Failed(failure(&e)),
     }));
 }
 
@@ -287,7 +287,7 @@ fn forward_event(tx: &ActionSender, index: &mut HashMap<String, usize>, ev: Down
                 .enumerate()
                 .map(|(i, f)| (f.path.clone(), i))
                 .collect();
-            tx.send(Action::DownloadStarted(
+            tx.send(Update::DownloadStarted(
                 files
                     .into_iter()
                     .map(|f| {
@@ -301,7 +301,7 @@ fn forward_event(tx: &ActionSender, index: &mut HashMap<String, usize>, ev: Down
             path, resumed_from, ..
         } => {
             if let Some(&file) = index.get(&path) {
-                tx.send(Action::DownloadProgress {
+                tx.send(Update::DownloadProgress {
                     file,
                     done: resumed_from,
                     speed: None,
@@ -311,7 +311,7 @@ fn forward_event(tx: &ActionSender, index: &mut HashMap<String, usize>, ev: Down
         }
         DownloadEvent::Progress(p) => {
             if let Some(&file) = index.get(&p.path) {
-                tx.send(Action::DownloadProgress {
+                tx.send(Update::DownloadProgress {
                     file,
                     done: p.file_bytes,
                     speed: Some(p.bytes_per_sec),
@@ -321,7 +321,7 @@ fn forward_event(tx: &ActionSender, index: &mut HashMap<String, usize>, ev: Down
         }
         DownloadEvent::FileDone { path, .. } => {
             if let Some(&file) = index.get(&path) {
-                tx.send(Action::DownloadFile {
+                tx.send(Update::DownloadFile {
                     file,
                     state: FileState::Done,
                 });
@@ -332,33 +332,33 @@ fn forward_event(tx: &ActionSender, index: &mut HashMap<String, usize>, ev: Down
             attempt,
             wait_ms,
             reason,
-        } => tx.send(Action::Log(format!(
+        } => tx.send(Update::Log(format!(
             "{path}: {reason}; retry {attempt} in {wait_ms} ms"
         ))),
         DownloadEvent::AnonymousFallback { reason } => {
-            tx.send(Action::Log(format!("token not used: {reason}")));
+            tx.send(Update::Log(format!("token not used: {reason}")));
         }
         DownloadEvent::Restarted { path } => {
-            tx.send(Action::Log(format!(
+            tx.send(Update::Log(format!(
                 "{path}: the server ignored the resume; restarting"
             )));
         }
         DownloadEvent::CanonicalId {
             requested,
             canonical,
-        } => tx.send(Action::Log(format!(
+        } => tx.send(Update::Log(format!(
             "the hub's name for {requested} is {canonical}; using that (one cache folder)"
         ))),
         DownloadEvent::LinkRefreshed {
             path, resume_at, ..
-        } => tx.send(Action::Log(format!(
+        } => tx.send(Update::Log(format!(
             "{path}: the download link expired; continuing at byte {resume_at} with a fresh one"
         ))),
         DownloadEvent::WaitingForLock { path, .. } => {
-            tx.send(Action::Log(format!("{path}: waiting for another download")));
+            tx.send(Update::Log(format!("{path}: waiting for another download")));
         }
         DownloadEvent::Done { snapshot, .. } => {
-            tx.send(Action::Log(format!(
+            tx.send(Update::Log(format!(
                 "downloaded into {}",
                 snapshot.display()
             )));

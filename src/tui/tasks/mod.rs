@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::document::{Document, DocumentError};
 use crate::ocr::preprocess::{self, ImageError};
-use crate::tui::action::{Action, ActionSender, Job};
+use crate::tui::action::{ActionSender, Job, Update};
 use crate::tui::state::{DeviceInfo, PreviewImage, ServeProbe};
 
 /// Largest side of the preview image kept in memory (pixels).
@@ -48,33 +48,33 @@ impl Workers {
         match job {
             Job::ProbeDevice => {
                 self.rt
-                    .spawn_blocking(move || tx.send(Action::Device(probe_device())));
+                    .spawn_blocking(move || tx.send(Update::Device(probe_device())));
             }
             Job::ProbeServe => {
                 self.rt.spawn_blocking(move || {
-                    tx.send(Action::Serve(probe_serve(crate::serve::DEFAULT_BIND)));
+                    tx.send(Update::Serve(probe_serve(crate::serve::DEFAULT_BIND)));
                 });
             }
             Job::LoadPreview(path) => {
                 self.rt.spawn_blocking(move || {
                     if crate::document::is_pdf(&path) {
                         let opened = Document::open(&path, None);
-                        tx.send(Action::DocumentOpened(
+                        tx.send(Update::DocumentOpened(
                             opened.as_ref().ok().map(Document::page_count),
                         ));
                         let preview = opened.and_then(|doc| page_preview(&doc, 1));
                         if let Err(e) = &preview {
                             tx.error("Cannot use this PDF", e.to_string());
                         }
-                        tx.send(Action::Preview(preview.ok()));
+                        tx.send(Update::Preview(preview.ok()));
                         return;
                     }
-                    tx.send(Action::DocumentOpened(None));
+                    tx.send(Update::DocumentOpened(None));
                     let preview = load_preview(&path);
                     if let Err(e) = &preview {
                         tx.error("Cannot use this image", e.to_string());
                     }
-                    tx.send(Action::Preview(preview.ok()));
+                    tx.send(Update::Preview(preview.ok()));
                 });
             }
             Job::PreviewPage { path, page } => {
@@ -84,13 +84,13 @@ impl Workers {
                     if let Err(e) = &preview {
                         tx.error("Cannot show this page", e.to_string());
                     }
-                    tx.send(Action::Preview(preview.ok()));
+                    tx.send(Update::Preview(preview.ok()));
                 });
             }
             Job::CompletePath(input) => {
                 self.rt.spawn_blocking(move || {
                     let (input, candidates) = complete_path(&input);
-                    tx.send(Action::Completions { input, candidates });
+                    tx.send(Update::Completions { input, candidates });
                 });
             }
             Job::Save(dir) => self.model.save(dir, &tx),

@@ -1,6 +1,6 @@
 //! The model thread: it owns the loaded [`Session`] (loaded once, kept while the model folder,
 //! device and dtype stay the same), takes run requests from a channel and reports through
-//! [`Action`]s. libtorch calls block, so this is a plain thread, never the event loop.
+//! [`Update`]s. libtorch calls block, so this is a plain thread, never the event loop.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,12 +14,12 @@ use crate::document::{
     DEFAULT_DPI, Document, DocumentReport, PAGE_SPLIT, PageEntry, page_dir, page_name,
 };
 use crate::hub::HubEnv;
-use crate::hub::cache::RepoPaths;
+use crate::model_source::SourceError;
 use crate::ocr::OcrError;
 use crate::ocr::cpu::{Kernels, Plan};
-use crate::ocr::device::{device_name, kind_name, parse_device, parse_kind};
+use crate::ocr::device::{device_name, kind_name, kind_or_default, parse_device};
 use crate::ocr::session::{self, Event, OcrOutput, RunOptions, Session};
-use crate::tui::action::{Action, ActionSender, OcrRequest};
+use crate::tui::action::{ActionSender, OcrRequest, Outcome, Update};
 use crate::tui::state::{ModelSource, OcrPhase, PageProgress};
 
 /// The handle the workers keep: a request queue and the cancel flag of the running job.
@@ -69,7 +69,7 @@ impl ModelWorker {
     pub fn run(&self, request: OcrRequest, tx: &ActionSender) {
         self.cancel.store(false, Ordering::SeqCst);
         if self.requests.send(Request::Run(request)).is_err() {
-            tx.send(Action::OcrFinished(Err(Some(STOPPED.to_string()))));
+            tx.send(Update::OcrFinished(Outcome::Failed(STOPPED.to_string())));
         }
     }
 
@@ -107,7 +107,7 @@ fn serve(rx: &Receiver<Request>, tx: &ActionSender, cancel: &AtomicBool) {
                 last = None;
                 let start = Instant::now();
                 let result = run_request(&mut loaded, &request, tx, cancel, start);
-                tx.send(Action::OcrFinished(match result {
+                tx.send(Update::OcrFinished(match result {
                     Ok(done) => {
                         // Boxes belong to one page: shown after an image or a single page.
                         let boxes = match &done {
@@ -118,12 +118,12 @@ fn serve(rx: &Receiver<Request>, tx: &ActionSender, cancel: &AtomicBool) {
                             },
                         };
                         last = Some(done);
-                        Ok(boxes)
+                        Outcome::Done(boxes)
                     }
-                    Err(Failure::Cancelled) => Err(None),
+                    Err(Failure::Cancelled) => Outcome::Cancelled,
                     Err(Failure::Message(m)) => {
                         tracing::warn!("OCR failed: {m}");
-                        Err(Some(m))
+                        Outcome::Failed(m)
                     }
                 }));
             }
@@ -150,7 +150,7 @@ fn save(last: Option<&Last>, dir: &Path, tx: &ActionSender) {
         Last::Image(output) => {
             let out_dir = dir.join(stem(&output.image));
             match output.write(&out_dir) {
-                Ok(_) => tx.send(Action::Saved(out_dir)),
+                Ok(_) => tx.send(Update::Saved(out_dir)),
                 Err(e) => tx.error("Saving failed", e.to_string()),
             }
         }
@@ -161,7 +161,7 @@ fn save(last: Option<&Last>, dir: &Path, tx: &ActionSender) {
         } => {
             let out_dir = dir.join(stem(path));
             match save_document(path, *page_count, pages, &out_dir) {
-                Ok(()) => tx.send(Action::Saved(out_dir)),
+                Ok(()) => tx.send(Update::Saved(out_dir)),
                 Err(e) => tx.error("Saving failed", e),
             }
         }
@@ -235,8 +235,8 @@ fn run_request(
     if loaded.as_ref().is_none_or(|(k, _)| *k != key) {
         // Free the old model before loading the new one.
         *loaded = None;
-        tx.send(Action::OcrPhase(OcrPhase::Load));
-        tx.send(Action::Log(format!(
+        tx.send(Update::OcrPhase(OcrPhase::Load));
+        tx.send(Update::Log(format!(
             "loading {} on {} ({}, kernels {})",
             key.dir.display(),
             device_name(key.device),
@@ -249,7 +249,7 @@ fn run_request(
                     "{e}; choose another model in Models (f: local folder, m: repo)"
                 ))
             })?;
-        tx.send(Action::Log(format!(
+        tx.send(Update::Log(format!(
             "model loaded in {:.1} s",
             start.elapsed().as_secs_f64()
         )));
@@ -270,7 +270,7 @@ fn run_request(
         // the document's own error is what shows.
         None if crate::document::is_pdf(&request.image) => vec![1],
         None => {
-            tx.send(Action::OcrPhase(OcrPhase::Preprocess));
+            tx.send(Update::OcrPhase(OcrPhase::Preprocess));
             let image = crate::ocr::preprocess::load_image(&request.image)
                 .map_err(|e| Failure::Message(e.to_string()))?;
             let output = run_one(
@@ -289,20 +289,20 @@ fn run_request(
     let doc = Document::open(&request.image, None).map_err(|e| Failure::Message(e.to_string()))?;
     let mut pages = Vec::new();
     for (done, &page) in wanted.iter().enumerate() {
-        tx.send(Action::OcrPage(PageProgress {
+        tx.send(Update::OcrPage(PageProgress {
             page,
             done,
             total: wanted.len(),
         }));
         if done > 0 {
-            tx.send(Action::OcrText {
+            tx.send(Update::OcrText {
                 text: PAGE_SPLIT.to_string(),
                 tokens: 0,
                 elapsed: start.elapsed(),
                 decode_elapsed: Duration::ZERO,
             });
         }
-        tx.send(Action::OcrPhase(OcrPhase::Preprocess));
+        tx.send(Update::OcrPhase(OcrPhase::Preprocess));
         let page_start = Instant::now();
         let rendered = doc.render(page, DEFAULT_DPI);
         let render_s = page_start.elapsed().as_secs_f64();
@@ -318,7 +318,7 @@ fn run_request(
             Err(e) => Err(e.to_string()),
         };
         if let Err(m) = &result {
-            tx.send(Action::Log(format!("error: page {page}: {m}")));
+            tx.send(Update::Log(format!("error: page {page}: {m}")));
         }
         pages.push((page, render_s, result));
     }
@@ -363,9 +363,9 @@ fn run_one(
         cancel,
         |event| match event {
             // Preprocessing was announced before the image was loaded or rendered.
-            Event::Phase(session::Phase::Preprocess) => {}
-            Event::Phase(p) => tx.send(Action::OcrPhase(phase(p))),
-            Event::Prepared(p) => tx.send(Action::Log(format!(
+            Event::Phase(session::JobPhase::Preprocess) => {}
+            Event::Phase(p) => tx.send(Update::OcrPhase(phase(p))),
+            Event::Prepared(p) => tx.send(Update::Log(format!(
                 "{}x{} page, {} image tokens, {} prompt tokens",
                 p.width, p.height, p.image_tokens, p.prompt_tokens
             ))),
@@ -375,7 +375,7 @@ fn run_one(
                 decode_elapsed,
             } => {
                 last = (tokens, decode_elapsed);
-                tx.send(Action::OcrText {
+                tx.send(Update::OcrText {
                     text: piece,
                     tokens,
                     elapsed: start.elapsed(),
@@ -385,13 +385,13 @@ fn run_one(
         },
     )?;
     // The final figures: the whole run's time.
-    tx.send(Action::OcrText {
+    tx.send(Update::OcrText {
         text: String::new(),
         tokens: last.0,
         elapsed: start.elapsed(),
         decode_elapsed: last.1,
     });
-    tx.send(Action::Log(format!(
+    tx.send(Update::Log(format!(
         "{} tokens, vision {:.2} s, prefill {:.2} s, decode {:.1} tokens/s, stop: {:?}",
         output.generation.tokens.len(),
         output.generation.timings.vision.as_secs_f64(),
@@ -402,12 +402,12 @@ fn run_one(
     Ok(output)
 }
 
-fn phase(p: session::Phase) -> OcrPhase {
+fn phase(p: session::JobPhase) -> OcrPhase {
     match p {
-        session::Phase::Preprocess => OcrPhase::Preprocess,
-        session::Phase::Vision => OcrPhase::Vision,
-        session::Phase::Prefill => OcrPhase::Prefill,
-        session::Phase::Decode => OcrPhase::Decode,
+        session::JobPhase::Preprocess => OcrPhase::Preprocess,
+        session::JobPhase::Vision => OcrPhase::Vision,
+        session::JobPhase::Prefill => OcrPhase::Prefill,
+        session::JobPhase::Decode => OcrPhase::Decode,
     }
 }
 
@@ -416,11 +416,8 @@ fn load_key(request: &OcrRequest) -> Result<LoadKey, String> {
     let dir = model_dir(&request.model)?;
     let device = parse_device(&request.device)
         .map_err(|e| format!("{e} (the [ocr] device setting in the config file)"))?;
-    let kind = match &request.dtype {
-        Some(d) => parse_kind(d)
-            .map_err(|e| format!("{e} (the [ocr] dtype setting in the config file)"))?,
-        None => Kind::BFloat16,
-    };
+    let kind = kind_or_default(request.dtype.as_deref(), device)
+        .map_err(|e| format!("{e} (the [ocr] dtype setting in the config file)"))?;
     let kernels = match &request.kernels {
         Some(k) => Kernels::parse(k)
             .map_err(|e| format!("{e} (the [ocr] kernels setting in the config file)"))?,
@@ -437,35 +434,23 @@ fn load_key(request: &OcrRequest) -> Result<LoadKey, String> {
     })
 }
 
-/// A local folder as chosen, or the `main` snapshot of a repo in the local Hugging Face cache.
+/// The folder the chosen model means (`crate::model_source`), with the dashboard's fix when
+/// there is none.
 fn model_dir(source: &ModelSource) -> Result<PathBuf, String> {
-    match source {
-        ModelSource::Folder(dir) => folder(dir),
-        ModelSource::Repo(repo) => {
-            let missing = || {
-                format!(
-                    "{repo} is not in the local Hugging Face cache: press d in Models to \
-                     download it, or f to use a local model folder"
-                )
-            };
-            let env = HubEnv::from_process();
-            let paths = RepoPaths::new(&env.hub_cache, repo).map_err(|_| missing())?;
-            let commit = paths.resolve_revision("main").ok_or_else(missing)?;
-            Ok(paths.snapshot_dir(&commit))
-        }
-    }
-}
-
-fn folder(dir: &Path) -> Result<PathBuf, String> {
-    if dir.is_dir() {
-        Ok(dir.to_path_buf())
-    } else {
-        Err(format!(
-            "the model folder {} does not exist; press f in Models to choose the folder that \
-             holds config.json, tokenizer.json and *.safetensors",
-            dir.display()
-        ))
-    }
+    source
+        .folder(&HubEnv::from_process().hub_cache)
+        .map_err(|e| match e {
+            SourceError::NotCached { .. } => {
+                format!("{e}: press d in Models to download it, or f to use a local model folder")
+            }
+            SourceError::NoFolder(_) | SourceError::IsAFile(_) => format!(
+                "{e}; press f in Models to choose the folder that holds config.json, \
+                 tokenizer.json and *.safetensors"
+            ),
+            SourceError::NotARepoId { .. } => {
+                format!("{e}; press m in Models to choose a repo, or f to use a local folder")
+            }
+        })
 }
 
 #[cfg(test)]

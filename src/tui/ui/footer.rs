@@ -7,7 +7,7 @@ use ratatui::widgets::Paragraph;
 
 use super::key_style;
 use crate::tui::app::{App, InputPurpose, Overlay};
-use crate::tui::keymap::{self, Command};
+use crate::tui::keys::Command;
 
 /// Hints for the context: the focused pane's commands, then the global ones.
 pub fn hints(app: &App) -> Vec<(String, &'static str)> {
@@ -32,7 +32,7 @@ pub fn hints(app: &App) -> Vec<(String, &'static str)> {
             let km = &app.settings.keymap;
             let pane_cmds = km
                 .commands()
-                .filter(|c| keymap::scope(*c) == Some(app.focus) && app.available(*c));
+                .filter(|c| c.scope() == Some(app.focus) && app.available(*c));
             let global = [
                 Command::Cancel,
                 Command::NextPane,
@@ -46,7 +46,7 @@ pub fn hints(app: &App) -> Vec<(String, &'static str)> {
                         .into_iter()
                         .filter(|c| *c != Command::Cancel || app.busy()),
                 )
-                .map(|c| (km.label(c), keymap::describe(c)))
+                .map(|c| (km.label(c), c.description()))
                 .collect()
         }
     }

@@ -6,7 +6,7 @@ use ratatui::widgets::{Block, Clear, Paragraph};
 
 use super::{centered, key_style};
 use crate::tui::app::{App, Pane};
-use crate::tui::keymap::{self, Command};
+use crate::tui::keys::Command;
 
 /// The help text lines (also used by tests to check every command is listed).
 pub fn lines(app: &App) -> Vec<Line<'static>> {
@@ -21,7 +21,7 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
     let mut out = Vec::new();
     for (title, scope) in groups {
         out.push(Line::styled(title, theme.fg(theme.muted)));
-        for cmd in km.commands().filter(|c| keymap::scope(*c) == scope) {
+        for cmd in km.commands().filter(|c| c.scope() == scope) {
             out.push(binding_line(app, cmd));
         }
     }
@@ -47,7 +47,7 @@ fn binding_line(app: &App, cmd: Command) -> Line<'static> {
     };
     Line::from(vec![
         Span::styled(format!("  {keys:<18}"), key_style(app)),
-        Span::raw(keymap::describe(cmd)),
+        Span::raw(cmd.description()),
     ])
 }
 
