@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use dsocr::ocr::Config;
+use dsocr::ocr::model::DeepseekOcr;
 use dsocr::ocr::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
@@ -48,7 +49,12 @@ fn write(dir: &std::path::Path, seed: i64) -> Result<(), Box<dyn std::error::Err
     let cfg = Config::from_json(REAL_CONFIG)?;
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("config.json"), REAL_CONFIG)?;
-    let weights = Weights::seeded(&cfg, seed, Kind::BFloat16, Device::Cpu)?;
+    let weights = Weights::seeded(
+        &DeepseekOcr::checkpoint_shapes(&cfg)?,
+        seed,
+        Kind::BFloat16,
+        Device::Cpu,
+    )?;
     let tensors = weights
         .shapes()
         .into_keys()

@@ -32,7 +32,7 @@ use super::cpu::gemv::{self, MatVec, Matrix};
 use super::cpu::hostmem::{Slab, slab_bytes};
 use super::cpu::{Isa, Path, Plan, step as cpu_step};
 use super::error::{OcrError, Result};
-use super::weights::{Weights, release_free_heap};
+use super::weights::{KeepAlive, Vars, release_free_heap};
 
 /// Up to this many tokens, the chosen experts run through one grouped matmul (decode); above
 /// it, tokens are grouped by expert and each expert runs once (prefill).
@@ -69,10 +69,10 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// The weight `name`, converted to the compute dtype.
-    fn load(w: &mut Weights, name: &str, compute: Kind) -> Result<Self> {
+    /// The weight `name` `[width]`, converted to the compute dtype.
+    fn load(w: &mut Vars, name: &str, width: i64, compute: Kind) -> Result<Self> {
         Ok(Self {
-            weight: w.take(name)?.f_to_kind(compute)?,
+            weight: w.take(name, &[width])?.f_to_kind(compute)?,
         })
     }
 }
@@ -99,12 +99,13 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(w: &mut Loader<'_>, prefix: &str) -> Result<Self> {
-        let gate = format!("{prefix}.gate_proj.weight");
-        let up = format!("{prefix}.up_proj.weight");
+    /// `{prefix}.gate_proj` and `up_proj` `[inner, hidden]`, `down_proj` `[hidden, inner]`.
+    fn load(w: &mut Loader, prefix: &str, [hidden, inner]: [i64; 2]) -> Result<Self> {
+        let name = |proj: &str| format!("{prefix}.{proj}.weight");
+        let (gate, up) = (name("gate_proj"), name("up_proj"));
         Ok(Self {
-            gate_up: w.stacked(&[&gate, &up])?,
-            down: Proj::new(w.take(&format!("{prefix}.down_proj.weight"))?)?,
+            gate_up: w.stacked(&[(&gate, [inner, hidden]), (&up, [inner, hidden])])?,
+            down: Proj::new(w.take(&name("down_proj"), &[hidden, inner])?)?,
         })
     }
 
@@ -147,26 +148,35 @@ impl Moe {
     /// Stacks the routed and shared experts into preallocated tensors, freeing each checkpoint
     /// tensor as soon as it is copied (heap memory returned after each layer, mapped file pages
     /// released), so loading needs one layer's experts of extra memory at most.
-    fn load(w: &mut Loader<'_>, prefix: &str, l: &LanguageConfig) -> Result<Self> {
+    ///
+    /// Checkpoint tensors: `{prefix}.gate` `[E, H]`; per routed expert `e`,
+    /// `experts.{e}.gate_proj` and `up_proj` `[M, H]`, `down_proj` `[H, M]`; the shared
+    /// experts' `shared_experts.gate_proj` and `up_proj` `[S*M, H]`, `down_proj` `[H, S*M]`.
+    fn load(w: &mut Loader, prefix: &str, l: &LanguageConfig) -> Result<Self> {
         let (routed, m, hidden) = (l.n_routed_experts, l.moe_intermediate_size, l.hidden_size);
         let shared = l.n_shared_experts;
-        let kind = w
-            .weights
-            .shape_and_kind(&format!("{prefix}.gate.weight"))?
-            .1;
-        let opts = (kind, w.weights.device());
-        let gate_up = w.empty(&[routed + shared, 2 * m, hidden], opts)?;
-        let down = w.empty(&[routed + shared, hidden, m], opts)?;
+        let gate_up = w.empty(&[routed + shared, 2 * m, hidden])?;
+        let down = w.empty(&[routed + shared, hidden, m])?;
         let name = |expert: &str, proj: &str| format!("{prefix}.{expert}.{proj}.weight");
         // (destination, dimension of the source it is cut from, start along it)
         let gate_of = |e: i64, start: i64| (gate_up.get(e).narrow(0, 0, m), 0, start);
         let up_of = |e: i64, start: i64| (gate_up.get(e).narrow(0, m, m), 0, start);
         let down_of = |e: i64, start: i64| (down.get(e), 1, start);
+        let (gate_shape, down_shape) = ([m, hidden], [hidden, m]);
         for e in 0..routed {
             let expert = format!("experts.{e}");
-            w.copy_into(&name(&expert, "gate_proj"), vec![gate_of(e, 0)])?;
-            w.copy_into(&name(&expert, "up_proj"), vec![up_of(e, 0)])?;
-            w.copy_into(&name(&expert, "down_proj"), vec![down_of(e, 0)])?;
+            let v = &mut w.vars;
+            v.copy_into(
+                &name(&expert, "gate_proj"),
+                &gate_shape,
+                vec![gate_of(e, 0)],
+            )?;
+            v.copy_into(&name(&expert, "up_proj"), &gate_shape, vec![up_of(e, 0)])?;
+            v.copy_into(
+                &name(&expert, "down_proj"),
+                &down_shape,
+                vec![down_of(e, 0)],
+            )?;
         }
         if shared > 0 {
             let parts = |f: &dyn Fn(i64, i64) -> (Tensor, i64, i64)| {
@@ -174,14 +184,28 @@ impl Moe {
                     .map(|s| f(routed + s, s * m))
                     .collect::<Vec<_>>()
             };
-            w.copy_into(&name("shared_experts", "gate_proj"), parts(&gate_of))?;
-            w.copy_into(&name("shared_experts", "up_proj"), parts(&up_of))?;
-            w.copy_into(&name("shared_experts", "down_proj"), parts(&down_of))?;
+            let (gate_shape, down_shape) = ([shared * m, hidden], [hidden, shared * m]);
+            let v = &mut w.vars;
+            v.copy_into(
+                &name("shared_experts", "gate_proj"),
+                &gate_shape,
+                parts(&gate_of),
+            )?;
+            v.copy_into(
+                &name("shared_experts", "up_proj"),
+                &gate_shape,
+                parts(&up_of),
+            )?;
+            v.copy_into(
+                &name("shared_experts", "down_proj"),
+                &down_shape,
+                parts(&down_of),
+            )?;
         }
         release_free_heap();
         let gate = w
-            .weights
-            .take(&format!("{prefix}.gate.weight"))?
+            .vars
+            .take(&format!("{prefix}.gate.weight"), &[routed, hidden])?
             .f_to_kind(Kind::Float)?;
         Self::new(
             gate,
@@ -355,12 +379,19 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &mut Loader<'_>, prefix: &str, l: &LanguageConfig) -> Result<Self> {
+    /// `{prefix}.self_attn.q_proj` `[heads*d, H]`, `k_proj` and `v_proj` `[kv_heads*d, H]`,
+    /// `o_proj` `[H, heads*d]`.
+    fn load(w: &mut Loader, prefix: &str, l: &LanguageConfig) -> Result<Self> {
         let name = |n: &str| format!("{prefix}.self_attn.{n}.weight");
         let (q, k, v) = (name("q_proj"), name("k_proj"), name("v_proj"));
+        let h = l.hidden_size;
+        let (width, kv_width) = (
+            l.num_attention_heads * l.head_dim(),
+            l.num_key_value_heads * l.head_dim(),
+        );
         Ok(Self {
-            qkv: w.stacked(&[&q, &k, &v])?,
-            o: Proj::new(w.take(&name("o_proj"))?)?,
+            qkv: w.stacked(&[(&q, [width, h]), (&k, [kv_width, h]), (&v, [kv_width, h])])?,
+            o: Proj::new(w.take(&name("o_proj"), &[h, width])?)?,
             heads: l.num_attention_heads,
             head_dim: l.head_dim(),
         })
@@ -877,26 +908,32 @@ impl KvCache {
 /// ([`Slab`]) and the original released (mapped file pages handed back, heap memory freed), so
 /// the resident set holds each weight once and decode streams it from 2 MiB pages. Elsewhere
 /// the tensors are used as they are.
-struct Loader<'a> {
-    weights: &'a mut Weights,
+/// The decoder's way of loading: tensors asked for through [`Vars`] in the stored dtype, the
+/// matrices placed in one slab of host memory on the CPU ([`Slab`]).
+struct Loader<'v, 'a> {
+    vars: &'v mut Vars<'a>,
+    /// The stored dtype (the embedding's).
+    kind: Kind,
     slab: Option<Slab>,
 }
 
-impl<'a> Loader<'a> {
-    fn new(weights: &'a mut Weights, device: Device) -> Result<Self> {
-        let slab = if device == Device::Cpu {
-            let bytes: i64 = weights
-                .shapes_and_kinds()
-                .filter(|(name, shape, _)| {
-                    (Self::is_matrix(name) && shape.len() >= 2) || *name == "lm_head.weight"
-                })
-                .map(|(_, shape, kind)| slab_bytes(&shape, kind))
-                .sum();
-            Some(Slab::new(bytes)?)
-        } else {
-            None
+impl<'v, 'a> Loader<'v, 'a> {
+    /// On the CPU, with weights to load, the slab is sized for every decoder matrix they hold.
+    fn new(vars: &'v mut Vars<'a>, kind: Kind) -> Result<Self> {
+        let slab = match vars.weights() {
+            Some(weights) if vars.device() == Device::Cpu => {
+                let bytes: i64 = weights
+                    .shapes_and_kinds()
+                    .filter(|(name, shape, _)| {
+                        (Self::is_matrix(name) && shape.len() >= 2) || *name == "lm_head.weight"
+                    })
+                    .map(|(_, shape, kind)| slab_bytes(&shape, kind))
+                    .sum();
+                Some(Slab::new(bytes)?)
+            }
+            _ => None,
         };
-        Ok(Self { weights, slab })
+        Ok(Self { vars, kind, slab })
     }
 
     /// A decoder matrix that goes into the buffer: everything under `model.layers.` but the MoE
@@ -905,73 +942,46 @@ impl<'a> Loader<'a> {
         name.starts_with("model.layers.") && !name.ends_with(".mlp.gate.weight")
     }
 
-    /// The matrix `name`, in the buffer when there is one.
-    fn take(&mut self, name: &str) -> Result<Tensor> {
-        let t = self.weights.take(name)?;
+    /// The matrix `name` of `shape`, in the buffer when there is one.
+    fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let t = self.vars.take(name, shape)?;
         match &mut self.slab {
             Some(slab) => {
                 let copy = slab.copy_of(&t)?;
-                self.weights.done_with(t);
+                self.vars.done_with(t);
                 Ok(copy)
             }
             None => Ok(t),
         }
     }
 
-    /// The matrices `names` (`[N_i, K]`, one dtype and device) stacked by rows into one new
+    /// The matrices `parts` (name and shape `[N_i, K]`) stacked by rows into one new
     /// `[sum N_i, K]` matrix, in the buffer when there is one; each original is released as
     /// soon as it is copied.
-    fn stacked(&mut self, names: &[&str]) -> Result<Tensor> {
-        let (shapes, kinds): (Vec<_>, Vec<_>) = names
-            .iter()
-            .map(|name| self.weights.shape_and_kind(name))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
-        let kind = kinds[0];
-        let cols = shapes[0][1];
-        if let Some((name, shape)) = names
-            .iter()
-            .zip(&shapes)
-            .find(|(_, s)| s.len() != 2 || s[1] != cols)
-        {
+    fn stacked(&mut self, parts: &[(&str, [i64; 2])]) -> Result<Tensor> {
+        let cols = parts.first().map_or(0, |(_, [_, k])| *k);
+        if let Some((name, shape)) = parts.iter().find(|(_, [_, k])| *k != cols) {
             return Err(OcrError::Invalid(format!(
                 "{name} {shape:?} cannot be stacked with {} {:?}",
-                names[0], shapes[0]
+                parts[0].0, parts[0].1
             )));
         }
-        let rows: i64 = shapes.iter().map(|s| s[0]).sum();
-        let out = self.empty(&[rows, cols], (kind, self.weights.device()))?;
+        let rows: i64 = parts.iter().map(|(_, [n, _])| n).sum();
+        let out = self.empty(&[rows, cols])?;
         let mut start = 0;
-        for (name, shape) in names.iter().zip(&shapes) {
-            // Straight from the host tensor into its rows (one upload on a GPU).
-            let t = self.weights.take_host(name)?;
-            out.f_narrow(0, start, shape[0])?.f_copy_(&t)?;
-            self.weights.done_with(t);
+        for (name, shape) in parts {
+            let rows = out.f_narrow(0, start, shape[0])?;
+            self.vars.copy_into(name, shape, vec![(rows, 0, 0)])?;
             start += shape[0];
         }
         Ok(out)
     }
 
-    /// The checkpoint tensor `name` copied into `parts` (destination, dimension of the tensor
-    /// it is cut from, start along it: each destination takes the next `len` along that
-    /// dimension), then released.
-    fn copy_into(&mut self, name: &str, parts: Vec<(Tensor, i64, i64)>) -> Result<()> {
-        // Straight from the host tensor into its slots (one upload on a GPU).
-        let t = self.weights.take_host(name)?;
-        for (mut dst, dim, start) in parts {
-            let len = dst.size()[dim as usize];
-            dst.f_copy_(&t.f_narrow(dim, start, len)?)?;
-        }
-        self.weights.done_with(t);
-        Ok(())
-    }
-
-    /// A new uninitialised tensor, in the buffer when there is one.
-    fn empty(&mut self, shape: &[i64], opts: (Kind, Device)) -> Result<Tensor> {
+    /// A new uninitialised tensor in the stored dtype, in the buffer when there is one.
+    fn empty(&mut self, shape: &[i64]) -> Result<Tensor> {
         match &mut self.slab {
-            Some(slab) => slab.empty(shape, opts.0),
-            None => Ok(Tensor::f_empty(shape, opts)?),
+            Some(slab) => slab.empty(shape, self.kind),
+            None => self.vars.empty(shape, self.kind),
         }
     }
 }
@@ -994,6 +1004,8 @@ pub struct Decoder {
     /// One-token steps run on [`cpu_step`] and [`gemv`] (CPU, f32 arithmetic) of this tier
     /// instead of libtorch operations: the plan's decode tier, where the kernels apply.
     step_isa: Option<Isa>,
+    /// The weights' file mappings: tensors kept above may be views of them.
+    _mapping: KeepAlive,
 }
 
 impl Decoder {
@@ -1001,11 +1013,15 @@ impl Decoder {
     /// them on the compute device), computing in `compute`: the stored dtype, or f32 over
     /// narrower stored weights, with the prefill and decode paths of `plan`. Norm weights are
     /// converted to `compute` here.
-    pub fn load(cfg: &Config, w: &mut Weights, compute: Kind, plan: Plan) -> Result<Self> {
+    ///
+    /// This is also where the decoder's tensor names and shapes are declared (see [`Vars`]).
+    pub fn load(cfg: &Config, vars: &mut Vars, compute: Kind, plan: Plan) -> Result<Self> {
         let l = &cfg.language_config;
-        let embed = w.take("model.embed_tokens.weight")?;
+        let h = l.hidden_size;
+        let embed = vars.take("model.embed_tokens.weight", &[l.vocab_size, h])?;
         let (device, stored) = (embed.device(), embed.kind());
-        let mut w = Loader::new(w, device)?;
+        let mapping = vars.keep_alive();
+        let mut w = Loader::new(vars, stored)?;
 
         let mut layers = Vec::with_capacity(l.num_hidden_layers as usize);
         for i in 0..l.num_hidden_layers {
@@ -1013,19 +1029,18 @@ impl Decoder {
             let ffn = if l.is_moe_layer(i) {
                 Ffn::Moe(Moe::load(&mut w, &format!("{p}.mlp"), l)?)
             } else {
-                Ffn::Dense(Mlp::load(&mut w, &format!("{p}.mlp"))?)
+                Ffn::Dense(Mlp::load(
+                    &mut w,
+                    &format!("{p}.mlp"),
+                    [h, l.intermediate_size],
+                )?)
+            };
+            let norm = |w: &mut Loader, name: &str| {
+                RmsNorm::load(w.vars, &format!("{p}.{name}.weight"), h, compute)
             };
             layers.push(Layer {
-                input_norm: RmsNorm::load(
-                    w.weights,
-                    &format!("{p}.input_layernorm.weight"),
-                    compute,
-                )?,
-                post_norm: RmsNorm::load(
-                    w.weights,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    compute,
-                )?,
+                input_norm: norm(&mut w, "input_layernorm")?,
+                post_norm: norm(&mut w, "post_attention_layernorm")?,
                 attn: Attention::load(&mut w, &p, l)?,
                 ffn,
             });
@@ -1033,11 +1048,11 @@ impl Decoder {
         // The largest single copy comes last: hand freed heap back first, so that the peak
         // of loading (everything held, plus this copy) does not also count dead chunks.
         release_free_heap();
-        let lm_head = w.take("lm_head.weight")?;
+        let lm_head = w.take("lm_head.weight", &[l.vocab_size, h])?;
         Ok(Self {
             embed,
             layers,
-            norm: RmsNorm::load(w.weights, "model.norm.weight", compute)?,
+            norm: RmsNorm::load(w.vars, "model.norm.weight", h, compute)?,
             lm_head,
             rope: Rope::new(l.head_dim(), l.max_position_embeddings, compute, device),
             heads: l.num_attention_heads,
@@ -1050,6 +1065,7 @@ impl Decoder {
                 .decode
                 .isa()
                 .filter(|_| Self::kernels_apply(device, stored, compute)),
+            _mapping: mapping,
         })
     }
 
@@ -1222,6 +1238,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::ocr::weights::Weights;
 
     /// The tiny model's language config (hidden 64, 8 routed experts of width 32, top-3, 2
     /// shared).
@@ -1254,7 +1271,8 @@ mod tests {
         let copies: HashMap<String, Tensor> =
             t.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
         let mut w = Weights::from_tensors(t, Device::Cpu);
-        let mut loader = Loader::new(&mut w, Device::Cpu).expect("loader");
+        let mut vars = Vars::load(&mut w);
+        let mut loader = Loader::new(&mut vars, Kind::Float).expect("loader");
         (Moe::load(&mut loader, p, l).expect("load"), copies)
     }
 

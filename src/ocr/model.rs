@@ -9,7 +9,7 @@ use super::cpu::{Kernels, Plan};
 use super::decoder::Decoder;
 use super::error::{OcrError, Result};
 use super::vision::{ImageFeatures, VisionModel};
-use super::weights::{KeepAlive, Weights};
+use super::weights::{KeepAlive, ShapeMap, Vars, Weights};
 
 /// One image of a prompt, already preprocessed into pixel tensors (f32, `[-1, 1]`, RGB, CHW).
 pub struct ImageInput {
@@ -86,7 +86,11 @@ impl DeepseekOcr {
         }
         let config = Config::from_file(&config_path)?;
         let files = safetensors_files(dir)?;
-        let weights = Weights::load_checked(&files, &config, kind, device)?;
+        let expected = Self::checkpoint_shapes(&config)?;
+        // SAFETY: the weights go into `from_weights`, whose model holds their mappings (each of
+        // the vision model and the decoder keeps a handle) for as long as it holds tensors
+        // from them; nothing writes to a weight tensor.
+        let weights = unsafe { Weights::load_checked(&files, &expected, kind, device) }?;
         Self::from_weights(config, weights, device, kind, plan)
     }
 
@@ -110,7 +114,7 @@ impl DeepseekOcr {
         kind: Kind,
         plan: Plan,
     ) -> Result<Self> {
-        let weights = Weights::seeded(&config, seed, kind, device)?;
+        let weights = Weights::seeded(&Self::checkpoint_shapes(&config)?, seed, kind, device)?;
         Self::from_weights(config, weights, device, kind, plan)
     }
 
@@ -129,8 +133,9 @@ impl DeepseekOcr {
             plan.describe(),
             super::device::kind_name(compute)
         );
-        let vision = VisionModel::load(&config, &weights, compute, plan.vision)?;
-        let decoder = Decoder::load(&config, &mut weights, compute, plan)?;
+        let mut vars = Vars::load(&mut weights);
+        let vision = VisionModel::load(&config, &mut vars, compute, plan.vision)?;
+        let decoder = Decoder::load(&config, &mut vars, compute, plan)?;
         drop(weights);
         super::weights::release_free_heap();
         Ok(Self {
@@ -143,6 +148,15 @@ impl DeepseekOcr {
             plan,
             _keep: keep,
         })
+    }
+
+    /// Name -> shape of every tensor a checkpoint for `config` holds: what the vision model's
+    /// and the decoder's loaders ask for, run without weights (see [`Vars::declare`]).
+    pub fn checkpoint_shapes(config: &Config) -> Result<ShapeMap> {
+        let (mut vars, kind, plan) = (Vars::declare(Kind::Float), Kind::Float, Plan::libtorch());
+        VisionModel::load(config, &mut vars, kind, plan.vision)?;
+        Decoder::load(config, &mut vars, kind, plan)?;
+        Ok(vars.into_declared())
     }
 
     /// Run the vision encoder on every image of `input`.

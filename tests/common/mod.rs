@@ -54,7 +54,7 @@ pub fn read_json(path: &Path) -> Value {
 /// A model folder: the tiny architecture with the real vocabulary size (so the fixture
 /// tokenizer's ids fit), the fixture tokenizer and seeded weights written as safetensors.
 pub fn make_model(dir: &Path) {
-    use dsocr::ocr::{Config, weights::Weights};
+    use dsocr::ocr::{Config, model::DeepseekOcr, weights::Weights};
     std::fs::create_dir_all(dir).expect("model dir");
     let mut cfg = read_json(&fixtures().join("tiny-model/config.json"));
     let real = read_json(&fixtures().join("real-checkpoint/config.json"));
@@ -71,8 +71,13 @@ pub fn make_model(dir: &Path) {
     )
     .expect("tokenizer");
     let config = Config::from_json(&text).expect("valid config");
-    let weights = Weights::seeded(&config, 1234, tch::Kind::BFloat16, tch::Device::Cpu)
-        .expect("seeded weights");
+    let weights = Weights::seeded(
+        &DeepseekOcr::checkpoint_shapes(&config).expect("declared"),
+        1234,
+        tch::Kind::BFloat16,
+        tch::Device::Cpu,
+    )
+    .expect("seeded weights");
     let tensors: Vec<(String, tch::Tensor)> = weights
         .shapes()
         .into_keys()

@@ -7,7 +7,7 @@ use tch::Tensor;
 use super::layers::{LayerNorm, Linear, Ops, attention, get_small, resize_grid_bicubic_aa};
 use crate::ocr::config::{CLIP_LN_EPS, CLIP_MLP_RATIO, Config};
 use crate::ocr::error::{OcrError, Result};
-use crate::ocr::weights::Weights;
+use crate::ocr::weights::Vars;
 
 const PREFIX: &str = "model.vision_model";
 
@@ -22,7 +22,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(w: &Weights, [dim, heads]: [i64; 2], i: i64, ops: Ops) -> Result<Self> {
+    fn load(w: &mut Vars, [dim, heads]: [i64; 2], i: i64, ops: Ops) -> Result<Self> {
         let p = format!("{PREFIX}.transformer.layers.{i}");
         let ffn = CLIP_MLP_RATIO * dim;
         Ok(Self {
@@ -76,7 +76,7 @@ pub(crate) struct Clip {
 
 impl Clip {
     /// Small tensors are converted to `compute`; matrices keep their stored dtype.
-    pub(crate) fn load(cfg: &Config, w: &Weights, ops: Ops) -> Result<Self> {
+    pub(crate) fn load(cfg: &Config, w: &mut Vars, ops: Ops) -> Result<Self> {
         let clip = &cfg.vision_config.width.clip;
         let dim = clip.width;
         if cfg.sam_out_channels() != dim {
@@ -86,6 +86,11 @@ impl Clip {
                 cfg.sam_out_channels()
             )));
         }
+        // CLIP's own patch embedding is in the checkpoint, unused: CLIP reads SAM's features.
+        w.unused(
+            &format!("{PREFIX}.embeddings.patch_embedding.weight"),
+            &[dim, 3, clip.patch_size, clip.patch_size],
+        )?;
         let grid = cfg.clip_pos_grid();
         let pos = get_small(
             w,

@@ -1,11 +1,11 @@
 //! Small building blocks shared by SAM, CLIP and the projector: linear and LayerNorm layers
-//! loaded by checkpoint name, shape checks, and the f32 resizing of position tables.
+//! loaded by checkpoint name and shape, and the f32 resizing of position tables.
 
 use tch::{Kind, Tensor};
 
 use crate::ocr::cpu::{Path, gemv};
-use crate::ocr::error::{OcrError, Result};
-use crate::ocr::weights::Weights;
+use crate::ocr::error::Result;
+use crate::ocr::weights::Vars;
 
 /// The vision phase's compute dtype and where its work runs.
 #[derive(Clone, Copy, Debug)]
@@ -26,15 +26,15 @@ impl Linear {
     /// `{prefix}.weight` `[out, inp]`, and `{prefix}.bias` `[out]` (in `ops.kind`) when `bias`
     /// is set; products on `ops.path`.
     pub(crate) fn load(
-        w: &Weights,
+        w: &mut Vars,
         prefix: &str,
         [inp, out]: [i64; 2],
         bias: bool,
         ops: Ops,
     ) -> Result<Self> {
-        let weight = get_shaped(w, &format!("{prefix}.weight"), &[out, inp])?;
+        let weight = w.get(&format!("{prefix}.weight"), &[out, inp])?;
         let bias = if bias {
-            Some(get_shaped(w, &format!("{prefix}.bias"), &[out])?.f_to_kind(ops.kind)?)
+            Some(get_small(w, &format!("{prefix}.bias"), &[out], ops.kind)?)
         } else {
             None
         };
@@ -75,7 +75,7 @@ pub(crate) struct LayerNorm {
 impl LayerNorm {
     /// `{prefix}.weight` and `{prefix}.bias`, both `[dim]`, converted to `compute`.
     pub(crate) fn load(
-        w: &Weights,
+        w: &mut Vars,
         prefix: &str,
         dim: i64,
         eps: f64,
@@ -94,23 +94,10 @@ impl LayerNorm {
     }
 }
 
-/// The tensor `name`, checked to have exactly `shape`.
-pub(crate) fn get_shaped(w: &Weights, name: &str, shape: &[i64]) -> Result<Tensor> {
-    let t = w.get(name)?;
-    if t.size() != shape {
-        return Err(OcrError::Invalid(format!(
-            "tensor {name} has shape {:?}, the config implies {shape:?}; \
-             the weights do not match config.json",
-            t.size()
-        )));
-    }
-    Ok(t)
-}
-
-/// A small tensor (norm, bias, position table) checked like [`get_shaped`] and converted to the
-/// compute dtype once at load, so that it meets the activations in their dtype.
-pub(crate) fn get_small(w: &Weights, name: &str, shape: &[i64], compute: Kind) -> Result<Tensor> {
-    Ok(get_shaped(w, name, shape)?.f_to_kind(compute)?)
+/// A small tensor (norm, bias, position table) of `shape`, converted to the compute dtype once
+/// at load, so that it meets the activations in their dtype.
+pub(crate) fn get_small(w: &mut Vars, name: &str, shape: &[i64], compute: Kind) -> Result<Tensor> {
+    Ok(w.get(name, shape)?.f_to_kind(compute)?)
 }
 
 /// Resize a `[N, C, h, w]` grid of position embeddings to `[N, C, size, size]` the way the

@@ -17,7 +17,7 @@ use self::sam::Sam;
 use super::config::{Config, SAM_PATCH};
 use super::cpu::Path;
 use super::error::{OcrError, Result};
-use super::weights::{KeepAlive, Weights};
+use super::weights::{KeepAlive, Vars};
 
 /// Outputs of each stage for one batch of views (kept for parity checks).
 pub struct VisionStages {
@@ -80,8 +80,9 @@ pub struct VisionModel {
 
 impl VisionModel {
     /// Build the vision path from the checkpoint tensors, every size taken from `cfg`, computing
-    /// in `compute` on `path`.
-    pub fn load(cfg: &Config, w: &Weights, compute: Kind, path: Path) -> Result<Self> {
+    /// in `compute` on `path` (this is also where its tensors' names and shapes are declared,
+    /// see [`Vars`]).
+    pub fn load(cfg: &Config, w: &mut Vars, compute: Kind, path: Path) -> Result<Self> {
         let ops = Ops {
             kind: compute,
             path,

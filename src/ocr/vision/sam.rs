@@ -5,15 +5,14 @@
 use tch::{Kind, Tensor};
 
 use super::layers::{
-    LayerNorm, Linear, Ops, attention, get_shaped, get_small, resize_grid_bicubic_aa,
-    resize_table_linear,
+    LayerNorm, Linear, Ops, attention, get_small, resize_grid_bicubic_aa, resize_table_linear,
 };
 use crate::ocr::config::{
     Config, SAM_LN_EPS, SAM_MLP_RATIO, SAM_NECK_CHANNELS, SAM_PATCH, SAM_WINDOW,
 };
 use crate::ocr::cpu::{Isa, relpos_attn};
 use crate::ocr::error::Result;
-use crate::ocr::weights::Weights;
+use crate::ocr::weights::Vars;
 
 const PREFIX: &str = "model.sam_model";
 
@@ -308,7 +307,7 @@ struct Block {
 }
 
 impl Block {
-    fn load(w: &Weights, cfg: &Config, i: i64, ops: Ops) -> Result<Self> {
+    fn load(w: &mut Vars, cfg: &Config, i: i64, ops: Ops) -> Result<Self> {
         let sam = &cfg.vision_config.width.sam;
         let (dim, heads) = (sam.width, sam.heads);
         let global = sam.global_attn_indexes.contains(&i);
@@ -373,7 +372,7 @@ struct LayerNorm2d {
 }
 
 impl LayerNorm2d {
-    fn load(w: &Weights, prefix: &str, dim: i64, compute: Kind) -> Result<Self> {
+    fn load(w: &mut Vars, prefix: &str, dim: i64, compute: Kind) -> Result<Self> {
         let shape = [dim, 1, 1];
         Ok(Self {
             weight: get_small(w, &format!("{prefix}.weight"), &[dim], compute)?.f_reshape(shape)?,
@@ -408,7 +407,7 @@ pub(crate) struct Sam {
 impl Sam {
     /// Small tensors are converted to `compute`; convolution and linear weights keep their
     /// stored dtype and are widened per call when it differs.
-    pub(crate) fn load(cfg: &Config, w: &Weights, ops: Ops) -> Result<Self> {
+    pub(crate) fn load(cfg: &Config, w: &mut Vars, ops: Ops) -> Result<Self> {
         let sam = &cfg.vision_config.width.sam;
         let dim = sam.width;
         let grid = cfg.sam_pos_grid();
@@ -421,8 +420,7 @@ impl Sam {
             ops.kind,
         )?;
         Ok(Self {
-            patch_w: get_shaped(
-                w,
+            patch_w: w.get(
                 &format!("{PREFIX}.patch_embed.proj.weight"),
                 &[dim, 3, SAM_PATCH, SAM_PATCH],
             )?,
@@ -436,12 +434,12 @@ impl Sam {
             blocks: (0..sam.layers)
                 .map(|i| Block::load(w, cfg, i, ops))
                 .collect::<Result<_>>()?,
-            neck_conv1: get_shaped(w, &format!("{PREFIX}.neck.0.weight"), &[neck, dim, 1, 1])?,
+            neck_conv1: w.get(&format!("{PREFIX}.neck.0.weight"), &[neck, dim, 1, 1])?,
             neck_ln1: LayerNorm2d::load(w, &format!("{PREFIX}.neck.1"), neck, ops.kind)?,
-            neck_conv2: get_shaped(w, &format!("{PREFIX}.neck.2.weight"), &[neck, neck, 3, 3])?,
+            neck_conv2: w.get(&format!("{PREFIX}.neck.2.weight"), &[neck, neck, 3, 3])?,
             neck_ln2: LayerNorm2d::load(w, &format!("{PREFIX}.neck.3"), neck, ops.kind)?,
-            net_2: get_shaped(w, &format!("{PREFIX}.net_2.weight"), &[c2, neck, 3, 3])?,
-            net_3: get_shaped(w, &format!("{PREFIX}.net_3.weight"), &[c3, c2, 3, 3])?,
+            net_2: w.get(&format!("{PREFIX}.net_2.weight"), &[c2, neck, 3, 3])?,
+            net_3: w.get(&format!("{PREFIX}.net_3.weight"), &[c3, c2, 3, 3])?,
         })
     }
 

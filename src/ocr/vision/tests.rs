@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use super::layers::{resize_grid_bicubic_aa, resize_table_linear};
 use super::*;
 use crate::ocr::cpu::{Isa, Plan};
+use crate::ocr::weights::Weights;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -56,10 +57,12 @@ fn tiny_model() -> VisionModel {
 fn tiny_model_in(kind: Kind) -> VisionModel {
     let dir = fixtures().join("tiny-model");
     let cfg = Config::from_file(&dir.join("config.json")).expect("tiny config");
-    let w = Weights::load(&dir.join("model.safetensors"), kind, Device::Cpu).expect("tiny weights");
+    // SAFETY: the vision model keeps the weights' mapping alive itself.
+    let mut w = unsafe { Weights::load(&dir.join("model.safetensors"), kind, Device::Cpu) }
+        .expect("tiny weights");
     let plan = Plan::all(Isa::best());
-    VisionModel::load(&cfg, &w, plan.compute_kind(Device::Cpu, kind), plan.vision)
-        .expect("vision model")
+    let compute = plan.compute_kind(Device::Cpu, kind);
+    VisionModel::load(&cfg, &mut Vars::load(&mut w), compute, plan.vision).expect("vision model")
 }
 
 fn check_case(name: &str, kind: Kind, tol: f64) {
