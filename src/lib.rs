@@ -12,5 +12,6 @@ pub mod hub;
 pub mod model_source;
 pub mod ocr;
 pub mod serve;
+pub mod settings;
 pub mod tui;
 pub mod units;

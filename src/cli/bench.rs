@@ -609,6 +609,12 @@ fn print_table(r: &Report) {
             s.min, s.median, s.max
         );
     }
+    // The report keeps GB as numbers (JSON); people read them as every size dsocr prints.
+    let gb = |v: Option<f64>| {
+        v.map_or("n/a".to_string(), |v| {
+            crate::units::human_bytes((v * 1e9) as u64)
+        })
+    };
     if r.batches.len() > 1 || r.batches.iter().any(|b| b.batch > 1) {
         println!(
             "{:<8} {:>16} {:>16} {:>22} {:>10} {:>12}",
@@ -628,12 +634,10 @@ fn print_table(r: &Report) {
                 b.decode_tokens_per_s.median,
                 b.speedup_over_batch_1
                     .map_or("-".to_string(), |s| format!("{s:.2}x")),
-                b.peak_rss_gb
-                    .map_or("n/a".to_string(), |v| format!("{v:.2} GB"))
+                gb(b.peak_rss_gb)
             );
         }
     }
-    let gb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2} GB"));
     let running: Vec<String> = r
         .batches
         .iter()

@@ -46,28 +46,21 @@ pub fn parse_kernels(name: &str) -> Result<crate::ocr::cpu::Kernels, String> {
     crate::ocr::cpu::Kernels::parse(name).map_err(|e| e.to_string())
 }
 
-/// The compute path a command runs on: `--kernels` (or `$DSOCR_KERNELS`, which clap reads into
-/// the flag), else `[ocr] kernels` in the config file, else auto.
+/// The compute path a command runs on (`crate::settings::choose_kernels`): `--kernels` (clap
+/// reads `$DSOCR_KERNELS` into it too), else `[ocr] kernels` in the config file, else auto.
 pub fn kernels_choice(
     flag: Option<crate::ocr::cpu::Kernels>,
 ) -> anyhow::Result<crate::ocr::cpu::Kernels> {
-    if let Some(k) = flag {
-        return Ok(k);
+    use crate::settings::{OcrSettings, choose_kernels, config_path, kernels_env};
+    if flag.is_some() {
+        return Ok(choose_kernels(flag, None, None)?);
     }
-    let path = crate::tui::config::config_path();
-    let settings = crate::tui::config::Settings::load(
-        path.as_deref(),
-        crate::tui::config::ColorEnv::default(),
-    );
-    match settings.ocr.kernels {
-        Some(k) => crate::ocr::cpu::Kernels::parse(&k).map_err(|e| {
-            anyhow::anyhow!(
-                "{e} (the [ocr] kernels setting in {})",
-                path.map_or_else(|| "the config file".into(), |p| p.display().to_string())
-            )
-        }),
-        None => Ok(crate::ocr::cpu::Kernels::Auto),
-    }
+    let ocr = OcrSettings::from_file(config_path().as_deref());
+    Ok(choose_kernels(
+        None,
+        kernels_env().as_deref(),
+        ocr.kernels.as_deref(),
+    )?)
 }
 
 /// The model folder a `--model` value means (`crate::model_source`), with the command line's

@@ -1,16 +1,17 @@
-//! The config file (`config.toml` in the dsocr config folder) and what it sets: key bindings
-//! merged over the built-in ones (`super::keys`), colours (`NO_COLOR` honoured, true colour
-//! reduced to the 256-colour palette where the terminal does not announce true colour), and how
-//! the OCR pane runs the model.
+//! The dashboard's reading of the config file (`crate::settings` says where it lives and what
+//! its `[ocr]` table means): key bindings merged over the built-in ones (`super::keys`),
+//! colours (`NO_COLOR` honoured, true colour reduced to the 256-colour palette where the
+//! terminal does not announce true colour), and the problems found in the file.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use ratatui::style::{Color, Modifier, Style};
 use serde::Deserialize;
 
 use super::keys::{Command, Key, Keymap};
+use crate::settings::OcrSettings;
 
 /// Colours of the dashboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,33 +176,6 @@ struct ConfigFile {
     ocr: OcrSettings,
 }
 
-/// `[ocr]` in the config file: how the dashboard runs the model.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OcrSettings {
-    /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// `bf16`, `f16` or `f32`; `None`: bf16 (f32 arithmetic over bf16 weights where dsocr's CPU kernels run).
-    pub dtype: Option<String>,
-    /// Compute path: `auto`, `libtorch`, `avx512`, `avx2` or `scalar`; `None`: `$DSOCR_KERNELS`,
-    /// else auto.
-    pub kernels: Option<String>,
-    /// Stop a run after this many new tokens.
-    pub max_new_tokens: usize,
-}
-
-impl Default for OcrSettings {
-    /// `auto`, the device's default dtype, 8192 tokens (as `dsocr ocr`).
-    fn default() -> Self {
-        Self {
-            device: "auto".to_string(),
-            dtype: None,
-            kernels: None,
-            max_new_tokens: 8192,
-        }
-    }
-}
-
 /// What the dashboard runs with: bindings, colours, and the problems found in the user's file.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Settings {
@@ -235,11 +209,6 @@ impl ColorEnv {
             truecolor,
         }
     }
-}
-
-/// Where the config file lives: `$XDG_CONFIG_HOME/dsocr/config.toml` on Linux.
-pub fn config_path() -> Option<PathBuf> {
-    directories::ProjectDirs::from("", "", "dsocr").map(|d| d.config_dir().join("config.toml"))
 }
 
 impl Settings {

@@ -164,7 +164,7 @@ pub fn run() -> anyhow::Result<()> {
     let sender = ActionSender(tx);
     let log_path = logging::init(sender.clone())
         .map_err(|e| anyhow::anyhow!("cannot open the log file: {e}"))?;
-    let config = config::config_path();
+    let config = crate::settings::config_path();
     let settings = Settings::load(config.as_deref(), ColorEnv::from_env());
     let mut app = App::new(header(), settings);
     app.graphics = Graphics::from_env();

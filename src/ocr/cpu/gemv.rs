@@ -586,13 +586,46 @@ mod x86 {
         }
     }
 
+    /// The operands of a few-row product: `w` `[rows, k]` (bf16 bits) against `x` `[t, k]`.
+    #[derive(Clone, Copy)]
+    struct FewRows<'a> {
+        w: &'a [u16],
+        x: &'a [f32],
+        k: usize,
+        t: usize,
+    }
+
+    impl<'a> FewRows<'a> {
+        fn new(w: &'a [u16], x: &'a [f32], k: usize) -> Self {
+            Self {
+                w,
+                x,
+                k,
+                t: x.len() / k,
+            }
+        }
+
+        /// The register blocks `(r0, nr, m0, mr)`: activation rows `m0..m0 + mr` in groups of
+        /// up to `mr_max` outside (they stay in L1), weight rows inside, four at a time and the
+        /// last ones singly (the task's weights stay in L2 and are read as bf16, half the bytes
+        /// of f32); the faster of the two orders (BENCHMARKS.md).
+        fn blocks(self, mr_max: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+            let (rows, t) = (self.w.len() / self.k, self.t);
+            let fours = rows - rows % 4;
+            (0..t).step_by(mr_max).flat_map(move |m0| {
+                let mr = (t - m0).min(mr_max);
+                let quads = (0..fours).step_by(4).map(move |r0| (r0, 4, m0, mr));
+                quads.chain((fours..rows).map(move |r0| (r0, 1, m0, mr)))
+            })
+        }
+    }
+
     /// Stores a few-row block's products at `o[(r0 + r) * t + m0 + m]`: `sums[r][m]`, the SIMD
     /// part over `0..body`, plus the rest `body..k` of each dot product.
     fn store_block<const NR: usize, const MR: usize>(
-        w: &[u16],
-        x: &[f32],
-        (k, body): (usize, usize),
-        (t, r0, m0): (usize, usize, usize),
+        FewRows { w, x, k, t }: FewRows,
+        body: usize,
+        (r0, m0): (usize, usize),
         sums: &[[f32; MR]; NR],
         o: &mut [f32],
     ) {
@@ -613,14 +646,11 @@ mod x86 {
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     unsafe fn few_rows_block<const NR: usize, const MR: usize>(
-        w: &[u16],
-        x: &[f32],
-        k: usize,
-        t: usize,
-        r0: usize,
-        m0: usize,
+        p: FewRows,
+        (r0, m0): (usize, usize),
         o: &mut [f32],
     ) {
+        let FewRows { w, x, k, .. } = p;
         let body = k - k % 16;
         let mut acc = [[_mm512_setzero_ps(); MR]; NR];
         let mut i = 0;
@@ -649,38 +679,28 @@ mod x86 {
                 sums[r][m] = _mm512_reduce_add_ps(acc[r][m]);
             }
         }
-        store_block(w, x, (k, body), (t, r0, m0), &sums, o);
+        store_block(p, body, (r0, m0), &sums, o);
     }
 
     /// Every weight row of `w` against every row of `x` (`t` rows of `k`): `o` `[rows, t]`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn few_rows_avx512(w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
-        let (rows, t) = (w.len() / k, x.len() / k);
-        // Activation rows outside (four rows of x stay in L1), weight rows inside (the task's
-        // weights stay in L2 and are read as bf16, half the bytes of f32); the faster of the two
-        // orders (BENCHMARKS.md).
-        let mut m0 = 0;
-        while m0 < t {
-            let mr = (t - m0).min(4);
-            let mut r0 = 0;
-            while r0 < rows {
-                let nr = (rows - r0).min(4);
-                // SAFETY: the block lies inside `w`, `x` and `o` (nr, mr within bounds).
-                unsafe {
-                    match (nr, mr) {
-                        (4, 4) => few_rows_block::<4, 4>(w, x, k, t, r0, m0, o),
-                        (4, 3) => few_rows_block::<4, 3>(w, x, k, t, r0, m0, o),
-                        (4, 2) => few_rows_block::<4, 2>(w, x, k, t, r0, m0, o),
-                        (4, _) => few_rows_block::<4, 1>(w, x, k, t, r0, m0, o),
-                        (_, 4) => few_rows_block::<1, 4>(w, x, k, t, r0, m0, o),
-                        (_, 3) => few_rows_block::<1, 3>(w, x, k, t, r0, m0, o),
-                        (_, 2) => few_rows_block::<1, 2>(w, x, k, t, r0, m0, o),
-                        _ => few_rows_block::<1, 1>(w, x, k, t, r0, m0, o),
-                    }
+        let p = FewRows::new(w, x, k);
+        for (r0, nr, m0, mr) in p.blocks(4) {
+            let at = (r0, m0);
+            // SAFETY: the block lies inside `w`, `x` and `o` (nr, mr within bounds).
+            unsafe {
+                match (nr, mr) {
+                    (4, 4) => few_rows_block::<4, 4>(p, at, o),
+                    (4, 3) => few_rows_block::<4, 3>(p, at, o),
+                    (4, 2) => few_rows_block::<4, 2>(p, at, o),
+                    (4, _) => few_rows_block::<4, 1>(p, at, o),
+                    (_, 4) => few_rows_block::<1, 4>(p, at, o),
+                    (_, 3) => few_rows_block::<1, 3>(p, at, o),
+                    (_, 2) => few_rows_block::<1, 2>(p, at, o),
+                    _ => few_rows_block::<1, 1>(p, at, o),
                 }
-                r0 += if nr == 4 { 4 } else { 1 };
             }
-            m0 += mr;
         }
     }
 
@@ -749,14 +769,11 @@ mod x86 {
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn few_rows_block_avx2<const NR: usize, const MR: usize>(
-        w: &[u16],
-        x: &[f32],
-        k: usize,
-        t: usize,
-        r0: usize,
-        m0: usize,
+        p: FewRows,
+        (r0, m0): (usize, usize),
         o: &mut [f32],
     ) {
+        let FewRows { w, x, k, .. } = p;
         let body = k - k % 8;
         let mut acc = [[_mm256_setzero_ps(); MR]; NR];
         let mut i = 0;
@@ -781,31 +798,54 @@ mod x86 {
                 sums[r][m] = hsum256(acc[r][m]);
             }
         }
-        store_block(w, x, (k, body), (t, r0, m0), &sums, o);
+        store_block(p, body, (r0, m0), &sums, o);
     }
 
     /// Every weight row of `w` against every row of `x` (`t` rows of `k`): `o` `[rows, t]`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn few_rows_avx2(w: &[u16], x: &[f32], k: usize, o: &mut [f32]) {
-        let (rows, t) = (w.len() / k, x.len() / k);
-        let mut m0 = 0;
-        while m0 < t {
-            let mr = (t - m0).min(2);
-            let mut r0 = 0;
-            while r0 < rows {
-                let nr = (rows - r0).min(4);
-                // SAFETY: the block lies inside `w`, `x` and `o` (nr, mr within bounds).
-                unsafe {
-                    match (nr, mr) {
-                        (4, 2) => few_rows_block_avx2::<4, 2>(w, x, k, t, r0, m0, o),
-                        (4, _) => few_rows_block_avx2::<4, 1>(w, x, k, t, r0, m0, o),
-                        (_, 2) => few_rows_block_avx2::<1, 2>(w, x, k, t, r0, m0, o),
-                        _ => few_rows_block_avx2::<1, 1>(w, x, k, t, r0, m0, o),
-                    }
+        let p = FewRows::new(w, x, k);
+        for (r0, nr, m0, mr) in p.blocks(2) {
+            let at = (r0, m0);
+            // SAFETY: the block lies inside `w`, `x` and `o` (nr, mr within bounds).
+            unsafe {
+                match (nr, mr) {
+                    (4, 2) => few_rows_block_avx2::<4, 2>(p, at, o),
+                    (4, _) => few_rows_block_avx2::<4, 1>(p, at, o),
+                    (_, 2) => few_rows_block_avx2::<1, 2>(p, at, o),
+                    _ => few_rows_block_avx2::<1, 1>(p, at, o),
                 }
-                r0 += if nr == 4 { 4 } else { 1 };
             }
-            m0 += mr;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::FewRows;
+
+        /// The register blocks of every tier cover each (weight row, activation row) once, in
+        /// blocks of four weight rows or one, and of at most `mr_max` activation rows.
+        #[test]
+        fn blocks_cover_the_product_once() {
+            for (rows, t) in [(1, 1), (3, 1), (4, 4), (9, 5), (13, 7), (64, 2)] {
+                let (k, w, x) = (3, vec![0u16; rows * 3], vec![0f32; t * 3]);
+                for mr_max in [2, 4] {
+                    let mut seen = vec![0u8; rows * t];
+                    for (r0, nr, m0, mr) in FewRows::new(&w, &x, k).blocks(mr_max) {
+                        assert!(nr == 4 || nr == 1, "{nr} weight rows");
+                        assert!((1..=mr_max).contains(&mr), "{mr} activation rows");
+                        for r in r0..r0 + nr {
+                            for m in m0..m0 + mr {
+                                seen[r * t + m] += 1;
+                            }
+                        }
+                    }
+                    assert!(
+                        seen.iter().all(|&n| n == 1),
+                        "{rows}x{t} by {mr_max}: {seen:?}"
+                    );
+                }
+            }
         }
     }
 }

@@ -16,9 +16,11 @@ use crate::document::{
 use crate::hub::HubEnv;
 use crate::model_source::SourceError;
 use crate::ocr::OcrError;
-use crate::ocr::cpu::{Kernels, Plan};
+use crate::ocr::cpu::Plan;
+use crate::ocr::cpu::features::KERNELS_ENV;
 use crate::ocr::device::{device_name, kind_name, kind_or_default, parse_device};
 use crate::ocr::session::{self, Event, OcrOutput, RunOptions, Session};
+use crate::settings::{choose_kernels, kernels_env};
 use crate::tui::action::{ActionSender, OcrRequest, Outcome, Update};
 use crate::tui::state::{ModelSource, OcrPhase, PageProgress};
 
@@ -231,7 +233,7 @@ fn run_request(
     cancel: &AtomicBool,
     start: Instant,
 ) -> Result<Last, Failure> {
-    let key = load_key(request).map_err(Failure::Message)?;
+    let key = load_key(request, kernels_env().as_deref()).map_err(Failure::Message)?;
     if loaded.as_ref().is_none_or(|(k, _)| *k != key) {
         // Free the old model before loading the new one.
         *loaded = None;
@@ -411,21 +413,24 @@ fn phase(p: session::JobPhase) -> OcrPhase {
     }
 }
 
-/// The model folder, device and dtype a request needs.
-fn load_key(request: &OcrRequest) -> Result<LoadKey, String> {
+/// The model folder, device, dtype and compute path a request needs; `env` is the value of
+/// `$DSOCR_KERNELS`, which takes precedence over the request's `[ocr] kernels`.
+fn load_key(request: &OcrRequest, env: Option<&str>) -> Result<LoadKey, String> {
     let dir = model_dir(&request.model)?;
     let device = parse_device(&request.device)
         .map_err(|e| format!("{e} (the [ocr] device setting in the config file)"))?;
     let kind = kind_or_default(request.dtype.as_deref(), device)
         .map_err(|e| format!("{e} (the [ocr] dtype setting in the config file)"))?;
-    let kernels = match &request.kernels {
-        Some(k) => Kernels::parse(k)
-            .map_err(|e| format!("{e} (the [ocr] kernels setting in the config file)"))?,
-        None => Kernels::from_env().map_err(|e| e.to_string())?,
-    };
-    let plan = kernels
-        .plan(device)
-        .map_err(|e| format!("{e} (the [ocr] kernels setting in the config file)"))?;
+    let kernels =
+        choose_kernels(None, env, request.kernels.as_deref()).map_err(|e| e.to_string())?;
+    let plan = kernels.plan(device).map_err(|e| {
+        let origin = if env.is_some() {
+            KERNELS_ENV
+        } else {
+            "the [ocr] kernels setting in the config file"
+        };
+        format!("{e} ({origin})")
+    })?;
     Ok(LoadKey {
         dir,
         device,
@@ -475,26 +480,26 @@ mod tests {
     fn load_key_checks_the_folder_device_and_dtype() {
         let dir = std::env::temp_dir();
         let folder = || ModelSource::Folder(dir.clone());
-        let key = load_key(&request(folder(), "cpu", None)).expect("cpu default");
+        let key = load_key_here(&request(folder(), "cpu", None)).expect("cpu default");
         assert_eq!(
             (key.dir, key.device, key.kind),
             (dir.clone(), Device::Cpu, Kind::BFloat16)
         );
-        let key = load_key(&request(folder(), "cpu", Some("f32"))).expect("cpu f32");
+        let key = load_key_here(&request(folder(), "cpu", Some("f32"))).expect("cpu f32");
         assert_eq!(key.kind, Kind::Float);
 
         let missing = ModelSource::Folder(dir.join("dsocr-no-such-model-folder"));
-        let err = load_key(&request(missing, "cpu", None)).unwrap_err();
+        let err = load_key_here(&request(missing, "cpu", None)).unwrap_err();
         assert!(
             err.contains("does not exist") && err.contains("press f"),
             "{err}"
         );
-        let err = load_key(&request(folder(), "tpu", None)).unwrap_err();
+        let err = load_key_here(&request(folder(), "tpu", None)).unwrap_err();
         assert!(err.contains("[ocr] device"), "{err}");
-        let err = load_key(&request(folder(), "cpu", Some("int4"))).unwrap_err();
+        let err = load_key_here(&request(folder(), "cpu", Some("int4"))).unwrap_err();
         assert!(err.contains("[ocr] dtype"), "{err}");
         let with_kernels = |k: &str| {
-            load_key(&OcrRequest {
+            load_key_here(&OcrRequest {
                 kernels: Some(k.to_string()),
                 ..request(folder(), "cpu", None)
             })
@@ -505,5 +510,20 @@ mod tests {
         assert_eq!(key.plan.describe(), "scalar");
         let err = with_kernels("sse9").unwrap_err();
         assert!(err.contains("[ocr] kernels"), "{err}");
+        // $DSOCR_KERNELS comes before the setting, as for `dsocr ocr`.
+        let scalar = request(folder(), "cpu", None);
+        let scalar = OcrRequest {
+            kernels: Some("libtorch".to_string()),
+            ..scalar
+        };
+        let key = load_key(&scalar, Some("scalar")).expect("scalar from the environment");
+        assert_eq!(key.plan.describe(), "scalar");
+        let err = load_key(&scalar, Some("sse9")).unwrap_err();
+        assert!(err.contains("DSOCR_KERNELS"), "{err}");
+    }
+
+    /// [`load_key`] with `$DSOCR_KERNELS` unset.
+    fn load_key_here(request: &OcrRequest) -> Result<LoadKey, String> {
+        load_key(request, None)
     }
 }
