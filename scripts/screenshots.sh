@@ -40,6 +40,9 @@ start_hub() {
 run_dashboard() {
     local name="$1"; shift
     tmux -L "$sock" kill-server 2>/dev/null || true
+    # A server still shutting down makes new-session fail ("server exited unexpectedly").
+    for _ in $(seq 50); do tmux -L "$sock" list-sessions >/dev/null 2>&1 || break; sleep 0.1; done
+    sleep 0.3
     mkdir -p "$work/$name/hf" "$work/$name/config/dsocr"
     [ -n "${CONFIG:-}" ] && printf '%s' "$CONFIG" >"$work/$name/config/dsocr/config.toml"
     [ -n "${TOKEN_FILE:-}" ] && printf '%s' "$TOKEN_FILE" >"$work/$name/hf/token"
