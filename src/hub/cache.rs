@@ -36,7 +36,7 @@ impl RepoPaths {
     /// The paths of model repo `repo` (checked with [`validate_repo_id`]). The hub matches
     /// repo ids in any case but the cache's folder names are case-sensitive, so when the exact
     /// folder does not exist an existing folder of another case is used (the same repo):
-    /// `deepseek-ai/deepseek-ocr` finds `models--deepseek-ai--DeepSeek-OCR`.
+    /// `acme/some-model` finds `models--acme--Some-Model`.
     pub fn new(cache: &Path, repo: &str) -> Result<Self, HubError> {
         validate_repo_id(repo)?;
         let exact = format!("models--{}", repo.replace('/', "--"));

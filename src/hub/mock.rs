@@ -15,8 +15,10 @@
 //!   body, any status). Every request is recorded ([`MockHub::requests`]) with the bytes of
 //!   body actually sent, so tests can measure what a resume re-downloaded.
 //!
-//! - Repo ids match in any case, as on the hub: `/api/models/deepseek-ai/deepseek-ocr` answers
-//!   with the canonical `id` `deepseek-ai/DeepSeek-OCR`.
+//! - Repo ids match in any case, as on the hub: the lower-cased [`DEFAULT_REPO`] under
+//!   `/api/models/` answers with the canonical `id`.
+//!
+//! [`DEFAULT_REPO`]: crate::hub::download::DEFAULT_REPO
 //! - LFS redirects carry a signed link (`?Expires=<unix>&Signature=<hex>`); the CDN refuses a
 //!   tampered or expired one with 403 ([`MockConfig::cdn_url_ttl`]).
 //!
