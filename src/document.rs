@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -314,10 +315,33 @@ fn has_eof_marker(bytes: &[u8]) -> bool {
         .any(|w| w == b"%%EOF")
 }
 
-/// Run `f`, turning a panic inside the renderer into an error message (printed nowhere: the
-/// message is returned), so a hostile or broken PDF cannot bring the process down.
+thread_local! {
+    /// Set while this thread runs the renderer inside [`quiet_catch`].
+    static RENDERING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wrap the process's panic hook so that a panic inside the renderer, which [`quiet_catch`]
+/// turns into an error, runs no hook: nothing printed, and the dashboard's terminal left as it
+/// is (ratatui's hook would leave the alternate screen). Every other panic reaches the previous
+/// hook as before. Call it after anything else that installs a hook (the CLI at start, the
+/// dashboard after taking over the terminal).
+pub fn silence_renderer_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !RENDERING.with(Cell::get) {
+            previous(info);
+        }
+    }));
+}
+
+/// Run `f`, turning a panic inside the renderer into an error message (the message is
+/// returned; with [`silence_renderer_panics`] nothing is printed), so a hostile or broken PDF
+/// cannot bring the process down.
 fn quiet_catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+    let was = RENDERING.with(|r| r.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    RENDERING.with(|r| r.set(was));
+    result.map_err(|payload| {
         let msg = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_string())
@@ -607,6 +631,36 @@ pub fn write_dir_atomic<T, E: From<std::io::Error>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic inside the renderer reaches no hook (nothing printed, the dashboard's terminal
+    /// left alone); a panic elsewhere still does.
+    #[test]
+    fn renderer_panics_reach_no_hook() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        let me = std::thread::current().id();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().id() == me {
+                SEEN.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+        silence_renderer_panics();
+        let caught = quiet_catch(|| -> u8 { panic!("broken page") });
+        assert_eq!(caught.unwrap_err(), "the renderer failed (broken page)");
+        assert_eq!(
+            SEEN.load(Ordering::SeqCst),
+            0,
+            "the renderer's panic reached a hook"
+        );
+        assert!(std::panic::catch_unwind(|| -> u8 { panic!("elsewhere") }).is_err());
+        assert_eq!(
+            SEEN.load(Ordering::SeqCst),
+            1,
+            "another panic did not reach the hook"
+        );
+    }
 
     fn sel(s: &str) -> PageSelection {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))

@@ -102,6 +102,7 @@ pub fn describe_batch(choice: &crate::ocr::generate::BatchChoice) -> String {
 
 /// Entry point of the `dsocr` binary.
 pub fn main() -> ExitCode {
+    crate::document::silence_renderer_panics();
     let cli = Cli::parse();
     let result = match cli.command {
         None => crate::tui::run().map(|()| ExitCode::SUCCESS),

@@ -28,6 +28,8 @@ pub fn init() -> io::Result<(DefaultTerminal, Guard)> {
         previous(info);
     }));
     let terminal = ratatui::try_init()?;
+    // Outermost, so that a broken PDF's caught panic does not reach ratatui's restore.
+    crate::document::silence_renderer_panics();
     let guard = Guard { _private: () };
     execute!(io::stdout(), EnableBracketedPaste)?;
     Ok((terminal, guard))
