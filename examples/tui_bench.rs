@@ -271,7 +271,10 @@ fn real_inference_bench() {
     let _ = a.update(key('l'));
     let _ = a.update(key('l'));
     let mut jobs = a.update(key('r'));
-    jobs.push(dsocr::tui::action::Job::LoadPreview(page));
+    jobs.push(dsocr::tui::action::Job::LoadPreview {
+        path: page,
+        password: None,
+    });
     for job in jobs {
         workers.dispatch(job);
     }

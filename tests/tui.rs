@@ -767,7 +767,13 @@ fn ocr_run_request_and_streaming() {
     );
     assert!(jobs.is_empty());
     let jobs = drive(&mut a, [key(KeyCode::Enter)]);
-    assert_eq!(jobs, vec![Job::LoadPreview("scan.jpg".into())]);
+    assert_eq!(
+        jobs,
+        vec![Job::LoadPreview {
+            path: "scan.jpg".into(),
+            password: None
+        }]
+    );
     drive(&mut a, [ch('m'), ch('m'), ch('p')]);
     let jobs = drive(&mut a, [ch('r')]);
     assert_eq!(
@@ -782,6 +788,7 @@ fn ocr_run_request_and_streaming() {
             device: "auto".to_string(),
             dtype: None,
             kernels: None,
+            password: None,
         })]
     );
     assert_eq!(a.ocr.run, OcrRun::Running(OcrPhase::Load));
@@ -817,13 +824,92 @@ fn ocr_run_request_and_streaming() {
 }
 
 #[test]
+fn encrypted_pdf_asks_for_its_password() {
+    let mut a = logged_in();
+    a.focus = Pane::Ocr;
+    drive(&mut a, [ch('i')]);
+    drive(&mut a, "locked.pdf".chars().map(ch));
+    drive(&mut a, [key(KeyCode::Enter)]);
+    let asked = |wrong| Update::PasswordNeeded {
+        path: "locked.pdf".into(),
+        wrong,
+    };
+    // A request for another input than the one chosen now is ignored.
+    drive(
+        &mut a,
+        [Update::PasswordNeeded {
+            path: "other.pdf".into(),
+            wrong: false,
+        }],
+    );
+    assert!(a.overlays.is_empty(), "{:?}", a.overlays);
+    drive(&mut a, [asked(false)]);
+    // Typed as is (spaces kept), shown as dots only.
+    drive(&mut a, "my pw ".chars().map(ch));
+    let t = render(&a, 160, 30);
+    assert!(t.contains("encrypted") && t.contains("••••••"), "{t}");
+    assert!(!t.contains("my pw"), "the password is on screen: {t}");
+    let jobs = drive(&mut a, [key(KeyCode::Enter)]);
+    let with_password = Some(Secret("my pw ".to_string()));
+    assert_eq!(
+        jobs,
+        vec![Job::LoadPreview {
+            path: "locked.pdf".into(),
+            password: with_password.clone()
+        }]
+    );
+    assert!(
+        !format!("{jobs:?}").contains("my pw"),
+        "the password would be logged"
+    );
+    // A wrong one: the reason over the input, which asks again.
+    drive(&mut a, [asked(true)]);
+    assert!(matches!(a.overlays.last(), Some(Overlay::Error { .. })));
+    drive(&mut a, [key(KeyCode::Esc)]);
+    assert!(matches!(a.overlays.last(), Some(Overlay::Input { .. })));
+    drive(&mut a, [key(KeyCode::Esc)]);
+    assert!(a.overlays.is_empty());
+    // Once open, the pages and the run carry the password; a new input forgets it.
+    drive(
+        &mut a,
+        [
+            Update::DocumentOpened(Some(2)),
+            Update::Preview(Some(page())),
+        ],
+    );
+    let jobs = drive(&mut a, [ch(']')]);
+    assert_eq!(
+        jobs,
+        vec![Job::PreviewPage {
+            path: "locked.pdf".into(),
+            page: 2,
+            password: with_password.clone()
+        }]
+    );
+    match drive(&mut a, [ch('r')]).as_slice() {
+        [Job::Ocr(request)] => assert_eq!(request.password, with_password),
+        other => panic!("expected a run, got {other:?}"),
+    }
+    drive(&mut a, [Update::OcrFinished(Outcome::Done(vec![]))]);
+    drive(&mut a, [ch('i')]);
+    drive(&mut a, [key(KeyCode::Enter)]);
+    assert_eq!(a.ocr.password, None);
+}
+
+#[test]
 fn pdf_input_page_picker_and_run_this_page_or_all() {
     let mut a = logged_in();
     a.focus = Pane::Ocr;
     drive(&mut a, [ch('i')]);
     drive(&mut a, "doc.pdf".chars().map(ch));
     let jobs = drive(&mut a, [key(KeyCode::Enter)]);
-    assert_eq!(jobs, vec![Job::LoadPreview("doc.pdf".into())]);
+    assert_eq!(
+        jobs,
+        vec![Job::LoadPreview {
+            path: "doc.pdf".into(),
+            password: None
+        }]
+    );
     assert_eq!(
         a.ocr.doc, None,
         "not known as a PDF before the worker says so"
@@ -853,11 +939,13 @@ fn pdf_input_page_picker_and_run_this_page_or_all() {
         vec![
             Job::PreviewPage {
                 path: "doc.pdf".into(),
-                page: 2
+                page: 2,
+                password: None
             },
             Job::PreviewPage {
                 path: "doc.pdf".into(),
-                page: 3
+                page: 3,
+                password: None
             }
         ]
     );
@@ -867,7 +955,8 @@ fn pdf_input_page_picker_and_run_this_page_or_all() {
         jobs,
         vec![Job::PreviewPage {
             path: "doc.pdf".into(),
-            page: 2
+            page: 2,
+            password: None
         }]
     );
     let t = render(&a, 160, 30);
@@ -1134,6 +1223,7 @@ fn model_thread_streams_reuses_the_session_and_cancels() {
         device: "cpu".to_string(),
         dtype: None,
         kernels: None,
+        password: None,
     };
 
     // First run: loads, then every phase in order, one text action per token.
@@ -1253,7 +1343,10 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
     let next = || next_update(&rx, 60);
 
     // A new PDF input: its page count, then page 1's preview; another page on request.
-    workers.dispatch(Job::LoadPreview(pdf.clone()));
+    workers.dispatch(Job::LoadPreview {
+        path: pdf.clone(),
+        password: None,
+    });
     assert!(matches!(next(), Update::DocumentOpened(Some(3))));
     let first = match next() {
         Update::Preview(Some(p)) => p,
@@ -1265,24 +1358,35 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
     workers.dispatch(Job::PreviewPage {
         path: pdf.clone(),
         page: 2,
+        password: None,
     });
     match next() {
         Update::Preview(Some(p)) => assert_ne!(p.rgb, first.rgb, "page 2 is not page 1"),
         other => panic!("expected a preview, got {other:?}"),
     }
-    // An encrypted PDF: the cause, no page count.
-    workers.dispatch(Job::LoadPreview(
-        common::fixtures().join("pdf/encrypted.pdf"),
-    ));
-    assert!(matches!(next(), Update::DocumentOpened(None)));
-    match next() {
-        Update::Error { title, message } => {
-            assert_eq!(title, "Cannot use this PDF");
-            assert!(message.contains("encrypted.pdf is encrypted"), "{message}");
+    // An encrypted PDF: no page count, and a password asked for; a wrong one is asked for
+    // again, the right one opens it.
+    let encrypted = common::fixtures().join("pdf/encrypted.pdf");
+    for (password, wrong) in [(None, false), (Some("wrong"), true)] {
+        workers.dispatch(Job::LoadPreview {
+            path: encrypted.clone(),
+            password: password.map(|p| Secret(p.to_string())),
+        });
+        assert!(matches!(next(), Update::DocumentOpened(None)));
+        match next() {
+            Update::PasswordNeeded { path, wrong: w } => {
+                assert_eq!((path, w), (encrypted.clone(), wrong));
+            }
+            other => panic!("expected a password request, got {other:?}"),
         }
-        other => panic!("expected an error, got {other:?}"),
+        assert!(matches!(next(), Update::Preview(None)));
     }
-    assert!(matches!(next(), Update::Preview(None)));
+    workers.dispatch(Job::LoadPreview {
+        path: encrypted.clone(),
+        password: Some(Secret("secret".to_string())),
+    });
+    assert!(matches!(next(), Update::DocumentOpened(Some(3))));
+    assert!(matches!(next(), Update::Preview(Some(_))));
 
     // Pages 1 and 3: per-page progress, a page split between them, then save.
     workers.dispatch(Job::Ocr(OcrRequest {
@@ -1295,6 +1399,7 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
         device: "cpu".to_string(),
         dtype: Some("f32".to_string()),
         kernels: None,
+        password: None,
     }));
     let got = until_finished(&rx);
     let progress: Vec<PageProgress> = got
@@ -1376,12 +1481,30 @@ fn model_thread_runs_pdf_pages_and_saves_the_document_outputs() {
         device: "cpu".to_string(),
         dtype: Some("f32".to_string()),
         kernels: None,
+        password: None,
     }));
     match until_finished(&rx).last() {
         Some(Update::OcrFinished(Outcome::Failed(m))) => {
             assert!(m.contains("encrypted.pdf is encrypted"), "{m}")
         }
         other => panic!("expected a failure, got {other:?}"),
+    }
+    // With its password, it runs.
+    workers.dispatch(Job::Ocr(OcrRequest {
+        model: ModelSource::Folder(model.clone()),
+        image: common::fixtures().join("pdf/encrypted.pdf"),
+        pages: Some(vec![2]),
+        mode: dsocr::ocr::preprocess::Mode::Tiny,
+        prompt: "<image>\nFree OCR.".to_string(),
+        max_new_tokens: 4,
+        device: "cpu".to_string(),
+        dtype: Some("f32".to_string()),
+        kernels: None,
+        password: Some(Secret("secret".to_string())),
+    }));
+    match until_finished(&rx).last() {
+        Some(Update::OcrFinished(Outcome::Done(_))) => {}
+        other => panic!("expected the run to finish, got {other:?}"),
     }
     workers.shutdown();
 }

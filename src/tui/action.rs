@@ -14,7 +14,8 @@ use super::state::{
     ServeProbe,
 };
 
-/// A token typed by the user. Its `Debug` never shows the value, so it cannot leak into logs.
+/// A token or PDF password typed by the user. Its `Debug` never shows the value, so it cannot
+/// leak into logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
@@ -134,8 +135,16 @@ pub enum Update {
     OcrFinished(Outcome<Vec<BoxView>>),
     /// The page image for the preview was loaded.
     Preview(Option<PreviewImage>),
-    /// The new input is a PDF with this many pages (`None`: not a PDF).
+    /// The new input is a PDF with this many pages (`None`: not a PDF, or not opened).
     DocumentOpened(Option<usize>),
+    /// The PDF input is encrypted: no password was given (`wrong: false`) or the one given
+    /// does not open it.
+    PasswordNeeded {
+        /// The PDF.
+        path: PathBuf,
+        /// A password was given and did not open it.
+        wrong: bool,
+    },
     /// A run over PDF pages starts a page.
     OcrPage(super::state::PageProgress),
     /// Path completion candidates for the OCR input.
@@ -194,13 +203,20 @@ pub enum Job {
     /// Stop the running OCR.
     CancelOcr,
     /// Load the preview of a new input (page 1 of a PDF, whose page count is reported too).
-    LoadPreview(PathBuf),
+    LoadPreview {
+        /// The image or PDF.
+        path: PathBuf,
+        /// The password of an encrypted PDF.
+        password: Option<Secret>,
+    },
     /// Show another page of the PDF input.
     PreviewPage {
         /// The PDF.
         path: PathBuf,
         /// Page (1-based).
         page: usize,
+        /// The password of an encrypted PDF.
+        password: Option<Secret>,
     },
     /// Complete a path.
     CompletePath(String),
@@ -232,6 +248,8 @@ pub struct OcrRequest {
     pub dtype: Option<String>,
     /// `auto`, `libtorch` or a CPU tier; `None`: `$DSOCR_KERNELS`, else auto.
     pub kernels: Option<String>,
+    /// The password of an encrypted PDF.
+    pub password: Option<Secret>,
 }
 
 /// The sending half that workers hold. A send to a closed dashboard is dropped silently: the

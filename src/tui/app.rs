@@ -2,7 +2,7 @@
 //! [`Input`] or a worker's [`Update`]), returning the [`Job`]s the runtime must hand to workers.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEventKind};
@@ -72,6 +72,8 @@ pub enum InputPurpose {
     OcrInput,
     /// A custom prompt.
     Prompt,
+    /// The password of the PDF input (shown masked, taken as typed).
+    PdfPassword,
 }
 
 impl InputPurpose {
@@ -83,6 +85,7 @@ impl InputPurpose {
             Self::Folder => "Local model folder",
             Self::OcrInput => "Input image (Tab completes)",
             Self::Prompt => "Custom prompt (<image> is added if missing)",
+            Self::PdfPassword => "This PDF is encrypted: its password (Esc leaves it locked)",
         }
     }
 }
@@ -409,7 +412,12 @@ impl App {
                 return vec![Job::CompletePath(value.clone())];
             }
             KeyCode::Enter => {
-                let (purpose, value) = (*purpose, value.trim().to_string());
+                // A password is taken as typed: spaces can be part of it.
+                let value = match purpose {
+                    InputPurpose::PdfPassword => value.clone(),
+                    _ => value.trim().to_string(),
+                };
+                let purpose = *purpose;
                 self.overlays.pop();
                 return self.submit_input(purpose, value);
             }
@@ -446,7 +454,18 @@ impl App {
                 self.ocr.completions.clear();
                 // Known once the worker has looked at the file.
                 self.ocr.doc = None;
-                vec![Job::LoadPreview(PathBuf::from(value))]
+                self.ocr.password = None;
+                vec![Job::LoadPreview {
+                    path: PathBuf::from(value),
+                    password: None,
+                }]
+            }
+            InputPurpose::PdfPassword => {
+                self.ocr.password = Some(Secret(value));
+                vec![Job::LoadPreview {
+                    path: PathBuf::from(self.ocr.input.trim()),
+                    password: self.ocr.password.clone(),
+                }]
             }
             InputPurpose::Prompt => {
                 if let Err(e) = user_prompt(&value) {
@@ -592,6 +611,7 @@ impl App {
                 vec![Job::PreviewPage {
                     path: PathBuf::from(self.ocr.input.trim()),
                     page: doc.page,
+                    password: self.ocr.password.clone(),
                 }]
             }
             CancelOcr => vec![Job::CancelOcr],
@@ -618,6 +638,7 @@ impl App {
             device: self.settings.ocr.device.clone(),
             dtype: self.settings.ocr.dtype.clone(),
             kernels: self.settings.ocr.kernels.clone(),
+            password: self.ocr.password.clone(),
         })
     }
 
@@ -852,6 +873,24 @@ impl App {
             Update::Preview(p) => self.ocr.preview = p,
             Update::DocumentOpened(pages) => {
                 self.ocr.doc = pages.map(|pages| DocView { pages, page: 1 });
+            }
+            Update::PasswordNeeded { path, wrong } => {
+                // Only for the input still chosen (the user may have moved on).
+                if path == Path::new(self.ocr.input.trim()) {
+                    self.overlays.push(Overlay::Input {
+                        purpose: InputPurpose::PdfPassword,
+                        value: String::new(),
+                    });
+                    if wrong {
+                        self.overlays.push(Overlay::Error {
+                            title: "PDF password".to_string(),
+                            message: format!(
+                                "the password does not open {}; type it again",
+                                path.display()
+                            ),
+                        });
+                    }
+                }
             }
             Update::OcrPage(progress) => {
                 if self.ocr.is_running() {

@@ -378,6 +378,8 @@ pub struct OcrState {
     pub save_dir: PathBuf,
     /// The input is a PDF: its pages and the chosen one.
     pub doc: Option<DocView>,
+    /// The password the user gave for the PDF input (kept until the input changes).
+    pub password: Option<crate::tui::action::Secret>,
     /// The page a PDF run is on (`None` for an image).
     pub page_progress: Option<PageProgress>,
 }
@@ -402,6 +404,7 @@ impl Default for OcrState {
             scroll: 0,
             save_dir: PathBuf::from("dsocr-out"),
             doc: None,
+            password: None,
             page_progress: None,
         }
     }

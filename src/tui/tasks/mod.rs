@@ -55,16 +55,23 @@ impl Workers {
                     tx.send(Update::Serve(probe_serve(crate::serve::DEFAULT_BIND)));
                 });
             }
-            Job::LoadPreview(path) => {
+            Job::LoadPreview { path, password } => {
                 self.rt.spawn_blocking(move || {
                     if crate::document::is_pdf(&path) {
-                        let opened = Document::open(&path, None);
+                        let opened = Document::open(&path, password.as_ref().map(|p| &*p.0));
                         tx.send(Update::DocumentOpened(
                             opened.as_ref().ok().map(Document::page_count),
                         ));
                         let preview = opened.and_then(|doc| page_preview(&doc, 1));
-                        if let Err(e) = &preview {
-                            tx.error("Cannot use this PDF", e.to_string());
+                        match &preview {
+                            Err(DocumentError::Encrypted { wrong_password, .. }) => {
+                                tx.send(Update::PasswordNeeded {
+                                    path,
+                                    wrong: *wrong_password,
+                                });
+                            }
+                            Err(e) => tx.error("Cannot use this PDF", e.to_string()),
+                            Ok(_) => {}
                         }
                         tx.send(Update::Preview(preview.ok()));
                         return;
@@ -77,10 +84,14 @@ impl Workers {
                     tx.send(Update::Preview(preview.ok()));
                 });
             }
-            Job::PreviewPage { path, page } => {
+            Job::PreviewPage {
+                path,
+                page,
+                password,
+            } => {
                 self.rt.spawn_blocking(move || {
-                    let preview =
-                        Document::open(&path, None).and_then(|doc| page_preview(&doc, page));
+                    let preview = Document::open(&path, password.as_ref().map(|p| &*p.0))
+                        .and_then(|doc| page_preview(&doc, page));
                     if let Err(e) = &preview {
                         tx.error("Cannot show this page", e.to_string());
                     }

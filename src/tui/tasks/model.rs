@@ -288,7 +288,9 @@ fn run_request(
             return Ok(Last::Image(Box::new(output)));
         }
     };
-    let doc = Document::open(&request.image, None).map_err(|e| Failure::Message(e.to_string()))?;
+    let password = request.password.as_ref().map(|p| p.0.as_str());
+    let doc =
+        Document::open(&request.image, password).map_err(|e| Failure::Message(e.to_string()))?;
     let mut pages = Vec::new();
     for (done, &page) in wanted.iter().enumerate() {
         tx.send(Update::OcrPage(PageProgress {
@@ -473,6 +475,7 @@ mod tests {
             device: device.to_string(),
             dtype: dtype.map(str::to_string),
             kernels: None,
+            password: None,
         }
     }
 

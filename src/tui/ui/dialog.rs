@@ -56,14 +56,17 @@ pub fn draw(frame: &mut Frame, app: &App, overlay: &Overlay) {
     );
 }
 
-/// The input as shown: tokens as their first 3 characters and one dot per other character.
+/// The input as shown: tokens as their first 3 characters (`hf_`) and one dot per other
+/// character, passwords as dots only.
 fn shown(purpose: InputPurpose, value: &str) -> String {
-    if purpose != InputPurpose::Token {
-        return value.to_string();
-    }
+    let clear = match purpose {
+        InputPurpose::Token => 3,
+        InputPurpose::PdfPassword => 0,
+        _ => return value.to_string(),
+    };
     value
         .chars()
         .enumerate()
-        .map(|(i, c)| if i < 3 { c } else { '•' })
+        .map(|(i, c)| if i < clear { c } else { '•' })
         .collect()
 }
