@@ -491,6 +491,12 @@ impl<'a> Vars<'a> {
         }
     }
 
+    /// Whether this only records what is asked for (see [`Vars::declare`]): a loader skips
+    /// work that only a running model needs.
+    pub fn is_declaring(&self) -> bool {
+        matches!(self.source, Source::Declare { .. })
+    }
+
     /// Every name and shape asked for so far (empty when loading).
     pub fn into_declared(self) -> ShapeMap {
         match self.source {
