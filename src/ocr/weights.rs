@@ -603,11 +603,12 @@ impl<'a> Vars<'a> {
 /// Record `name` with `shape` (the same name twice must have the same shape) and hand out a
 /// placeholder of that shape.
 fn declare(shapes: &mut ShapeMap, kind: Kind, name: &str, shape: &[i64]) -> Result<Tensor> {
-    if let Some(before) = shapes.insert(name.to_string(), shape.to_vec())
-        && before != shape
-    {
+    let declared = shapes
+        .entry(name.to_string())
+        .or_insert_with(|| shape.to_vec());
+    if declared != shape {
         return Err(OcrError::Invalid(format!(
-            "tensor {name} is declared as {before:?} and as {shape:?}"
+            "tensor {name} is declared as {declared:?} and as {shape:?}"
         )));
     }
     placeholder(shape, kind)
@@ -764,6 +765,46 @@ mod tests {
         let e = seeded_value("model.embed_tokens.weight", &[1, 4], z2()).view([-1]);
         let e = Vec::<f32>::try_from(e).ok();
         assert_eq!(e, Some(vec![4.0, 8.0, 12.0, 16.0]));
+    }
+
+    /// Declaring records each name with its shape and hands out placeholders that own one
+    /// element; loading hands out the tensors, checked against the shape asked for.
+    #[test]
+    fn vars_declare_then_load() {
+        let mut vars = Vars::declare(Kind::BFloat16);
+        assert!(vars.is_declaring());
+        let big = vars.take("a.weight", &[4096, 4096]).expect("declared");
+        assert_eq!((big.size(), big.kind()), (vec![4096, 4096], Kind::BFloat16));
+        assert_eq!(
+            big.stride(),
+            vec![0, 0],
+            "a placeholder owns no memory of its size"
+        );
+        vars.unused("b.weight", &[3]).expect("declared");
+        let again = vars.get("a.weight", &[4096, 4096]);
+        assert!(again.is_ok(), "the same declaration twice");
+        let err = vars.get("a.weight", &[2]).unwrap_err().to_string();
+        assert!(err.contains("[4096, 4096]") && err.contains("[2]"), "{err}");
+        let declared = vars.into_declared();
+        let want: ShapeMap = [("a.weight", vec![4096, 4096]), ("b.weight", vec![3])]
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+        assert_eq!(declared, want);
+
+        let tensors = [("a.weight", [2, 3]), ("c.weight", [2, 2])]
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), Tensor::ones(s, (Kind::Float, Device::Cpu))))
+            .collect();
+        let mut weights = Weights::from_tensors(tensors, Device::Cpu);
+        let mut vars = Vars::load(&mut weights);
+        assert!(!vars.is_declaring());
+        let err = vars.take("a.weight", &[3, 2]).unwrap_err().to_string();
+        assert!(err.contains("a.weight has shape [2, 3]"), "{err}");
+        assert_eq!(vars.get("c.weight", &[2, 2]).expect("c").size(), vec![2, 2]);
+        let err = vars.get("d.weight", &[1]).unwrap_err().to_string();
+        assert!(err.contains("missing tensor d.weight"), "{err}");
+        assert!(vars.into_declared().is_empty());
     }
 
     #[test]
