@@ -68,16 +68,13 @@ pub fn choose_kernels(
     env: Option<&str>,
     setting: Option<&str>,
 ) -> Result<Kernels, OcrError> {
-    let from = |value: &str, origin: &dyn Fn() -> String| {
-        Kernels::parse(value).map_err(|e| OcrError::Invalid(format!("{e} ({})", origin())))
-    };
     match (flag, env, setting) {
         (Some(k), _, _) => Ok(k),
-        (None, Some(v), _) => from(v, &|| format!("{KERNELS_ENV}={v:?}")),
-        (None, None, Some(v)) => from(v, &|| {
+        (None, Some(v), _) => Kernels::from_env_value(v),
+        (None, None, Some(v)) => Kernels::parse(v).map_err(|e| {
             let file =
                 config_path().map_or_else(|| "the config file".into(), |p| p.display().to_string());
-            format!("the [ocr] kernels setting in {file}")
+            OcrError::Invalid(format!("{e} (the [ocr] kernels setting in {file})"))
         }),
         (None, None, None) => Ok(Kernels::Auto),
     }

@@ -823,13 +823,20 @@ fn ocr_run_request_and_streaming() {
     assert_eq!(jobs[1], Job::Save("dsocr-out".into()));
 }
 
-#[test]
-fn encrypted_pdf_asks_for_its_password() {
+/// A logged-in dashboard on the OCR pane with `path` typed as its input, and the jobs that
+/// choosing it started.
+fn ocr_input(path: &str) -> (App, Vec<Job>) {
     let mut a = logged_in();
     a.focus = Pane::Ocr;
     drive(&mut a, [ch('i')]);
-    drive(&mut a, "locked.pdf".chars().map(ch));
-    drive(&mut a, [key(KeyCode::Enter)]);
+    drive(&mut a, path.chars().map(ch));
+    let jobs = drive(&mut a, [key(KeyCode::Enter)]);
+    (a, jobs)
+}
+
+#[test]
+fn encrypted_pdf_asks_for_its_password() {
+    let (mut a, _) = ocr_input("locked.pdf");
     let asked = |wrong| Update::PasswordNeeded {
         path: "locked.pdf".into(),
         wrong,
@@ -898,11 +905,7 @@ fn encrypted_pdf_asks_for_its_password() {
 
 #[test]
 fn pdf_input_page_picker_and_run_this_page_or_all() {
-    let mut a = logged_in();
-    a.focus = Pane::Ocr;
-    drive(&mut a, [ch('i')]);
-    drive(&mut a, "doc.pdf".chars().map(ch));
-    let jobs = drive(&mut a, [key(KeyCode::Enter)]);
+    let (mut a, jobs) = ocr_input("doc.pdf");
     assert_eq!(
         jobs,
         vec![Job::LoadPreview {

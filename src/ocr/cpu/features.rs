@@ -157,11 +157,14 @@ impl Kernels {
     /// `$DSOCR_KERNELS`, or auto when it is unset. An unknown value is an error.
     pub fn from_env() -> Result<Self> {
         match std::env::var(KERNELS_ENV) {
-            Ok(v) => {
-                Self::parse(&v).map_err(|e| OcrError::Invalid(format!("{KERNELS_ENV}={v:?}: {e}")))
-            }
+            Ok(v) => Self::from_env_value(&v),
             Err(_) => Ok(Kernels::Auto),
         }
+    }
+
+    /// A value of `$DSOCR_KERNELS`, parsed; an unknown one is an error that names the variable.
+    pub fn from_env_value(v: &str) -> Result<Self> {
+        Self::parse(v).map_err(|e| OcrError::Invalid(format!("{KERNELS_ENV}={v:?}: {e}")))
     }
 
     /// The name of the choice (`auto`, `libtorch`, a tier).
